@@ -12,6 +12,10 @@ pub enum DecodeError {
     /// The variable byte integer is longer than 4 bytes (MQTT-1.5.5-1).
     #[error("malformed variable byte integer: more than 4 bytes (MQTT-1.5.5-1)")]
     MalformedVariableInteger,
+    /// A variable byte integer does not use the minimum number of bytes, e.g. `0x80 0x00`
+    /// for 0 (MQTT-1.5.5-1: "The encoded value MUST use the minimum number of bytes").
+    #[error("non-minimal variable byte integer encoding (MQTT-1.5.5-1)")]
+    NonMinimalVariableInteger,
     /// The fixed header announces a packet larger than the configured maximum (MQTT-3.2.2-15,
     /// and the server's own limit). Detected before the body is buffered.
     #[error("packet of {size} bytes exceeds the maximum packet size {max}")]
@@ -163,7 +167,7 @@ impl DecodeError {
     /// The normative statement this error enforces, where the spec numbers one.
     pub fn spec_rule(&self) -> Option<&'static str> {
         Some(match self {
-            DecodeError::MalformedVariableInteger => "MQTT-1.5.5-1",
+            DecodeError::MalformedVariableInteger | DecodeError::NonMinimalVariableInteger => "MQTT-1.5.5-1",
             DecodeError::PacketTooLarge { .. } => "MQTT-3.2.2-15",
             DecodeError::InvalidHeaderFlags { .. } => "MQTT-2.1.3-1",
             DecodeError::InvalidUtf8 => "MQTT-1.5.4-1",
@@ -208,4 +212,8 @@ pub enum EncodeError {
     /// A variable byte integer value above 268,435,455.
     #[error("value {0} does not fit a variable byte integer")]
     VariableIntegerTooLarge(u32),
+    /// The packet breaks a rule its receiver must enforce (e.g. DUP on QoS 0, a password
+    /// without a user name in 3.x, an empty topic without a topic alias).
+    #[error("invalid packet: {0}")]
+    Invalid(&'static str),
 }

@@ -19,7 +19,9 @@ pub enum TopicError {
     #[error("'+' must occupy a whole level (MQTT-4.7.1-2)")]
     SingleLevelMisplaced,
     /// `$share/` without a valid non-empty group name and filter (MQTT-4.8.2-1, MQTT-4.8.2-2).
-    #[error("shared subscription must be $share/{{group}}/{{filter}} with a non-empty group free of '/', '+', '#' (MQTT-4.8.2-1)")]
+    #[error(
+        "shared subscription must be $share/{{group}}/{{filter}} with a non-empty group free of '/', '+', '#' (MQTT-4.8.2-1)"
+    )]
     InvalidShare,
     /// More levels than the configured limit.
     #[error("topic has more levels than allowed")]

@@ -50,10 +50,17 @@ impl ByteStr {
         Ok(ByteStr(bytes))
     }
 
+    /// Wraps bytes the caller has already checked to be UTF-8 without U+0000 (the codec's
+    /// single-pass topic name check).
+    pub(crate) fn from_validated(bytes: Bytes) -> ByteStr {
+        debug_assert!(std::str::from_utf8(&bytes).is_ok() && !bytes.contains(&0));
+        ByteStr(bytes)
+    }
+
     /// The string slice.
     pub fn as_str(&self) -> &str {
         // SAFETY: every constructor validates UTF-8 (try_from_bytes, from_static, From<&str>,
-        // From<String>), and the inner Bytes is never exposed mutably.
+        // From<String>, and from_validated whose callers check it), and the inner Bytes is never exposed mutably.
         #[allow(unsafe_code)]
         unsafe {
             std::str::from_utf8_unchecked(&self.0)

@@ -1,8 +1,20 @@
 //! Streaming decoder and encoder for all packets at all protocol levels.
+//!
+//! Layout: [`header`] reads the fixed header and enforces the per-type flag rules and the size
+//! limit, [`reader`] is the bounds-checked cursor over one frame, [`properties`] is the single
+//! MQTT 5 property table with its generic reader and writer, [`decode`] and [`encode`] hold the
+//! per-packet bodies.
+
+mod decode;
+mod encode;
+mod header;
+mod properties;
+mod reader;
 
 use bytes::BytesMut;
 
 use crate::error::{DecodeError, EncodeError};
+use crate::reason::PacketKind;
 use crate::types::{Packet, ProtocolVersion};
 
 /// Largest value a remaining-length variable byte integer can hold (MQTT 1.5.5).
@@ -52,9 +64,48 @@ impl Decoder {
     /// `Ok(Some(packet))` after removing exactly that packet's bytes from `buf`. Errors are
     /// final for the connection.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
-        let _ = (buf, self.server_side);
-        unimplemented!("codec under construction")
+        let Some(h) = header::parse(buf)? else {
+            return Ok(None);
+        };
+        if self.server_side {
+            match (self.version, h.kind == PacketKind::Connect) {
+                (None, false) => return Err(DecodeError::FirstPacketNotConnect),
+                (Some(_), true) => return Err(DecodeError::SecondConnect),
+                _ => {}
+            }
+        }
+        let packet = decode_frame(buf, &h, self.version, self.max_packet_size)?;
+        if let Some(Packet::Connect(c)) = &packet
+            && self.server_side
+        {
+            self.version = Some(c.protocol);
+        }
+        Ok(packet)
     }
+}
+
+/// Validates the fixed header against the level and the limit, then splits and decodes the
+/// frame once it is complete.
+fn decode_frame(
+    buf: &mut BytesMut,
+    h: &header::FixedHeader,
+    version: Option<ProtocolVersion>,
+    max_packet_size: u32,
+) -> Result<Option<Packet>, DecodeError> {
+    if h.kind == PacketKind::Auth && version.is_some_and(|v| !v.is_v5()) {
+        return Err(DecodeError::PacketTypeNotInVersion(PacketKind::Auth.type_id()));
+    }
+    header::check_flags(h.kind, h.flags)?;
+    let total = h.header_len + h.remaining;
+    if total as u64 > u64::from(max_packet_size) {
+        return Err(DecodeError::PacketTooLarge { size: total as u64, max: max_packet_size });
+    }
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let frame = buf.split_to(total).freeze();
+    let r = reader::Reader::new(frame, h.header_len);
+    decode::body(h.kind, h.flags, version, r).map(Some)
 }
 
 /// Decodes one packet at a known protocol level (stateless; no CONNECT-first rule).
@@ -63,20 +114,22 @@ pub fn decode_packet(
     version: ProtocolVersion,
     max_packet_size: u32,
 ) -> Result<Option<Packet>, DecodeError> {
-    let _ = (buf, version, max_packet_size);
-    unimplemented!("codec under construction")
+    let Some(h) = header::parse(buf)? else {
+        return Ok(None);
+    };
+    decode_frame(buf, &h, Some(version), max_packet_size)
 }
 
 /// Total encoded size of `packet` at `version`, fixed header included.
 pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeError> {
-    let _ = (packet, version);
-    unimplemented!("codec under construction")
+    let remaining = encode::remaining_len(packet, version)?;
+    Ok(1 + header::vbi_len(remaining) + remaining)
 }
 
 /// Appends the encoding of `packet` at `version` to `buf`.
 ///
 /// Properties do not exist in 3.x and are left out there; 3.x SUBACK maps error codes to 0x80.
+/// A CONNECT is always encoded at its own `protocol` level.
 pub fn encode(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
-    let _ = (packet, version, buf);
-    unimplemented!("codec under construction")
+    encode::encode(packet, version, buf)
 }
