@@ -1,1 +1,22 @@
-//! placeholder
+//! The Tern MQTT broker core: sessions, routing, retained messages, wills and QoS state
+//! machines, independent of how connections are accepted or how state is stored.
+//!
+//! [`Broker`] owns the shared state; `tern-server` accepts sockets and hands them to
+//! [`Broker::accept_tcp`]. Wire types stay at the connection boundary; inside, messages are
+//! [`Message`]s shared by `Arc` between all their recipients.
+
+mod broker;
+pub mod config;
+mod connection;
+mod message;
+mod session;
+mod stats;
+mod sys;
+mod trie;
+
+pub use broker::Broker;
+pub use config::{BrokerConfig, ConfigError, LimitsConfig, MqttConfig, QueueFullPolicy, SysConfig};
+pub use message::{Message, MessageProperties};
+pub use session::Session;
+pub use stats::Stats;
+pub use sys::VERSION;

@@ -1,1 +1,170 @@
-fn main() {}
+//! The `tern` binary: command line, configuration, listeners and graceful shutdown.
+
+mod config;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tern_broker::Broker;
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+/// Tern: an MQTT 3.1 / 3.1.1 / 5.0 broker.
+///
+/// Every configuration key can be set in the TOML file given by --config, or by an
+/// environment variable TERN_<SECTION>__<KEY> (for example TERN_MQTT__MAX_PACKET_SIZE=65536,
+/// TERN_SYS__INTERVAL=1, TERN_MQTT_ADDR=0.0.0.0:1883). Flags override both.
+/// See docs/configuration.md for every key and its default.
+#[derive(Debug, Parser)]
+#[command(name = "tern", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// Print the effective configuration (defaults, file and environment merged) as TOML.
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Configuration file (TOML).
+    #[arg(long, short, env = "TERN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the MQTT TCP listener (key `mqtt_addr`, default 127.0.0.1:1883).
+    #[arg(long, value_name = "ADDR")]
+    mqtt_addr: Option<std::net::SocketAddr>,
+    /// Log filter (key `log`, default `info`; RUST_LOG also works).
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArgs {
+    /// Configuration file (TOML).
+    #[arg(long, short, env = "TERN_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config(args) => print_config(&args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_config(args: &ConfigArgs) -> Result<()> {
+    let config = config::load(args.config.as_deref(), std::env::vars())?;
+    print!("{}", toml::to_string(&config).context("cannot render configuration")?);
+    Ok(())
+}
+
+fn init_logging(filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG").ok().unwrap_or_else(|| filter.to_string());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("tern: invalid log filter {filter:?} ({e}); using info");
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = config::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(addr) = args.mqtt_addr {
+        config.mqtt_addr = addr;
+    }
+    if let Some(log) = args.log {
+        config.log = log;
+    }
+    init_logging(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tern-worker")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: config::Config) -> Result<()> {
+    let anonymous = config.anonymous_allowed();
+    let broker = Broker::new(config.broker(), anonymous);
+    let listener = TcpListener::bind(config.mqtt_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (key mqtt_addr)", config.mqtt_addr))?;
+    let addr = listener.local_addr().context("listener has no local address")?;
+    info!(version = tern_broker::VERSION, "tern starting");
+    if anonymous {
+        info!("anonymous clients allowed (allow_anonymous = {:?})", config.allow_anonymous);
+    } else {
+        warn!(
+            "anonymous clients refused and no authentication backend is configured yet: \
+             every CONNECT is refused with 0x87 Not authorized"
+        );
+    }
+    broker.start();
+    info!("MQTT listener ready kind=tcp addr={addr}");
+
+    let shutdown = broker.shutdown_token();
+    let accept_broker = broker.clone();
+    let acceptor = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((stream, peer)) => accept_broker.accept_tcp(stream, peer),
+                    Err(e) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                () = shutdown.cancelled() => break,
+            }
+        }
+    });
+
+    wait_for_signal().await;
+    info!("shutting down: closing listeners and disconnecting clients");
+    let clean = broker.shutdown(Duration::from_secs(config.shutdown_grace)).await;
+    let _ = acceptor.await;
+    if clean {
+        info!("shutdown complete");
+    } else {
+        error!("shutdown grace period elapsed with connections still open");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot install SIGTERM handler; use SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

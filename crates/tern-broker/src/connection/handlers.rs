@@ -1,0 +1,305 @@
+//! One handler per inbound packet kind, dispatched from a single `match`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tern_protocol::topic::{TopicFilter, level_count};
+use tern_protocol::{
+    AckProperties, ByteStr, Disconnect, Packet, PubReply, Publish, QoS, ReasonCode, RetainHandling, SubAck,
+    Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+};
+
+use super::{Close, Conn};
+use crate::broker::max_qos;
+use crate::message::Message;
+use crate::session::{Awaiting, Pending, SubIds};
+use crate::trie::SubEntry;
+
+type Handled = Result<(), Close>;
+
+fn protocol_error() -> Close {
+    Close::Server(ReasonCode::ProtocolError)
+}
+
+impl Conn {
+    /// Dispatches one decoded packet.
+    pub(crate) fn handle(&mut self, packet: Packet) -> Handled {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(r) => {
+                self.on_puback(&r);
+                Ok(())
+            }
+            Packet::PubRec(r) => {
+                self.on_pubrec(&r);
+                Ok(())
+            }
+            Packet::PubRel(r) => {
+                self.on_pubrel(&r);
+                Ok(())
+            }
+            Packet::PubComp(r) => {
+                self.on_pubcomp(&r);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(&s),
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(&u);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.write_packet(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => Err(self.on_disconnect(&d)),
+            // No authentication method was agreed at CONNECT, so AUTH is a protocol error
+            // (MQTT-4.12.0-1); CONNECT twice is caught by the decoder.
+            Packet::Auth(_) | Packet::Connect(_) => Err(protocol_error()),
+            // Server-to-client packets sent by a client.
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(protocol_error())
+            }
+        }
+    }
+
+    /// Answers a QoS 1/2 PUBLISH that is refused (MQTT 5 reason code; 3.x has none, so the
+    /// message is acknowledged and dropped, as Mosquitto does, to stop endless retries).
+    fn refuse_publish(&mut self, p: &Publish, code: ReasonCode) {
+        let Some(id) = p.packet_id else { return };
+        let code = if self.version.is_v5() { code } else { ReasonCode::Success };
+        let mut reply = PubReply::with_reason(id, code);
+        if self.problem_info && code.is_error() {
+            reply.properties.reason_string = Some(ByteStr::from_static(code.description()));
+        }
+        let packet = if p.qos == QoS::AtLeastOnce { Packet::PubAck(reply) } else { Packet::PubRec(reply) };
+        self.write_packet(&packet);
+    }
+
+    fn on_publish(&mut self, mut p: Publish) -> Handled {
+        self.count_in();
+        let broker = self.broker.clone();
+        let cfg = &broker.config;
+        if let Some(alias) = p.properties.topic_alias.take() {
+            let slot = usize::from(alias).checked_sub(1).filter(|i| *i < self.aliases.len());
+            let Some(slot) = slot else {
+                return Err(Close::Server(ReasonCode::TopicAliasInvalid));
+            };
+            if p.topic.is_empty() {
+                match &self.aliases[slot] {
+                    Some(t) => p.topic = t.clone(),
+                    // MQTT-3.3.4: an alias with no mapping yet is a protocol error.
+                    None => return Err(protocol_error()),
+                }
+            } else {
+                self.aliases[slot] = Some(p.topic.clone());
+            }
+        } else if p.topic.is_empty() {
+            return Err(Close::Server(ReasonCode::TopicNameInvalid));
+        }
+        if !p.properties.subscription_identifiers.is_empty() {
+            // MQTT-3.3.4-6: only the server sends Subscription Identifiers.
+            return Err(protocol_error());
+        }
+        if p.qos > max_qos(cfg) {
+            return Err(Close::Server(ReasonCode::QoSNotSupported));
+        }
+        if p.retain && !cfg.mqtt.retain_available {
+            return Err(Close::Server(ReasonCode::RetainNotSupported));
+        }
+        if level_count(&p.topic) > cfg.limits.max_topic_levels {
+            self.refuse_publish(&p, ReasonCode::TopicNameInvalid);
+            return Ok(());
+        }
+        if p.topic.starts_with("$SYS") {
+            // $SYS belongs to the broker.
+            self.refuse_publish(&p, ReasonCode::NotAuthorized);
+            return Ok(());
+        }
+        if p.properties.payload_format_indicator == Some(true) && std::str::from_utf8(&p.payload).is_err() {
+            // MQTT-3.3.2-?: the server may validate a payload declared UTF-8 (0x99).
+            self.refuse_publish(&p, ReasonCode::PayloadFormatInvalid);
+            return Ok(());
+        }
+        let qos = p.qos;
+        let packet_id = p.packet_id;
+        if qos == QoS::ExactlyOnce {
+            let id = packet_id.unwrap_or(0);
+            let mut st = self.session.lock();
+            if st.inbound_qos2.contains(&id) {
+                // A resend before PUBREL: acknowledge again, deliver once (MQTT 4.3.3).
+                drop(st);
+                self.write_packet(&Packet::PubRec(PubReply::new(id)));
+                return Ok(());
+            }
+            if st.inbound_qos2.len() >= usize::from(cfg.mqtt.receive_maximum) {
+                return Err(Close::Server(ReasonCode::ReceiveMaximumExceeded));
+            }
+            st.inbound_qos2.insert(id);
+        }
+        let msg = Arc::new(Message::from_publish(p, Some(self.session.id), Instant::now()));
+        let delivered = broker.publish(&msg);
+        let code = if delivered == 0 && self.version.is_v5() {
+            ReasonCode::NoMatchingSubscribers
+        } else {
+            ReasonCode::Success
+        };
+        match (qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => {
+                self.write_packet(&Packet::PubAck(PubReply::with_reason(id, code)));
+            }
+            (QoS::ExactlyOnce, Some(id)) => {
+                self.write_packet(&Packet::PubRec(PubReply::with_reason(id, code)));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_puback(&mut self, r: &PubReply) {
+        let mut st = self.session.lock();
+        if st.inflight.get(&r.packet_id).is_some_and(|f| f.state == Awaiting::PubAck) {
+            st.inflight.remove(&r.packet_id);
+        }
+    }
+
+    fn on_pubrec(&mut self, r: &PubReply) {
+        let mut st = self.session.lock();
+        let reply = match st.inflight.get_mut(&r.packet_id) {
+            Some(f) if f.state == Awaiting::PubRec && r.reason_code.is_error() => {
+                // The receiver refused the message: the flow ends here (MQTT 4.3.3).
+                st.inflight.remove(&r.packet_id);
+                None
+            }
+            Some(f) => {
+                f.state = Awaiting::PubComp;
+                Some(PubReply::new(r.packet_id))
+            }
+            None => Some(PubReply::with_reason(r.packet_id, ReasonCode::PacketIdentifierNotFound)),
+        };
+        drop(st);
+        if let Some(mut reply) = reply {
+            if !self.version.is_v5() {
+                reply.reason_code = ReasonCode::Success;
+            }
+            self.write_packet(&Packet::PubRel(reply));
+        }
+    }
+
+    fn on_pubrel(&mut self, r: &PubReply) {
+        let known = self.session.lock().inbound_qos2.remove(&r.packet_id);
+        let code = if known || !self.version.is_v5() {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        self.write_packet(&Packet::PubComp(PubReply::with_reason(r.packet_id, code)));
+    }
+
+    fn on_pubcomp(&mut self, r: &PubReply) {
+        let mut st = self.session.lock();
+        if st.inflight.get(&r.packet_id).is_some_and(|f| f.state == Awaiting::PubComp) {
+            st.inflight.remove(&r.packet_id);
+        }
+    }
+
+    fn on_subscribe(&mut self, s: &Subscribe) -> Handled {
+        let broker = self.broker.clone();
+        let cfg = &broker.config;
+        let sub_id = s.properties.subscription_identifier;
+        if sub_id.is_some() && !cfg.mqtt.subscription_identifiers {
+            return Err(Close::Server(ReasonCode::SubscriptionIdentifiersNotSupported));
+        }
+        let now = Instant::now();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained: Vec<(Arc<Message>, QoS)> = Vec::new();
+        for (raw, opts) in &s.filters {
+            let Ok(tf) = TopicFilter::parse(raw) else {
+                codes.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            };
+            if tf.share_group.is_some() && opts.no_local {
+                return Err(protocol_error()); // MQTT-3.8.3-4
+            }
+            let exists = self.session.lock().subscriptions.contains_key(&**raw);
+            let code = if tf.share_group.is_some() && !cfg.mqtt.shared_subscriptions {
+                ReasonCode::SharedSubscriptionsNotSupported
+            } else if tf.has_wildcards() && !cfg.mqtt.wildcard_subscriptions {
+                ReasonCode::WildcardSubscriptionsNotSupported
+            } else if level_count(tf.filter) > cfg.limits.max_topic_levels {
+                ReasonCode::TopicFilterInvalid
+            } else if !exists
+                && self.session.lock().subscriptions.len() >= cfg.limits.max_subscriptions_per_client
+            {
+                ReasonCode::QuotaExceeded
+            } else {
+                let granted = opts.qos.min(max_qos(cfg));
+                let options = SubscriptionOptions { qos: granted, ..*opts };
+                let entry = SubEntry { session: self.session.clone(), options, id: sub_id };
+                let new = broker.add_subscription(&self.session, raw, tf, entry);
+                let send_retained = match opts.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => new,
+                    RetainHandling::DoNotSend => false,
+                };
+                // Retained messages are not sent for shared subscriptions (MQTT 4.8.2).
+                if send_retained && tf.share_group.is_none() {
+                    retained
+                        .extend(broker.retained_matching(tf.filter, now).into_iter().map(|m| (m, granted)));
+                }
+                match granted {
+                    QoS::AtMostOnce => ReasonCode::Success,
+                    QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                    QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+                }
+            };
+            codes.push(code);
+        }
+        let ack =
+            SubAck { packet_id: s.packet_id, reason_codes: codes, properties: AckProperties::default() };
+        self.write_packet(&Packet::SubAck(ack));
+        for (msg, granted) in retained {
+            let pending = Pending {
+                qos: msg.qos.min(granted),
+                msg,
+                retain: true,
+                sub_ids: SubIds::from_option(sub_id),
+                share: None,
+            };
+            broker.deliver(&self.session, pending);
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: &Unsubscribe) {
+        let broker = self.broker.clone();
+        let codes = u
+            .filters
+            .iter()
+            .map(|raw| match TopicFilter::parse(raw) {
+                Ok(tf) if broker.remove_subscription(&self.session, raw, tf) => ReasonCode::Success,
+                Ok(_) => ReasonCode::NoSubscriptionExisted,
+                Err(_) => ReasonCode::TopicFilterInvalid,
+            })
+            .collect();
+        let ack =
+            UnsubAck { packet_id: u.packet_id, reason_codes: codes, properties: AckProperties::default() };
+        self.write_packet(&Packet::UnsubAck(ack));
+    }
+
+    /// A client DISCONNECT; returns how the connection closes.
+    fn on_disconnect(&mut self, d: &Disconnect) -> Close {
+        if self.version.is_v5() {
+            if let Some(e) = d.properties.session_expiry_interval {
+                if self.connect_expiry == 0 && e != 0 {
+                    return protocol_error(); // MQTT-3.14.2-2
+                }
+                self.expiry_override = Some(e.min(self.broker.config.mqtt.max_session_expiry));
+            }
+            // Any reason but 0x00 publishes the will (MQTT 3.1.2.5).
+            if d.reason_code != ReasonCode::Success {
+                return Close::ClientWithWill;
+            }
+        }
+        Close::ClientNormal
+    }
+}

@@ -1,0 +1,132 @@
+//! The broker's own message type, converted from and to wire PUBLISH packets at the
+//! connection boundary.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tern_protocol::{ByteStr, Publish, PublishProperties, QoS, UserProperty};
+
+/// Application properties a message carries end to end (MQTT 5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageProperties {
+    /// Payload Format Indicator (true = UTF-8).
+    pub payload_format_indicator: Option<bool>,
+    /// Content Type.
+    pub content_type: Option<ByteStr>,
+    /// Response Topic.
+    pub response_topic: Option<ByteStr>,
+    /// Correlation Data.
+    pub correlation_data: Option<Bytes>,
+    /// User properties, in order.
+    pub user_properties: Vec<UserProperty>,
+}
+
+impl MessageProperties {
+    /// Whether no property is set.
+    pub fn is_empty(&self) -> bool {
+        self.payload_format_indicator.is_none()
+            && self.content_type.is_none()
+            && self.response_topic.is_none()
+            && self.correlation_data.is_none()
+            && self.user_properties.is_empty()
+    }
+}
+
+/// A published message as routed inside the broker; shared by `Arc` between all recipients.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Topic name.
+    pub topic: ByteStr,
+    /// Payload (shared with the publisher's read buffer, never copied per subscriber).
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// RETAIN flag as published.
+    pub retain: bool,
+    /// End-to-end properties.
+    pub properties: MessageProperties,
+    /// When the message expires (from Message Expiry Interval), if ever.
+    pub expires_at: Option<Instant>,
+    /// Session id of the publisher, for No Local; `None` for broker-originated messages.
+    pub publisher: Option<u64>,
+}
+
+impl Message {
+    /// Builds a message from an inbound PUBLISH whose topic alias has been resolved.
+    pub fn from_publish(p: Publish, publisher: Option<u64>, now: Instant) -> Message {
+        let PublishProperties {
+            payload_format_indicator,
+            message_expiry_interval,
+            response_topic,
+            correlation_data,
+            user_properties,
+            content_type,
+            ..
+        } = p.properties;
+        Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: MessageProperties {
+                payload_format_indicator,
+                content_type,
+                response_topic,
+                correlation_data,
+                user_properties,
+            },
+            expires_at: message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s))),
+            publisher,
+        }
+    }
+
+    /// Whether the message has expired at `now`.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// Remaining expiry interval in whole seconds (rounded up), if the message expires.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let left = t.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// Approximate memory cost, for queue byte limits.
+    pub fn cost(&self) -> usize {
+        self.payload.len() + self.topic.len() + 64
+    }
+
+    /// The PUBLISH to send for this message.
+    pub fn to_publish(
+        self: &Arc<Self>,
+        qos: QoS,
+        retain: bool,
+        packet_id: Option<u16>,
+        subscription_ids: &[u32],
+        now: Instant,
+    ) -> Publish {
+        let p = &self.properties;
+        Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: self.topic.clone(),
+            packet_id,
+            properties: PublishProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: self.remaining_expiry(now),
+                topic_alias: None,
+                response_topic: p.response_topic.clone(),
+                correlation_data: p.correlation_data.clone(),
+                user_properties: p.user_properties.clone(),
+                subscription_identifiers: subscription_ids.to_vec(),
+                content_type: p.content_type.clone(),
+            },
+            payload: self.payload.clone(),
+        }
+    }
+}

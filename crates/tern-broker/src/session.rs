@@ -1,0 +1,258 @@
+//! Session state that outlives a connection: subscriptions, the outbound queue, QoS 1/2
+//! in-flight windows in both directions, and the pending will.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tern_protocol::{LastWill, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
+use tokio::sync::{Notify, oneshot};
+
+use crate::config::{LimitsConfig, QueueFullPolicy};
+use crate::message::Message;
+use crate::trie::ShareKey;
+
+/// Subscription identifiers attached to one delivery (usually none or one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum SubIds {
+    #[default]
+    None,
+    One(u32),
+    Many(Box<[u32]>),
+}
+
+impl SubIds {
+    pub(crate) fn from_option(id: Option<u32>) -> SubIds {
+        id.map_or(SubIds::None, SubIds::One)
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u32] {
+        match self {
+            SubIds::None => &[],
+            SubIds::One(id) => std::slice::from_ref(id),
+            SubIds::Many(ids) => ids,
+        }
+    }
+
+    pub(crate) fn push(&mut self, id: u32) {
+        let mut v = self.as_slice().to_vec();
+        if !v.contains(&id) {
+            v.push(id);
+        }
+        *self = if v.len() == 1 { SubIds::One(v[0]) } else { SubIds::Many(v.into()) };
+    }
+}
+
+/// A message waiting to be sent to this session.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub(crate) msg: Arc<Message>,
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+    pub(crate) sub_ids: SubIds,
+    pub(crate) share: Option<Arc<ShareKey>>,
+}
+
+/// Where an outbound QoS 1/2 message stands.
+// Named after the packet awaited, which all happen to start with "Pub".
+#[allow(clippy::enum_variant_names)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Awaiting {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    PubAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    PubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    PubComp,
+}
+
+/// An outbound message that has a packet identifier and is not yet acknowledged.
+#[derive(Debug, Clone)]
+pub(crate) struct Inflight {
+    pub(crate) pending: Pending,
+    pub(crate) state: Awaiting,
+    /// Send order, so redelivery after reconnect keeps the original order (MQTT-4.4.0-1).
+    pub(crate) seq: u64,
+}
+
+/// A stored subscription of this session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredSub {
+    pub(crate) options: SubscriptionOptions,
+    pub(crate) id: Option<u32>,
+}
+
+/// Mutable session state, behind the session's mutex. Never held across an `.await`.
+#[derive(Debug)]
+pub(crate) struct SessionState {
+    pub(crate) queue: VecDeque<Pending>,
+    pub(crate) queued_bytes: usize,
+    pub(crate) inflight: BTreeMap<u16, Inflight>,
+    pub(crate) next_packet_id: u16,
+    pub(crate) next_seq: u64,
+    /// QoS 2 packet ids received and PUBREC'd, waiting for PUBREL.
+    pub(crate) inbound_qos2: HashSet<u16>,
+    /// Subscriptions by the filter as sent (including any `$share/{group}/` prefix).
+    pub(crate) subscriptions: HashMap<Box<str>, StoredSub>,
+    /// Session Expiry Interval in seconds (u32::MAX = never).
+    pub(crate) expiry_interval: u32,
+    /// Incremented on every (re)connect; timers and old connections compare it.
+    pub(crate) generation: u64,
+    /// Tells the connected connection, if any, to close (takeover, admin action).
+    pub(crate) kick: Option<oneshot::Sender<ReasonCode>>,
+    /// A will waiting for its delay to pass or the session to end.
+    pub(crate) pending_will: Option<LastWill>,
+    /// Protocol level of the last connection (decides how queued messages are encoded).
+    pub(crate) protocol: ProtocolVersion,
+    /// When the last connection ended, while offline.
+    pub(crate) disconnected_at: Option<Instant>,
+}
+
+/// What happened to a message offered to a session queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EnqueueOutcome {
+    Queued,
+    /// Queued after dropping the oldest message.
+    QueuedDroppedOldest,
+    Dropped,
+}
+
+/// A client session, shared between its connection, the subscription tree and publishers.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique id of this session incarnation (a clean start makes a new one).
+    pub id: u64,
+    /// The client identifier.
+    pub client_id: Arc<str>,
+    pub(crate) state: std::sync::Mutex<SessionState>,
+    /// Wakes the connection's writer when the queue gains messages.
+    pub(crate) notify: Notify,
+    online: AtomicBool,
+}
+
+impl Session {
+    pub(crate) fn new(id: u64, client_id: Arc<str>, protocol: ProtocolVersion) -> Session {
+        Session {
+            id,
+            client_id,
+            state: std::sync::Mutex::new(SessionState {
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                inflight: BTreeMap::new(),
+                next_packet_id: 1,
+                next_seq: 0,
+                inbound_qos2: HashSet::new(),
+                subscriptions: HashMap::new(),
+                expiry_interval: 0,
+                generation: 0,
+                kick: None,
+                pending_will: None,
+                protocol,
+                disconnected_at: None,
+            }),
+            notify: Notify::new(),
+            online: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a connection is attached.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Release);
+    }
+
+    /// Locks the state. A poisoned lock means a panic elsewhere already broke an invariant
+    /// of this one session; the state is still structurally valid, so keep serving.
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Offers a message to the queue, applying the limits. Returns what happened; the caller
+    /// wakes the connection.
+    pub(crate) fn enqueue(&self, p: Pending, limits: &LimitsConfig) -> EnqueueOutcome {
+        let online = self.is_online();
+        let mut st = self.lock();
+        // An offline session keeps only QoS 1/2 messages (QoS 0 is "at most once").
+        if !online && p.qos == QoS::AtMostOnce {
+            return EnqueueOutcome::Dropped;
+        }
+        let cost = p.msg.cost();
+        let full = |st: &SessionState| {
+            st.queue.len() >= limits.max_queued_messages || st.queued_bytes + cost > limits.max_queued_bytes
+        };
+        let mut outcome = EnqueueOutcome::Queued;
+        if full(&st) {
+            if p.qos == QoS::AtMostOnce || limits.queue_full_policy == QueueFullPolicy::DropNew {
+                return EnqueueOutcome::Dropped;
+            }
+            // Make room: QoS 0 entries go first, then the oldest.
+            while full(&st) {
+                let victim = st
+                    .queue
+                    .iter()
+                    .position(|q| q.qos == QoS::AtMostOnce)
+                    .or(if st.queue.is_empty() { None } else { Some(0) });
+                let Some(i) = victim else { return EnqueueOutcome::Dropped };
+                if let Some(old) = st.queue.remove(i) {
+                    st.queued_bytes -= old.msg.cost();
+                }
+                outcome = EnqueueOutcome::QueuedDroppedOldest;
+            }
+        }
+        st.queued_bytes += cost;
+        st.queue.push_back(p);
+        outcome
+    }
+}
+
+impl SessionState {
+    /// Allocates a packet identifier not used by any in-flight message.
+    pub(crate) fn alloc_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Takes the next sequence number for send ordering.
+    pub(crate) fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// Removes and returns everything queued or in flight, for handing shared-subscription
+    /// messages to another member.
+    pub(crate) fn take_shared(&mut self) -> Vec<Pending> {
+        let mut out = Vec::new();
+        let mut keep = VecDeque::with_capacity(self.queue.len());
+        for p in self.queue.drain(..) {
+            if p.share.is_some() {
+                self.queued_bytes -= p.msg.cost();
+                out.push(p);
+            } else {
+                keep.push_back(p);
+            }
+        }
+        self.queue = keep;
+        // Only messages whose PUBLISH has not been acknowledged at all can move; a QoS 2
+        // message past PUBREC belongs to this session (MQTT-4.3.3).
+        let moving: Vec<u16> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| f.pending.share.is_some() && f.state != Awaiting::PubComp)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut moved: Vec<Inflight> = moving.iter().filter_map(|id| self.inflight.remove(id)).collect();
+        moved.sort_by_key(|f| f.seq);
+        let mut result: Vec<Pending> = moved.into_iter().map(|f| f.pending).collect();
+        result.extend(out);
+        result
+    }
+}

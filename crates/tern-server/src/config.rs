@@ -1,0 +1,207 @@
+//! Configuration: built-in defaults, then the TOML file, then `TERN_*` environment variables
+//! (`__` separates nesting levels), then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tern_broker::{LimitsConfig, MqttConfig, SysConfig};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Config {
+    /// Address of the plain-TCP MQTT listener.
+    pub(crate) mqtt_addr: SocketAddr,
+    /// `"auto"` (default): anonymous clients are allowed only while every listener is on a
+    /// loopback address; `true` or `false` force it.
+    pub(crate) allow_anonymous: Anonymous,
+    /// Log filter (`info`, `debug`, `tern_broker=debug,info`, ...).
+    pub(crate) log: String,
+    /// Seconds to wait for connections to close on shutdown.
+    pub(crate) shutdown_grace: u64,
+    /// Protocol capabilities.
+    pub(crate) mqtt: MqttConfig,
+    /// Resource limits.
+    pub(crate) limits: LimitsConfig,
+    /// $SYS publication.
+    pub(crate) sys: SysConfig,
+}
+
+/// The anonymous-access policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Anonymous {
+    /// Allowed only while every listener is on loopback (Mosquitto 2's rule).
+    #[default]
+    Auto,
+    /// Always allowed.
+    #[serde(alias = "yes")]
+    True,
+    /// Never allowed.
+    #[serde(alias = "no")]
+    False,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            allow_anonymous: Anonymous::Auto,
+            log: "info".into(),
+            shutdown_grace: 10,
+            mqtt: MqttConfig::default(),
+            limits: LimitsConfig::default(),
+            sys: SysConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The broker part of the configuration.
+    pub(crate) fn broker(&self) -> tern_broker::BrokerConfig {
+        tern_broker::BrokerConfig {
+            mqtt: self.mqtt.clone(),
+            limits: self.limits.clone(),
+            sys: self.sys.clone(),
+        }
+    }
+
+    /// Whether anonymous clients are allowed, resolving `auto` against the listeners.
+    pub(crate) fn anonymous_allowed(&self) -> bool {
+        match self.allow_anonymous {
+            Anonymous::True => true,
+            Anonymous::False => false,
+            Anonymous::Auto => self.mqtt_addr.ip().is_loopback(),
+        }
+    }
+}
+
+/// Environment variables with the `TERN_` prefix that are not configuration keys.
+const NON_CONFIG_ENV: &[&str] = &["TERN_CONFIG", "TERN_BIN"];
+
+/// Loads the configuration from an optional file and the given environment.
+pub(crate) fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Config> {
+    let mut table = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            text.parse::<toml::Table>().with_context(|| format!("invalid TOML in {}", path.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    let mut env: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with("TERN_")).collect();
+    env.sort();
+    for (key, value) in env {
+        if NON_CONFIG_ENV.contains(&key.as_str()) {
+            continue;
+        }
+        let path: Vec<String> = key["TERN_".len()..].split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) {
+            bail!("environment variable {key}: empty key segment");
+        }
+        set_path(&mut table, &path, parse_env_value(&value))
+            .with_context(|| format!("environment variable {key}"))?;
+    }
+    let config: Config = toml::Value::Table(table)
+        .try_into()
+        .context("invalid configuration (see docs/configuration.md for every key)")?;
+    config.broker().validate()?;
+    Ok(config)
+}
+
+/// Reads an environment value as the TOML scalar it looks like.
+fn parse_env_value(v: &str) -> toml::Value {
+    if let Ok(i) = v.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = v.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(v.to_string())
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<()> {
+    let (last, parents) = path.split_last().context("empty key")?;
+    let mut t = table;
+    for p in parents {
+        let entry = t.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry.as_table_mut().with_context(|| format!("{p} is not a section"))?;
+    }
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect::<Vec<_>>().into_iter()
+    }
+
+    #[test]
+    fn defaults_without_file_or_env() {
+        let c = load(None, env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.anonymous_allowed());
+    }
+
+    #[test]
+    fn env_overrides_nested_and_top_level_keys() {
+        let c = load(
+            None,
+            env(&[
+                ("TERN_MQTT__MAX_PACKET_SIZE", "2000"),
+                ("TERN_SYS__INTERVAL", "1"),
+                ("TERN_MQTT_ADDR", "0.0.0.0:1884"),
+                ("TERN_LIMITS__QUEUE_FULL_POLICY", "drop_new"),
+                ("TERN_MQTT__RETAIN_AVAILABLE", "false"),
+                ("TERN_BIN", "/ignored"),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.max_packet_size, 2000);
+        assert_eq!(c.sys.interval, 1);
+        assert_eq!(c.mqtt_addr, "0.0.0.0:1884".parse().unwrap());
+        assert_eq!(c.limits.queue_full_policy, tern_broker::QueueFullPolicy::DropNew);
+        assert!(!c.mqtt.retain_available);
+        // Not on loopback: anonymous access is off unless forced.
+        assert!(!c.anonymous_allowed());
+    }
+
+    #[test]
+    fn file_then_env() {
+        let dir = std::env::temp_dir().join(format!("tern-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tern.toml");
+        std::fs::write(&path, "allow_anonymous = true\n[mqtt]\nreceive_maximum = 10\nmax_qos = 1\n").unwrap();
+        let c = load(Some(&path), env(&[("TERN_MQTT__RECEIVE_MAXIMUM", "20")])).unwrap();
+        assert_eq!(c.mqtt.receive_maximum, 20);
+        assert_eq!(c.mqtt.max_qos, 1);
+        assert_eq!(c.allow_anonymous, Anonymous::True);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let e = load(None, env(&[("TERN_MQTT__NO_SUCH_KEY", "1")])).unwrap_err();
+        assert!(format!("{e:#}").contains("no_such_key"), "{e:#}");
+        let e = load(None, env(&[("TERN_MQTT__RECEIVE_MAXIMUM", "0")])).unwrap_err();
+        assert!(format!("{e:#}").contains("receive_maximum"), "{e:#}");
+        let e = load(None, env(&[("TERN_MQTT__MAX_QOS", "3")])).unwrap_err();
+        assert!(format!("{e:#}").contains("max_qos"), "{e:#}");
+        let e = load(Some(Path::new("/nonexistent/tern.toml")), env(&[])).unwrap_err();
+        assert!(format!("{e:#}").contains("cannot read config file"), "{e:#}");
+    }
+
+    #[test]
+    fn sample_config_matches_defaults() {
+        // docs/tern.sample.toml lists every key with its default; keep it true.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/tern.sample.toml");
+        let c = load(Some(&path), env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+    }
+}
