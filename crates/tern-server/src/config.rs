@@ -29,19 +29,41 @@ pub(crate) struct Config {
     pub(crate) sys: SysConfig,
 }
 
-/// The anonymous-access policy.
+/// The anonymous-access policy: `"auto"`, `true` or `false` (booleans or strings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "AnonymousRepr")]
 pub(crate) enum Anonymous {
     /// Allowed only while every listener is on loopback (Mosquitto 2's rule).
     #[default]
     Auto,
     /// Always allowed.
-    #[serde(alias = "yes")]
     True,
     /// Never allowed.
-    #[serde(alias = "no")]
     False,
+}
+
+/// What `allow_anonymous` may be written as.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AnonymousRepr {
+    Bool(bool),
+    Str(String),
+}
+
+impl TryFrom<AnonymousRepr> for Anonymous {
+    type Error = String;
+    fn try_from(r: AnonymousRepr) -> Result<Anonymous, String> {
+        match r {
+            AnonymousRepr::Bool(true) => Ok(Anonymous::True),
+            AnonymousRepr::Bool(false) => Ok(Anonymous::False),
+            AnonymousRepr::Str(s) => match s.as_str() {
+                "auto" => Ok(Anonymous::Auto),
+                "true" => Ok(Anonymous::True),
+                "false" => Ok(Anonymous::False),
+                other => Err(format!("expected \"auto\", true or false, got {other:?}")),
+            },
+        }
+    }
 }
 
 impl Default for Config {
@@ -193,6 +215,8 @@ mod tests {
         assert!(format!("{e:#}").contains("receive_maximum"), "{e:#}");
         let e = load(None, env(&[("TERN_MQTT__MAX_QOS", "3")])).unwrap_err();
         assert!(format!("{e:#}").contains("max_qos"), "{e:#}");
+        let e = load(None, env(&[("TERN_ALLOW_ANONYMOUS", "maybe")])).unwrap_err();
+        assert!(format!("{e:#}").contains("expected \"auto\", true or false"), "{e:#}");
         let e = load(Some(Path::new("/nonexistent/tern.toml")), env(&[])).unwrap_err();
         assert!(format!("{e:#}").contains("cannot read config file"), "{e:#}");
     }
