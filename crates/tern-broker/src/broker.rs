@@ -263,6 +263,8 @@ impl Inner {
                 existing.set_online(true);
                 return Attached { session: existing, session_present: true, generation, kick: rx };
             }
+            // The old connection must not treat the session as its own any more.
+            st.generation += 1;
             drop(st);
             sessions.remove(&client_id);
             drop(sessions);
@@ -293,12 +295,14 @@ impl Inner {
     ) {
         let mut st = session.lock();
         if st.generation != generation {
-            // Taken over: the session continues on the new connection. A will without delay
-            // is still published (the old network connection did close abnormally).
             drop(st);
-            if let Some(w) = will
-                && w.properties.will_delay_interval.unwrap_or(0) == 0
-            {
+            // Taken over. If the new connection resumed the session, a will with a delay is
+            // cancelled by that reconnect (MQTT 3.1.3.2.2); if it started clean, the session
+            // ended and its will is due now. A will without delay is published either way.
+            let Some(w) = will else { return };
+            let resumed =
+                lock(&self.sessions).get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session));
+            if !resumed || w.properties.will_delay_interval.unwrap_or(0) == 0 {
                 self.publish_will(session.id, w);
             }
             return;

@@ -438,6 +438,10 @@ impl Conn {
         let now = Instant::now();
         let session = self.session.clone();
         let mut st = session.lock();
+        if st.generation != self.generation {
+            // Taken over: the new connection owns the queue and resends what is in flight.
+            return;
+        }
         while self.wbuf.len() < WRITE_HIGH_WATER {
             let Some(front) = st.queue.front() else { break };
             if front.qos != tern_protocol::QoS::AtMostOnce && st.inflight.len() >= self.out_window {

@@ -256,3 +256,79 @@ impl SessionState {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tern_protocol::ByteStr;
+
+    fn pending(qos: QoS, payload: &'static [u8]) -> Pending {
+        let msg = Message {
+            topic: ByteStr::from("t"),
+            payload: Bytes::from_static(payload),
+            qos,
+            retain: false,
+            properties: crate::message::MessageProperties::default(),
+            expires_at: None,
+            publisher: None,
+        };
+        Pending { msg: Arc::new(msg), qos, retain: false, sub_ids: SubIds::None, share: None }
+    }
+
+    fn limits(n: usize, policy: QueueFullPolicy) -> LimitsConfig {
+        LimitsConfig { max_queued_messages: n, queue_full_policy: policy, ..LimitsConfig::default() }
+    }
+
+    fn payloads(s: &Session) -> Vec<Bytes> {
+        s.lock().queue.iter().map(|p| p.msg.payload.clone()).collect()
+    }
+
+    #[test]
+    fn offline_sessions_keep_only_qos1_and_2() {
+        let s = Session::new(1, "c".into(), ProtocolVersion::V5);
+        let l = limits(10, QueueFullPolicy::DropOldest);
+        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"0"), &l), EnqueueOutcome::Dropped);
+        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"1"), &l), EnqueueOutcome::Queued);
+        s.set_online(true);
+        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"2"), &l), EnqueueOutcome::Queued);
+    }
+
+    #[test]
+    fn drop_oldest_evicts_qos0_first_then_oldest() {
+        let s = Session::new(1, "c".into(), ProtocolVersion::V5);
+        s.set_online(true);
+        let l = limits(3, QueueFullPolicy::DropOldest);
+        s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l);
+        s.enqueue(pending(QoS::AtMostOnce, b"b"), &l);
+        s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l);
+        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"x"), &l), EnqueueOutcome::Dropped);
+        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"d"), &l), EnqueueOutcome::QueuedDroppedOldest);
+        assert_eq!(payloads(&s), ["a", "c", "d"]);
+        assert_eq!(s.enqueue(pending(QoS::ExactlyOnce, b"e"), &l), EnqueueOutcome::QueuedDroppedOldest);
+        assert_eq!(payloads(&s), ["c", "d", "e"]);
+        let st = s.lock();
+        assert_eq!(st.queued_bytes, st.queue.iter().map(|p| p.msg.cost()).sum::<usize>());
+    }
+
+    #[test]
+    fn drop_new_keeps_the_queue() {
+        let s = Session::new(1, "c".into(), ProtocolVersion::V5);
+        let l = limits(2, QueueFullPolicy::DropNew);
+        s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l);
+        s.enqueue(pending(QoS::AtLeastOnce, b"b"), &l);
+        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l), EnqueueOutcome::Dropped);
+        assert_eq!(payloads(&s), ["a", "b"]);
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_flight_and_wrap() {
+        let s = Session::new(1, "c".into(), ProtocolVersion::V5);
+        let mut st = s.lock();
+        st.next_packet_id = u16::MAX;
+        let p = pending(QoS::AtLeastOnce, b"a");
+        st.inflight.insert(1, Inflight { pending: p, state: Awaiting::PubAck, seq: 0 });
+        assert_eq!(st.alloc_packet_id(), u16::MAX);
+        assert_eq!(st.alloc_packet_id(), 2, "wraps past 0 and skips 1, in flight");
+    }
+}

@@ -212,3 +212,95 @@ impl SubscriptionTree {
         g.pick(Some(exclude)).filter(|e| e.session.is_online())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_protocol::{ProtocolVersion, QoS};
+
+    fn session(id: u64) -> Arc<Session> {
+        let s = Arc::new(Session::new(id, format!("c{id}").into(), ProtocolVersion::V5));
+        s.set_online(true);
+        s
+    }
+
+    fn entry(s: &Arc<Session>) -> SubEntry {
+        SubEntry { session: s.clone(), options: SubscriptionOptions::default(), id: None }
+    }
+
+    fn matched(tree: &SubscriptionTree, topic: &str) -> Vec<u64> {
+        let mut out = Vec::new();
+        tree.matches(topic, &mut out);
+        let mut ids: Vec<u64> = out.iter().map(|t| t.entry.session.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn wildcards_and_dollar_topics() {
+        let mut tree = SubscriptionTree::default();
+        let filters = ["a/b", "a/+", "a/#", "#", "+/b", "$SYS/#", "+/+/c", "a/b/#"];
+        let sessions: Vec<_> = (1..=filters.len() as u64).map(session).collect();
+        for (f, s) in filters.iter().zip(&sessions) {
+            assert!(tree.insert(f, None, entry(s)));
+        }
+        assert_eq!(tree.len(), filters.len());
+        assert_eq!(matched(&tree, "a/b"), vec![1, 2, 3, 4, 5, 8]);
+        assert_eq!(matched(&tree, "a"), vec![3, 4]);
+        assert_eq!(matched(&tree, "a/b/c"), vec![3, 4, 7, 8]);
+        assert_eq!(matched(&tree, "x/b"), vec![4, 5]);
+        // MQTT-4.7.2-1: leading wildcards never match $ topics.
+        assert_eq!(matched(&tree, "$SYS/broker/uptime"), vec![6]);
+        assert_eq!(matched(&tree, "$SYS"), vec![6]);
+    }
+
+    #[test]
+    fn replace_remove_and_prune() {
+        let mut tree = SubscriptionTree::default();
+        let s = session(1);
+        assert!(tree.insert("a/b/c", None, entry(&s)));
+        let mut e = entry(&s);
+        e.options.qos = QoS::ExactlyOnce;
+        assert!(!tree.insert("a/b/c", None, e), "same session and filter replaces");
+        assert_eq!(tree.len(), 1);
+        let mut out = Vec::new();
+        tree.matches("a/b/c", &mut out);
+        assert_eq!(out[0].entry.options.qos, QoS::ExactlyOnce);
+        assert!(!tree.remove("a/b", None, 1));
+        assert!(tree.remove("a/b/c", None, 1));
+        assert!(!tree.remove("a/b/c", None, 1));
+        assert_eq!(tree.len(), 0);
+        assert!(tree.root.is_empty(), "empty branches are pruned");
+    }
+
+    #[test]
+    fn shared_groups_round_robin_over_online_members() {
+        let mut tree = SubscriptionTree::default();
+        let (a, b, c) = (session(1), session(2), session(3));
+        tree.insert("t/+", Some("g"), entry(&a));
+        tree.insert("t/+", Some("g"), entry(&b));
+        tree.insert("t/+", Some("h"), entry(&c));
+        let mut counts = [0usize; 4];
+        for _ in 0..10 {
+            let mut out = Vec::new();
+            tree.matches("t/x", &mut out);
+            assert_eq!(out.len(), 2, "one member per group");
+            for t in out {
+                assert!(t.share.is_some());
+                counts[t.entry.session.id as usize] += 1;
+            }
+        }
+        assert_eq!(counts[1..], [5, 5, 10]);
+        b.set_online(false);
+        let mut out = Vec::new();
+        tree.matches("t/x", &mut out);
+        assert!(out.iter().all(|t| t.entry.session.id != 2), "offline members are skipped");
+        let key = ShareKey { group: "g".into(), filter: "t/+".into() };
+        assert_eq!(tree.pick_shared(&key, 1).map(|e| e.session.id), None, "only online others");
+        b.set_online(true);
+        assert_eq!(tree.pick_shared(&key, 1).map(|e| e.session.id), Some(2));
+        assert!(tree.remove("t/+", Some("g"), 1));
+        assert!(tree.remove("t/+", Some("g"), 2));
+        assert_eq!(tree.len(), 1);
+    }
+}
