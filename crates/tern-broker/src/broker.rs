@@ -47,6 +47,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The outcome of routing one message.
+#[derive(Debug, Default)]
+pub(crate) struct Routed {
+    /// Deliveries made (one per session, plus one per shared group).
+    pub(crate) delivered: usize,
+    /// A subscriber whose queue is past the soft limit: the publisher should wait for it.
+    pub(crate) congested: Option<Arc<Session>>,
+}
+
 /// The outcome of attaching a connection to a session at CONNECT.
 #[derive(Debug)]
 pub(crate) struct Attached {
@@ -142,7 +151,7 @@ impl Broker {
     /// Publishes a broker-originated message (retained handling included); returns how many
     /// subscriptions it was delivered to.
     pub fn publish(&self, msg: Message) -> usize {
-        self.inner.publish(&Arc::new(msg))
+        self.inner.publish(&Arc::new(msg)).delivered
     }
 }
 
@@ -155,8 +164,8 @@ impl Inner {
         self.subs.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Applies the retain flag and routes the message; returns the number of deliveries.
-    pub(crate) fn publish(&self, msg: &Arc<Message>) -> usize {
+    /// Applies the retain flag and routes the message.
+    pub(crate) fn publish(&self, msg: &Arc<Message>) -> Routed {
         if msg.retain && self.config.mqtt.retain_available {
             let mut retained = self.retained.write().unwrap_or_else(PoisonError::into_inner);
             if msg.payload.is_empty() {
@@ -170,7 +179,7 @@ impl Inner {
 
     /// Delivers `msg` to every matching subscription: one delivery per session at the highest
     /// matching QoS with all subscription identifiers (MQTT 3.3.4), plus one per shared group.
-    pub(crate) fn route(&self, msg: &Arc<Message>) -> usize {
+    pub(crate) fn route(&self, msg: &Arc<Message>) -> Routed {
         let tree = self.read_subs();
         let mut targets: Vec<Target<'_>> = Vec::new();
         tree.matches(&msg.topic, &mut targets);
@@ -178,15 +187,15 @@ impl Inner {
         if let Some(publisher) = msg.publisher {
             targets.retain(|t| !(t.entry.options.no_local && t.entry.session.id == publisher));
         }
+        let mut routed = Routed::default();
         if targets.is_empty() {
             Stats::add(&self.stats.messages_unrouted, 1);
-            return 0;
+            return routed;
         }
         if targets.len() > 1 {
             // Group a session's overlapping non-shared subscriptions next to each other.
             targets.sort_by_key(|t| (t.share.is_some(), t.entry.session.id));
         }
-        let mut delivered = 0;
         let mut i = 0;
         while i < targets.len() {
             let t = targets[i];
@@ -215,16 +224,20 @@ impl Inner {
                 sub_ids: ids,
                 share: t.share.cloned(),
             };
-            self.deliver(&t.entry.session, pending);
-            delivered += 1;
+            if self.deliver(&t.entry.session, pending) && routed.congested.is_none() {
+                routed.congested = Some(t.entry.session.clone());
+            }
+            routed.delivered += 1;
             i = j;
         }
-        delivered
+        routed
     }
 
-    /// Queues one delivery on a session and wakes its connection.
-    pub(crate) fn deliver(&self, session: &Session, pending: Pending) {
-        match session.enqueue(pending, &self.config.limits) {
+    /// Queues one delivery on a session and wakes its connection; returns whether the
+    /// session is congested (online with a queue past the soft limit).
+    pub(crate) fn deliver(&self, session: &Session, pending: Pending) -> bool {
+        let (outcome, len) = session.enqueue(pending, &self.config.limits);
+        match outcome {
             EnqueueOutcome::Queued => session.notify.notify_one(),
             EnqueueOutcome::QueuedDroppedOldest => {
                 Stats::add(&self.stats.messages_dropped_queue_full, 1);
@@ -232,6 +245,7 @@ impl Inner {
             }
             EnqueueOutcome::Dropped => Stats::add(&self.stats.messages_dropped_queue_full, 1),
         }
+        len >= crate::session::SOFT_QUEUE_LIMIT && session.is_online()
     }
 
     /// Attaches a new connection to the session of `client_id`, taking over any connection
@@ -420,7 +434,7 @@ impl Inner {
                     sub_ids: SubIds::from_option(entry.id),
                     ..p
                 };
-                self.deliver(&entry.session, pending);
+                let _ = self.deliver(&entry.session, pending);
             }
         }
     }
@@ -446,7 +460,7 @@ impl Inner {
             payload: w.payload,
         };
         Stats::add(&self.stats.wills_published, 1);
-        self.publish(&Arc::new(Message::from_publish(publish, Some(from), Instant::now())));
+        let _ = self.publish(&Arc::new(Message::from_publish(publish, Some(from), Instant::now())));
     }
 
     /// Adds (or replaces) a subscription in the tree and the session; returns whether it is new.

@@ -83,6 +83,8 @@ pub(crate) struct Conn {
     pub(crate) expiry_override: Option<u32>,
     /// Reason String for the closing DISCONNECT (MQTT 5), e.g. the violated rule.
     pub(crate) close_text: Option<String>,
+    /// A subscriber whose full queue this connection's publishes wait for (backpressure).
+    pub(crate) blocked_on: Option<Arc<Session>>,
     kick: oneshot::Receiver<ReasonCode>,
     stats: LocalStats,
     _permit: OwnedSemaphorePermit,
@@ -279,6 +281,7 @@ async fn handshake(broker: Arc<Inner>, stream: TcpStream, peer: SocketAddr) -> O
         connect_expiry: expiry,
         expiry_override: None,
         close_text: None,
+        blocked_on: None,
         kick,
         stats: LocalStats::default(),
         _permit: permit,
@@ -297,6 +300,7 @@ enum Event {
     Readable,
     Writable,
     Queue,
+    Unblocked,
     KeepAliveTimeout,
     Kicked(ReasonCode),
     Shutdown,
@@ -334,8 +338,12 @@ impl Conn {
             self.flush_stats();
             let deadline = self.keep_alive.map(|ka| self.last_read + ka);
             let want_queue = self.wbuf.len() < WRITE_HIGH_WATER;
+            let blocked = self.blocked_on.clone();
             let event = tokio::select! {
-                r = self.stream.readable() => if r.is_ok() { Event::Readable } else { Event::Failed },
+                r = self.stream.readable(), if blocked.is_none() => {
+                    if r.is_ok() { Event::Readable } else { Event::Failed }
+                }
+                () = wait_for_space(blocked.as_deref()), if blocked.is_some() => Event::Unblocked,
                 r = self.stream.writable(), if !self.wbuf.is_empty() => {
                     if r.is_ok() { Event::Writable } else { Event::Failed }
                 }
@@ -351,6 +359,11 @@ impl Conn {
                     }
                 }
                 Event::Writable | Event::Queue => {}
+                Event::Unblocked => {
+                    self.blocked_on = None;
+                    // The client was sending; it was us who paused reading.
+                    self.last_read = Instant::now();
+                }
                 Event::KeepAliveTimeout => return Close::Server(ReasonCode::KeepAliveTimeout),
                 Event::Kicked(code) => return Close::Server(code),
                 Event::Shutdown => return Close::Server(ReasonCode::ServerShuttingDown),
@@ -386,7 +399,8 @@ impl Conn {
                 }
             }
             // Do not let one client monopolise the task; the loop comes back when readable.
-            if self.wbuf.len() >= WRITE_HIGH_WATER {
+            // A congested subscriber pauses reading altogether (backpressure).
+            if self.wbuf.len() >= WRITE_HIGH_WATER || self.blocked_on.is_some() {
                 break;
             }
         }
@@ -471,6 +485,9 @@ impl Conn {
                 st.inflight.insert(id, crate::session::Inflight { pending: p, state, seq });
             }
         }
+        let left = st.queue.len();
+        drop(st);
+        session.signal_space(left);
     }
 
     /// After a resumed session's CONNACK: resend unacknowledged PUBLISH (DUP=1) and PUBREL in
@@ -525,6 +542,13 @@ impl Conn {
             _ => self.will.take(),
         };
         self.broker.detach(&self.session, self.generation, will, self.expiry_override);
+    }
+}
+
+async fn wait_for_space(session: Option<&Session>) {
+    match session {
+        Some(s) => s.wait_for_space().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use std::time::Instant;
 
 use tern_protocol::{LastWill, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
@@ -118,6 +119,13 @@ pub(crate) enum EnqueueOutcome {
     Dropped,
 }
 
+/// Queue length of an online session beyond which its publishers are slowed down: the
+/// publishing connection stops reading until the queue drains below half of it.
+pub(crate) const SOFT_QUEUE_LIMIT: usize = 256;
+/// Longest a publisher waits for one congested subscriber before reading again, so waits
+/// that run in a circle through clients cannot deadlock.
+pub(crate) const MAX_BACKPRESSURE_WAIT: Duration = Duration::from_millis(100);
+
 /// A client session, shared between its connection, the subscription tree and publishers.
 #[derive(Debug)]
 pub struct Session {
@@ -128,6 +136,10 @@ pub struct Session {
     pub(crate) state: std::sync::Mutex<SessionState>,
     /// Wakes the connection's writer when the queue gains messages.
     pub(crate) notify: Notify,
+    /// Wakes publishers waiting for this session's queue to drain.
+    pub(crate) space: Notify,
+    /// Whether some publisher waits on `space`.
+    pub(crate) space_waiters: AtomicBool,
     online: AtomicBool,
 }
 
@@ -152,6 +164,8 @@ impl Session {
                 disconnected_at: None,
             }),
             notify: Notify::new(),
+            space: Notify::new(),
+            space_waiters: AtomicBool::new(false),
             online: AtomicBool::new(false),
         }
     }
@@ -171,14 +185,38 @@ impl Session {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Offers a message to the queue, applying the limits. Returns what happened; the caller
-    /// wakes the connection.
-    pub(crate) fn enqueue(&self, p: Pending, limits: &LimitsConfig) -> EnqueueOutcome {
+    /// Whether publishers to this session should wait: it is online and its queue is long.
+    pub(crate) fn is_congested(&self) -> bool {
+        self.is_online() && self.lock().queue.len() >= SOFT_QUEUE_LIMIT
+    }
+
+    /// Waits until this session's queue has drained (or `MAX_BACKPRESSURE_WAIT` passed).
+    pub(crate) async fn wait_for_space(&self) {
+        let notified = self.space.notified();
+        tokio::pin!(notified);
+        self.space_waiters.store(true, Ordering::Release);
+        notified.as_mut().enable();
+        if self.is_congested() {
+            let _ = tokio::time::timeout(MAX_BACKPRESSURE_WAIT, notified).await;
+        }
+    }
+
+    /// Called by the connection after draining: wakes waiting publishers once the queue is
+    /// below half the soft limit.
+    pub(crate) fn signal_space(&self, queue_len: usize) {
+        if queue_len < SOFT_QUEUE_LIMIT / 2 && self.space_waiters.swap(false, Ordering::AcqRel) {
+            self.space.notify_waiters();
+        }
+    }
+
+    /// Offers a message to the queue, applying the limits. Returns what happened and the
+    /// queue length after it; the caller wakes the connection.
+    pub(crate) fn enqueue(&self, p: Pending, limits: &LimitsConfig) -> (EnqueueOutcome, usize) {
         let online = self.is_online();
         let mut st = self.lock();
         // An offline session keeps only QoS 1/2 messages (QoS 0 is "at most once").
         if !online && p.qos == QoS::AtMostOnce {
-            return EnqueueOutcome::Dropped;
+            return (EnqueueOutcome::Dropped, st.queue.len());
         }
         let cost = p.msg.cost();
         let full = |st: &SessionState| {
@@ -187,7 +225,7 @@ impl Session {
         let mut outcome = EnqueueOutcome::Queued;
         if full(&st) {
             if p.qos == QoS::AtMostOnce || limits.queue_full_policy == QueueFullPolicy::DropNew {
-                return EnqueueOutcome::Dropped;
+                return (EnqueueOutcome::Dropped, st.queue.len());
             }
             // Make room: QoS 0 entries go first, then the oldest.
             while full(&st) {
@@ -196,7 +234,7 @@ impl Session {
                     .iter()
                     .position(|q| q.qos == QoS::AtMostOnce)
                     .or(if st.queue.is_empty() { None } else { Some(0) });
-                let Some(i) = victim else { return EnqueueOutcome::Dropped };
+                let Some(i) = victim else { return (EnqueueOutcome::Dropped, 0) };
                 if let Some(old) = st.queue.remove(i) {
                     st.queued_bytes -= old.msg.cost();
                 }
@@ -205,7 +243,7 @@ impl Session {
         }
         st.queued_bytes += cost;
         st.queue.push_back(p);
-        outcome
+        (outcome, st.queue.len())
     }
 }
 
@@ -288,10 +326,10 @@ mod tests {
     fn offline_sessions_keep_only_qos1_and_2() {
         let s = Session::new(1, "c".into(), ProtocolVersion::V5);
         let l = limits(10, QueueFullPolicy::DropOldest);
-        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"0"), &l), EnqueueOutcome::Dropped);
-        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"1"), &l), EnqueueOutcome::Queued);
+        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"0"), &l).0, EnqueueOutcome::Dropped);
+        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"1"), &l).0, EnqueueOutcome::Queued);
         s.set_online(true);
-        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"2"), &l), EnqueueOutcome::Queued);
+        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"2"), &l).0, EnqueueOutcome::Queued);
     }
 
     #[test]
@@ -299,13 +337,13 @@ mod tests {
         let s = Session::new(1, "c".into(), ProtocolVersion::V5);
         s.set_online(true);
         let l = limits(3, QueueFullPolicy::DropOldest);
-        s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l);
-        s.enqueue(pending(QoS::AtMostOnce, b"b"), &l);
-        s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l);
-        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"x"), &l), EnqueueOutcome::Dropped);
-        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"d"), &l), EnqueueOutcome::QueuedDroppedOldest);
+        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l);
+        let _ = s.enqueue(pending(QoS::AtMostOnce, b"b"), &l);
+        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l);
+        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"x"), &l).0, EnqueueOutcome::Dropped);
+        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"d"), &l).0, EnqueueOutcome::QueuedDroppedOldest);
         assert_eq!(payloads(&s), ["a", "c", "d"]);
-        assert_eq!(s.enqueue(pending(QoS::ExactlyOnce, b"e"), &l), EnqueueOutcome::QueuedDroppedOldest);
+        assert_eq!(s.enqueue(pending(QoS::ExactlyOnce, b"e"), &l).0, EnqueueOutcome::QueuedDroppedOldest);
         assert_eq!(payloads(&s), ["c", "d", "e"]);
         let st = s.lock();
         assert_eq!(st.queued_bytes, st.queue.iter().map(|p| p.msg.cost()).sum::<usize>());
@@ -315,9 +353,9 @@ mod tests {
     fn drop_new_keeps_the_queue() {
         let s = Session::new(1, "c".into(), ProtocolVersion::V5);
         let l = limits(2, QueueFullPolicy::DropNew);
-        s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l);
-        s.enqueue(pending(QoS::AtLeastOnce, b"b"), &l);
-        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l), EnqueueOutcome::Dropped);
+        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l);
+        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"b"), &l);
+        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l).0, EnqueueOutcome::Dropped);
         assert_eq!(payloads(&s), ["a", "b"]);
     }
 

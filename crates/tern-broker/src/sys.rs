@@ -30,7 +30,7 @@ pub(crate) async fn run(broker: Arc<Inner>) {
     let period = Duration::from_secs(broker.config.sys.interval);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    broker.publish(&Arc::new(sys_message("$SYS/broker/version", VERSION.to_string())));
+    let _ = broker.publish(&Arc::new(sys_message("$SYS/broker/version", VERSION.to_string())));
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -64,6 +64,6 @@ fn publish_all(broker: &Arc<Inner>) {
         ("$SYS/broker/load/bytes/sent", Stats::get(&s.bytes_sent).to_string()),
     ];
     for (topic, value) in values {
-        broker.publish(&Arc::new(sys_message(topic, value)));
+        let _ = broker.publish(&Arc::new(sys_message(topic, value)));
     }
 }

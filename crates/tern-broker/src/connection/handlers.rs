@@ -137,8 +137,13 @@ impl Conn {
             st.inbound_qos2.insert(id);
         }
         let msg = Arc::new(Message::from_publish(p, Some(self.session.id), Instant::now()));
-        let delivered = broker.publish(&msg);
-        let code = if delivered == 0 && self.version.is_v5() {
+        let routed = broker.publish(&msg);
+        if let Some(congested) = routed.congested
+            && congested.id != self.session.id
+        {
+            self.blocked_on = Some(congested);
+        }
+        let code = if routed.delivered == 0 && self.version.is_v5() {
             ReasonCode::NoMatchingSubscribers
         } else {
             ReasonCode::Success
@@ -265,7 +270,7 @@ impl Conn {
                 sub_ids: SubIds::from_option(sub_id),
                 share: None,
             };
-            broker.deliver(&self.session, pending);
+            let _ = broker.deliver(&self.session, pending);
         }
         Ok(())
     }
