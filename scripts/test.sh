@@ -1,0 +1,335 @@
+#!/usr/bin/env bash
+# scripts/test.sh: THE command that runs Tern's whole test suite (CI runs exactly this via .ci/run).
+#
+# On a fresh Debian 12 machine with the Rust toolchain it installs what the tests need
+# (quickly skipped when already there), then runs, stopping at the first failure:
+#   fmt      cargo fmt --all -- --check
+#   clippy   cargo clippy --workspace --all-targets -- -D warnings
+#   build    cargo build -p tern-server           (target/debug/tern, used by the e2e tests)
+#   cargo    cargo nextest run --workspace + doc tests (plain `cargo test` if nextest is absent)
+#   pytest   pytest tests/python -q               (interop tests: paho-mqtt, mosquitto clients)
+#
+# Usage: scripts/test.sh [STEP...]     e.g. `scripts/test.sh pytest` runs setup + pytest only.
+# Env:   TERN_TEST_KEEP_GOING=1        run the remaining steps after a failure (still exits 1)
+#        TERN_TEST_SKIP_SETUP=1        don't install anything (apt packages / Python venv)
+#        PYTHON=python3.11             interpreter used to create .venv (default: python3)
+#        PYTEST_ADDOPTS="-k will"      extra pytest options (pytest's own variable)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+ALL_STEPS=(fmt clippy build cargo pytest)
+APT_PACKAGES=(mosquitto-clients mosquitto) # mosquitto: reference broker for test self-checks
+VENV="$ROOT/.venv"
+PY_REQUIREMENTS="$ROOT/tests/python/requirements.txt"
+PYTHON="${PYTHON:-python3}"
+NEXTEST_CONFIG="$ROOT/.ci/nextest.toml"
+LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/tern-test.XXXXXX")"
+
+STEP_NAMES=()
+STEP_RESULTS=()
+STEP_SECONDS=()
+FAILED_STEPS=()
+TESTS_PASSED=0
+TESTS_FAILED=0
+TESTS_SKIPPED=0
+START_TIME=$SECONDS
+CURRENT_STEP="start"
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+if [ -t 1 ]; then
+  BOLD=$'\e[1m' RED=$'\e[31m' GREEN=$'\e[32m' YELLOW=$'\e[33m' RESET=$'\e[0m'
+  export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-always}"
+  PYTEST_COLOR=(--color=yes)
+  FMT_COLOR=always
+else
+  BOLD='' RED='' GREEN='' YELLOW='' RESET=''
+  PYTEST_COLOR=()
+  FMT_COLOR=never
+fi
+
+say() { printf '%s==>%s %s\n' "$BOLD" "$RESET" "$*"; }
+warn() { printf '%swarning:%s %s\n' "$YELLOW" "$RESET" "$*" >&2; }
+die() {
+  printf '\n%serror:%s %s\n' "$RED" "$RESET" "$*" >&2
+  exit 1
+}
+
+# Run a command as root: directly when we are root, else through non-interactive sudo.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo -n "$@" || die "'sudo -n $*' failed (no passwordless sudo?). Run it by hand, then retry."
+  else
+    die "need root to run '$*' and sudo is not installed. Run it as root, then retry."
+  fi
+}
+
+strip_ansi() { sed -e 's/\x1b\[[0-9;]*[A-Za-z]//g'; }
+
+# Sum of the numbers N in "N <word>" for the given words (a regex alternation) in some text.
+sum_counts() {
+  local total=0 n
+  for n in $(grep -oE "[0-9]+ ($2)" <<<"$1" | grep -oE '^[0-9]+' || true); do
+    total=$((total + n))
+  done
+  echo "$total"
+}
+
+# Add up test counts from a runner's log (the closing lines of nextest, cargo test, pytest).
+count_tests() {
+  local kind=$1 log=$2 text=""
+  case "$kind" in
+    nextest) # "     Summary [   4.013s] 12 tests run: 11 passed, 1 timed out, 1 skipped"
+      text="$(strip_ansi <"$log" | grep -E '^ *Summary \[' | tail -n1 || true)" ;;
+    cargo) # "test result: ok. 3 passed; 0 failed; 1 ignored; ..." once per test binary
+      text="$(strip_ansi <"$log" | grep -E '^test result: ' || true)" ;;
+    pytest) # "1 failed, 67 passed, 3 skipped in 16.65s"
+      text="$(strip_ansi <"$log" | grep -E '[0-9]+ (passed|failed|errors?|skipped|deselected).* in [0-9.]+s' | tail -n1 || true)" ;;
+  esac
+  TESTS_PASSED=$((TESTS_PASSED + $(sum_counts "$text" 'passed')))
+  TESTS_FAILED=$((TESTS_FAILED + $(sum_counts "$text" 'failed|timed out|errors?')))
+  TESTS_SKIPPED=$((TESTS_SKIPPED + $(sum_counts "$text" 'skipped|ignored')))
+}
+
+# run_step NAME FUNCTION: time it, record the result, stop at the first failure.
+# NB: bash ignores `set -e` inside a function called as `fn || ...`, so every step function
+# checks its own commands (`|| return`, or die).
+run_step() {
+  local name=$1 fn=$2 t0=$SECONDS rc=0
+  CURRENT_STEP=$name
+  printf '\n%s==> [%s]%s\n' "$BOLD" "$name" "$RESET"
+  "$fn" || rc=$?
+  STEP_NAMES+=("$name")
+  STEP_SECONDS+=($((SECONDS - t0)))
+  if [ "$rc" -eq 0 ]; then
+    STEP_RESULTS+=("ok")
+  else
+    STEP_RESULTS+=("FAILED (exit $rc)")
+    FAILED_STEPS+=("$name")
+    printf '%s==> [%s] FAILED (exit %s)%s\n' "$RED" "$name" "$rc" "$RESET" >&2
+    if [ "${TERN_TEST_KEEP_GOING:-0}" != 1 ]; then
+      exit 1
+    fi
+  fi
+}
+
+print_summary() {
+  local i
+  printf '\n%s==> summary%s (%ss total, logs in %s)\n' "$BOLD" "$RESET" "$((SECONDS - START_TIME))" "$LOG_DIR"
+  for i in "${!STEP_NAMES[@]}"; do
+    printf '    %-8s %-20s %4ss\n' "${STEP_NAMES[$i]}" "${STEP_RESULTS[$i]}" "${STEP_SECONDS[$i]}"
+  done
+}
+
+cleanup() {
+  local rc=$?
+  stop_postgres || true
+  print_summary
+  if [ "$rc" -eq 0 ] && [ ${#FAILED_STEPS[@]} -eq 0 ]; then
+    printf '%sall steps passed%s\n' "$GREEN" "$RESET"
+    if [ $((TESTS_PASSED + TESTS_FAILED)) -gt 0 ]; then
+      # The plain closing line: every test counted by cargo/nextest and pytest.
+      printf 'tests: %d passed, %d failed, %d skipped\n' "$TESTS_PASSED" "$TESTS_FAILED" "$TESTS_SKIPPED"
+    fi
+  else
+    printf '%sFAILED%s: %s\n' "$RED" "$RESET" "${FAILED_STEPS[*]:-$CURRENT_STEP}" >&2
+    [ "$rc" -ne 0 ] || rc=1
+  fi
+  exit "$rc"
+}
+
+# ---------------------------------------------------------------------------------------------
+# setup: system packages, Python venv
+# ---------------------------------------------------------------------------------------------
+
+ensure_rust() {
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup) first."
+  cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
+  cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
+}
+
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+ensure_apt_packages() {
+  local wanted=("${APT_PACKAGES[@]}") missing=() p
+  # A Python that can make venvs (Debian's python3 needs python3-venv for ensurepip).
+  if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    wanted+=(python3 python3-venv)
+  elif ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    wanted+=(python3-venv)
+  fi
+  if ! command -v dpkg-query >/dev/null 2>&1; then
+    for p in mosquitto_pub mosquitto_sub stdbuf; do
+      command -v "$p" >/dev/null 2>&1 || die "not a Debian system and '$p' is missing: install mosquitto-clients by hand."
+    done
+    return 0
+  fi
+  for p in "${wanted[@]}"; do
+    pkg_installed "$p" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    say "apt packages present: ${wanted[*]}"
+    return 0
+  fi
+  say "installing apt packages: ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq \
+    || die "apt-get update failed"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+    --no-install-recommends "${missing[@]}" || die "apt-get install ${missing[*]} failed"
+}
+
+ensure_python_venv() {
+  local stamp="$VENV/.tern-requirements.sha256" want have=""
+  command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found"
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 9))' \
+    || die "$PYTHON is older than 3.9: set PYTHON=/path/to/python3.9+"
+  # Serialise venv changes between concurrent runs in the same checkout.
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"${TMPDIR:-/tmp}/tern-venv-$(id -u)-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1).lock" \
+      || die "cannot open the venv lock file"
+    flock 9 || die "cannot lock the venv lock file"
+  fi
+  # A venv whose interpreter no longer runs (moved/removed Python) is rebuilt from scratch.
+  if [ -e "$VENV" ] && ! "$VENV/bin/python" -c 'pass' >/dev/null 2>&1; then
+    warn "$VENV is broken: recreating it"
+    rm -rf "$VENV" || die "cannot remove $VENV"
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating Python venv at .venv ($("$PYTHON" --version 2>&1))"
+    "$PYTHON" -m venv "$VENV" || die "could not create $VENV with $PYTHON"
+  fi
+  want="$( (cat "$PY_REQUIREMENTS" && "$VENV/bin/python" -VV) | sha256sum | cut -d' ' -f1)" \
+    || die "cannot read $PY_REQUIREMENTS"
+  [ ! -f "$stamp" ] || have="$(cat "$stamp")"
+  if [ "$want" = "$have" ] && "$VENV/bin/python" -c 'import paho.mqtt, pytest, pytest_timeout' >/dev/null 2>&1; then
+    say "Python venv up to date (.venv)"
+  else
+    say "installing Python test dependencies into .venv"
+    PIP_NO_INPUT=1 "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
+      -r "$PY_REQUIREMENTS" || die "pip install -r tests/python/requirements.txt failed"
+    printf '%s\n' "$want" >"$stamp" || die "cannot write $stamp"
+  fi
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>&-
+  fi
+}
+
+check_tools() {
+  local t
+  for t in mosquitto_pub mosquitto_sub stdbuf; do
+    command -v "$t" >/dev/null 2>&1 || die "'$t' not found after setup"
+  done
+}
+
+setup() {
+  ensure_rust
+  if [ "${TERN_TEST_SKIP_SETUP:-0}" = 1 ]; then
+    say "TERN_TEST_SKIP_SETUP=1: not installing anything"
+  else
+    ensure_apt_packages
+    ensure_python_venv
+  fi
+  check_tools
+  [ -x "$VENV/bin/python" ] || die ".venv is missing: run without TERN_TEST_SKIP_SETUP=1"
+  TARGET_DIR="$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')" \
+    || die "cargo metadata failed"
+  export TERN_BIN="${TERN_BIN:-$TARGET_DIR/debug/tern}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# services needed by the tests
+# ---------------------------------------------------------------------------------------------
+
+# >>> PostgreSQL 15 (a later issue) <<<
+# Start a throwaway PostgreSQL 15 cluster for the storage tests here: initdb into a temp dir
+# under $LOG_DIR, pg_ctl start on a free loopback port / unix socket as a non-root user,
+# export its URL (e.g. TERN_TEST_DATABASE_URL) for cargo and pytest, and stop it in
+# stop_postgres (called from the EXIT trap, so it also runs when a step fails).
+start_postgres() {
+  : # not needed yet
+}
+
+stop_postgres() {
+  : # nothing started yet
+}
+
+# ---------------------------------------------------------------------------------------------
+# steps
+# ---------------------------------------------------------------------------------------------
+
+step_fmt() {
+  cargo fmt --all -- --check --color "$FMT_COLOR" || return
+}
+
+step_clippy() {
+  cargo clippy --workspace --all-targets -- -D warnings || return
+}
+
+step_build() {
+  cargo build -p tern-server || return
+  if [ ! -x "$TERN_BIN" ]; then
+    echo "expected the tern binary at $TERN_BIN after the build" >&2
+    return 1
+  fi
+}
+
+step_cargo() {
+  local log="$LOG_DIR/cargo-test.log" doclog="$LOG_DIR/cargo-doctest.log" rc=0
+  if cargo nextest --version >/dev/null 2>&1; then
+    # .ci/nextest.toml: per-test timeout, so a hung test fails instead of eating CI's budget.
+    cargo nextest run --workspace --no-tests=warn \
+      --tool-config-file "tern-ci:$NEXTEST_CONFIG" 2>&1 | tee "$log" || rc=$?
+    count_tests nextest "$log"
+    [ "$rc" -eq 0 ] || return "$rc"
+    # nextest does not run doc tests.
+    cargo test --workspace --doc 2>&1 | tee "$doclog" || rc=$?
+    count_tests cargo "$doclog"
+  else
+    warn "cargo-nextest not installed: using plain cargo test"
+    cargo test --workspace 2>&1 | tee "$log" || rc=$?
+    count_tests cargo "$log"
+  fi
+  return "$rc"
+}
+
+step_pytest() {
+  local log="$LOG_DIR/pytest.log" rc=0
+  say "pytest against TERN_BIN=$TERN_BIN"
+  "$VENV/bin/python" -m pytest tests/python -q "${PYTEST_COLOR[@]}" 2>&1 | tee "$log" || rc=$?
+  count_tests pytest "$log"
+  if [ "$rc" -eq 5 ]; then
+    echo "pytest collected no tests (exit 5): tests/python is misconfigured" >&2
+  fi
+  return "$rc"
+}
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+
+main() {
+  local steps=("$@") s
+  [ ${#steps[@]} -gt 0 ] || steps=("${ALL_STEPS[@]}")
+  for s in "${steps[@]}"; do
+    case " ${ALL_STEPS[*]} " in
+      *" $s "*) ;;
+      *) die "unknown step '$s' (steps: ${ALL_STEPS[*]})" ;;
+    esac
+  done
+  trap cleanup EXIT
+
+  run_step setup setup
+  start_postgres
+  for s in "${steps[@]}"; do
+    run_step "$s" "step_$s"
+  done
+}
+
+main "$@"
