@@ -11,6 +11,7 @@ mod connection;
 mod message;
 mod session;
 mod stats;
+pub mod store;
 mod sys;
 mod trie;
 
