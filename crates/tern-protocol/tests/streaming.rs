@@ -1,6 +1,8 @@
 //! Streaming behaviour of `Decoder`: partial input, byte-by-byte feeding, the size limit before
 //! the body arrives, and the server's CONNECT-first state machine.
 
+#![allow(clippy::default_trait_access, clippy::many_single_char_names)]
+
 mod common;
 
 use bytes::BytesMut;

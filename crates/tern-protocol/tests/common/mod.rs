@@ -2,6 +2,8 @@
 //! MQTT 5 properties filled in where they exist.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod harness;
+
 use bytes::{Bytes, BytesMut};
 use tern_protocol::*;
 
