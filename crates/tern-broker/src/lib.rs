@@ -5,6 +5,7 @@
 //! [`Broker::accept_tcp`]. Wire types stay at the connection boundary; inside, messages are
 //! [`Message`]s shared by `Arc` between all their recipients.
 
+pub mod auth;
 mod broker;
 pub mod config;
 mod connection;
