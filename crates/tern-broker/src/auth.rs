@@ -106,6 +106,10 @@ pub trait EnhancedAuth: Send + Debug {
     fn step<'a>(&'a mut self, data: &'a [u8]) -> AuthFuture<'a, AuthStep>;
 }
 
+/// The start of an enhanced authentication exchange: its state and the first step, or the
+/// reason code refusing it.
+pub type EnhancedStart = Result<(Box<dyn EnhancedAuth>, AuthStep), ReasonCode>;
+
 /// Decides who may connect.
 pub trait Authenticator: Send + Sync + Debug + 'static {
     /// Authenticates a CONNECT without an Authentication Method.
@@ -118,7 +122,7 @@ pub trait Authenticator: Send + Sync + Debug + 'static {
         method: &'a str,
         data: &'a [u8],
         info: &'a ConnectInfo<'a>,
-    ) -> AuthFuture<'a, Result<(Box<dyn EnhancedAuth>, AuthStep), ReasonCode>>;
+    ) -> AuthFuture<'a, EnhancedStart>;
 }
 
 /// An action subject to authorization.
@@ -162,7 +166,7 @@ impl Authenticator for AllowAll {
         _method: &'a str,
         _data: &'a [u8],
         _info: &'a ConnectInfo<'a>,
-    ) -> AuthFuture<'a, Result<(Box<dyn EnhancedAuth>, AuthStep), ReasonCode>> {
+    ) -> AuthFuture<'a, EnhancedStart> {
         Box::pin(std::future::ready(Err(ReasonCode::BadAuthenticationMethod)))
     }
 }
@@ -192,7 +196,7 @@ impl Authenticator for DenyAll {
         _method: &'a str,
         _data: &'a [u8],
         _info: &'a ConnectInfo<'a>,
-    ) -> AuthFuture<'a, Result<(Box<dyn EnhancedAuth>, AuthStep), ReasonCode>> {
+    ) -> AuthFuture<'a, EnhancedStart> {
         Box::pin(std::future::ready(Err(ReasonCode::BadAuthenticationMethod)))
     }
 }
