@@ -212,6 +212,9 @@ pub struct Device {
     pub username: Option<String>,
     /// Argon2id PHC string of its password, if password authentication is allowed.
     pub password_hash: Option<String>,
+    /// SCRAM-SHA-256 verifier for MQTT 5 enhanced authentication, RFC 5803 form
+    /// (`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, base64 fields).
+    pub scram_verifier: Option<String>,
     /// Expected certificate identity (CN, DN, SAN or fingerprint, per listener mapping).
     pub cert_identity: Option<String>,
     /// Disabled devices are refused (0x87 / 0x86).
