@@ -144,6 +144,33 @@ pub trait Authorizer: Send + Sync + Debug + 'static {
     /// Whether `principal` may perform `action` on `topic` (a name for Publish, a filter for
     /// Subscribe) at `qos`, with `retain` (publish only).
     fn check(&self, principal: &Principal, action: Action, topic: &str, qos: QoS, retain: bool) -> bool;
+
+    /// True only for an authorizer that allows everything, so connections can skip the
+    /// per-publish lookup entirely.
+    fn is_permissive(&self) -> bool {
+        false
+    }
+}
+
+/// The authentication and authorization a broker runs with.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Decides who may connect.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// Decides what they may do.
+    pub authorizer: Arc<dyn Authorizer>,
+}
+
+impl Security {
+    /// Everyone may connect and do anything (loopback-only default run, tests).
+    pub fn allow_all() -> Security {
+        Security { authenticator: Arc::new(AllowAll), authorizer: Arc::new(AllowAll) }
+    }
+
+    /// No one may connect: anonymous access is off and nothing else is configured.
+    pub fn deny_all() -> Security {
+        Security { authenticator: Arc::new(DenyAll), authorizer: Arc::new(AllowAll) }
+    }
 }
 
 /// Accepts every client: the loopback-only default run and tests.
@@ -177,6 +204,10 @@ impl Authorizer for AllowAll {
     }
 
     fn check(&self, _: &Principal, _: Action, _: &str, _: QoS, _: bool) -> bool {
+        true
+    }
+
+    fn is_permissive(&self) -> bool {
         true
     }
 }

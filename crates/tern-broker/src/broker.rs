@@ -14,7 +14,10 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Authenticator, Authorizer, Security};
 use crate::config::BrokerConfig;
+use crate::connection::ConnMeta;
+use crate::connection::io::BoxStream;
 use crate::message::Message;
 use crate::session::{EnqueueOutcome, Pending, Session, SubIds};
 use crate::stats::Stats;
@@ -31,7 +34,8 @@ pub struct Broker {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) config: BrokerConfig,
-    pub(crate) allow_anonymous: bool,
+    pub(crate) authenticator: Arc<dyn Authenticator>,
+    pub(crate) authorizer: Arc<dyn Authorizer>,
     pub(crate) sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     pub(crate) subs: RwLock<SubscriptionTree>,
     pub(crate) retained: RwLock<HashMap<ByteStr, Arc<Message>>>,
@@ -66,13 +70,14 @@ pub(crate) struct Attached {
 }
 
 impl Broker {
-    /// Creates a broker. `allow_anonymous` is decided by the caller (it depends on listeners).
-    pub fn new(config: BrokerConfig, allow_anonymous: bool) -> Broker {
+    /// Creates a broker with the given authentication and authorization.
+    pub fn new(config: BrokerConfig, security: Security) -> Broker {
         let slots = Arc::new(Semaphore::new(config.limits.max_connections));
         Broker {
             inner: Arc::new(Inner {
                 config,
-                allow_anonymous,
+                authenticator: security.authenticator,
+                authorizer: security.authorizer,
                 sessions: Mutex::new(HashMap::new()),
                 subs: RwLock::new(SubscriptionTree::default()),
                 retained: RwLock::new(HashMap::new()),
@@ -127,9 +132,29 @@ impl Broker {
     }
 
     /// Serves one accepted TCP connection on a task of its own.
-    pub fn accept_tcp(&self, stream: TcpStream, peer: SocketAddr) {
+    pub fn accept_tcp(&self, stream: TcpStream, peer: SocketAddr, meta: ConnMeta) {
+        let _ = stream.set_nodelay(true);
+        let (r, w) = crate::connection::io::split_tcp(stream);
         let inner = self.inner.clone();
-        self.inner.tasks.spawn(crate::connection::run(inner, stream, peer));
+        self.inner.tasks.spawn(crate::connection::run(inner, r, w, peer, meta));
+    }
+
+    /// Serves one connection over any byte stream (TLS, WebSocket) on a task of its own.
+    pub fn accept_stream(&self, stream: BoxStream, peer: SocketAddr, meta: ConnMeta) {
+        let (r, w) = crate::connection::io::split_boxed(stream);
+        let inner = self.inner.clone();
+        self.inner.tasks.spawn(crate::connection::run(inner, r, w, peer, meta));
+    }
+
+    /// The task tracker that connection tasks run on; listeners spawn their own per-connection
+    /// work (TLS handshakes) on it so shutdown waits for them too.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+
+    /// The authorizer in force (the admin API asks it to reload after rule changes).
+    pub fn authorizer(&self) -> &Arc<dyn Authorizer> {
+        &self.inner.authorizer
     }
 
     /// Starts background tasks ($SYS publication).

@@ -1,42 +1,62 @@
-//! One client connection: the CONNECT handshake, then a single task that selects over socket
-//! readiness, the session's queue notifications, keep alive and shutdown.
+//! One client connection: the CONNECT handshake, then a single task that selects over the
+//! transport, the session's queue notifications, keep alive, credential expiry, takeover and
+//! shutdown.
 //!
-//! I/O is readiness-based (`readable`/`try_read`, `writable`/`try_write`) so an idle
-//! connection holds no read or write buffer: both are allocated for a burst and released when
-//! drained.
+//! On plain TCP, I/O is readiness-based so an idle connection holds no read or write buffer:
+//! both are allocated for a burst and released when drained.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tern_protocol::{
-    ByteStr, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Disconnect, LastWill, Packet,
-    ProtocolVersion, ReasonCode, encode, encoded_len,
+    ByteStr, Decoder, Disconnect, LastWill, Packet, ProtocolVersion, QoS, ReasonCode, encode, encoded_len,
 };
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info_span};
 
-use crate::broker::{Attached, Inner, max_qos};
+use crate::auth::{Action, CertIdentity, Principal};
+use crate::broker::Inner;
 use crate::session::Session;
 use crate::stats::Stats;
 
 mod handlers;
+mod handshake;
+pub(crate) mod io;
 
-/// Bytes read per `try_read` at least.
-const READ_CHUNK: usize = 4096;
+use io::{Reader, Writer};
+
 /// Stop filling the write buffer from the queue past this many bytes until it drains.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Buffers larger than this are released once empty even while busy.
 const KEEP_BUFFER_MAX: usize = 256 * 1024;
+/// Cached authorization decisions per connection before the cache is cleared.
+const ACL_CACHE_MAX: usize = 1024;
+
+/// Where a connection came from: listener name and, for mutual TLS, the client certificate.
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    /// Name of the listener (used by per-listener authentication chains and logs).
+    pub listener: Arc<str>,
+    /// Identity of the verified client certificate, if any.
+    pub cert: Option<CertIdentity>,
+}
+
+impl ConnMeta {
+    /// Metadata for a listener without client certificates.
+    pub fn plain(listener: &str) -> ConnMeta {
+        ConnMeta { listener: listener.into(), cert: None }
+    }
+}
 
 /// Why the connection ends, and what that implies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Close {
     /// The client sent DISCONNECT 0x00 (or 3.x DISCONNECT): the will is discarded.
     ClientNormal,
-    /// The client sent DISCONNECT 0x04: publish the will.
+    /// The client sent DISCONNECT with another reason (e.g. 0x04): publish the will.
     ClientWithWill,
     /// The socket closed or failed without DISCONNECT.
     SocketClosed,
@@ -46,20 +66,22 @@ pub(crate) enum Close {
 
 /// Local counters flushed to the shared `Stats` in batches.
 #[derive(Debug, Default)]
-struct LocalStats {
+pub(crate) struct LocalStats {
     msgs_in: u64,
     msgs_out: u64,
     bytes_in: u64,
     bytes_out: u64,
     expired: u64,
     too_large: u64,
+    pub(crate) denied: u64,
 }
 
 /// Connection state after a successful CONNECT.
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) broker: Arc<Inner>,
-    stream: TcpStream,
+    reader: Reader,
+    writer: Writer,
     rbuf: BytesMut,
     pub(crate) wbuf: BytesMut,
     decoder: Decoder,
@@ -67,9 +89,12 @@ pub(crate) struct Conn {
     pub(crate) session: Arc<Session>,
     generation: u64,
     pub(crate) client_id: Arc<str>,
+    pub(crate) principal: Principal,
     pub(crate) will: Option<LastWill>,
     keep_alive: Option<Duration>,
     last_read: Instant,
+    /// When the credentials expire (JWT `exp`): the connection is closed then.
+    auth_expiry: Option<Instant>,
     /// Outbound QoS 1/2 window: min(client Receive Maximum, mqtt.max_inflight).
     pub(crate) out_window: usize,
     /// Largest packet the client accepts.
@@ -85,17 +110,25 @@ pub(crate) struct Conn {
     pub(crate) close_text: Option<String>,
     /// A subscriber whose full queue this connection's publishes wait for (backpressure).
     pub(crate) blocked_on: Option<Arc<Session>>,
+    /// Cached authorization decisions and the authorizer version they belong to.
+    acl_cache: HashMap<(Action, Box<str>, QoS, bool), bool>,
+    acl_version: u64,
     kick: oneshot::Receiver<ReasonCode>,
-    stats: LocalStats,
+    pub(crate) stats: LocalStats,
     _permit: OwnedSemaphorePermit,
 }
 
 /// Entry point of a connection task.
-pub(crate) async fn run(broker: Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let span = info_span!("conn", %peer, client_id = tracing::field::Empty);
+pub(crate) async fn run(
+    broker: Arc<Inner>,
+    reader: Reader,
+    writer: Writer,
+    peer: SocketAddr,
+    meta: ConnMeta,
+) {
+    let span = info_span!("conn", %peer, listener = %meta.listener, client_id = tracing::field::Empty);
     async move {
-        let Some(mut conn) = handshake(broker, stream, peer).await else { return };
+        let Some(mut conn) = handshake::handshake(broker, reader, writer, peer, meta).await else { return };
         tracing::Span::current().record("client_id", &*conn.client_id);
         debug!(version = ?conn.version, "client connected");
         let close = conn.serve().await;
@@ -105,206 +138,16 @@ pub(crate) async fn run(broker: Arc<Inner>, stream: TcpStream, peer: SocketAddr)
     .await;
 }
 
-/// Reads bytes into `buf` until one packet decodes, with a deadline.
-async fn read_packet(
-    stream: &TcpStream,
-    buf: &mut BytesMut,
-    decoder: &mut Decoder,
-    deadline: Instant,
-) -> Result<Option<Packet>, DecodeError> {
-    loop {
-        if let Some(p) = decoder.decode(buf)? {
-            return Ok(Some(p));
-        }
-        let ready = tokio::time::timeout_at(deadline.into(), stream.readable()).await;
-        if !matches!(ready, Ok(Ok(()))) {
-            return Ok(None);
-        }
-        buf.reserve(READ_CHUNK);
-        match stream.try_read_buf(buf) {
-            Ok(0) => return Ok(None),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return Ok(None),
-        }
-    }
-}
-
-async fn write_all(stream: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
-    while !data.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Sends a CONNACK refusing the connection, then closes.
-async fn refuse(stream: &TcpStream, version: ProtocolVersion, code: ReasonCode, broker: &Inner) {
-    Stats::add(&broker.stats.connections_refused, 1);
-    let mut buf = BytesMut::new();
-    let ack = ConnAck { session_present: false, reason_code: code, properties: ConnAckProperties::default() };
-    if encode(&Packet::ConnAck(ack), version, &mut buf).is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(5), write_all(stream, &buf)).await;
-    }
-}
-
-/// A fresh client identifier for clients that sent an empty one.
-fn assign_client_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
-    );
-    format!("tern-{:016x}", h.finish())
-}
-
-/// The CONNECT handshake. Returns `None` when the connection was refused or dropped.
-async fn handshake(broker: Arc<Inner>, stream: TcpStream, peer: SocketAddr) -> Option<Conn> {
-    let cfg = &broker.config.mqtt;
-    let mut decoder = Decoder::new_server(cfg.max_packet_size);
-    let mut rbuf = BytesMut::new();
-    let deadline = Instant::now() + Duration::from_secs(u64::from(cfg.connect_timeout.max(1)));
-    let connect: Box<Connect> = match read_packet(&stream, &mut rbuf, &mut decoder, deadline).await {
-        Ok(Some(Packet::Connect(c))) => c,
-        Ok(_) => return None,
-        Err(DecodeError::UnsupportedProtocolVersion(level)) => {
-            // MQTT-3.1.2-2: answer in the format the client most likely reads.
-            let (v, code) = if level > 5 {
-                (ProtocolVersion::V5, ReasonCode::UnsupportedProtocolVersion)
-            } else {
-                (ProtocolVersion::V3_1_1, ReasonCode::UnsupportedProtocolVersion)
-            };
-            debug!(level, "unsupported protocol level");
-            refuse(&stream, v, code, &broker).await;
-            return None;
-        }
-        Err(e) => {
-            debug!(error = %e, "invalid CONNECT");
-            Stats::add(&broker.stats.protocol_errors, 1);
-            return None;
-        }
-    };
-    let version = connect.protocol;
-    let v5 = version.is_v5();
-
-    if broker.shutdown.is_cancelled() {
-        refuse(&stream, version, ReasonCode::ServerUnavailable, &broker).await;
-        return None;
-    }
-    if v5 && connect.properties.authentication_method.is_some() {
-        // Enhanced authentication is not offered; MQTT-4.12.0-1 allows refusing with 0x8C.
-        refuse(&stream, version, ReasonCode::BadAuthenticationMethod, &broker).await;
-        return None;
-    }
-    if !broker.allow_anonymous {
-        // No authentication backend is configured yet: refuse rather than fail open.
-        refuse(&stream, version, ReasonCode::NotAuthorized, &broker).await;
-        return None;
-    }
-    let Ok(permit) = broker.connection_slots.clone().try_acquire_owned() else {
-        warn!(%peer, "connection limit reached, refusing");
-        let code = if v5 { ReasonCode::QuotaExceeded } else { ReasonCode::ServerUnavailable };
-        refuse(&stream, version, code, &broker).await;
-        return None;
-    };
-
-    let mut assigned = None;
-    let client_id: Arc<str> = if connect.client_id.is_empty() {
-        if !v5 && !connect.clean_start {
-            // MQTT-3.1.3-8: an empty id needs Clean Session = 1.
-            refuse(&stream, version, ReasonCode::ClientIdentifierNotValid, &broker).await;
-            return None;
-        }
-        let id = assign_client_id();
-        assigned = Some(ByteStr::from(id.as_str()));
-        id.into()
-    } else {
-        connect.client_id.as_str().into()
-    };
-
-    let expiry = if v5 {
-        connect.properties.session_expiry_interval.unwrap_or(0)
-    } else if connect.clean_start {
-        0
-    } else {
-        u32::MAX
-    };
-    let expiry = expiry.min(cfg.max_session_expiry);
-
-    let Attached { session, session_present, generation, kick } =
-        broker.attach(client_id.clone(), connect.clean_start, expiry, version);
-
-    let keep_alive_secs = if cfg.server_keep_alive > 0 { cfg.server_keep_alive } else { connect.keep_alive };
-    let mut props = ConnAckProperties::default();
-    if v5 {
-        props.assigned_client_identifier = assigned;
-        props.receive_maximum = Some(cfg.receive_maximum);
-        props.maximum_packet_size = Some(cfg.max_packet_size);
-        props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
-        props.retain_available = Some(cfg.retain_available);
-        props.wildcard_subscription_available = Some(cfg.wildcard_subscriptions);
-        props.shared_subscription_available = Some(cfg.shared_subscriptions);
-        props.subscription_identifiers_available = Some(cfg.subscription_identifiers);
-        if max_qos(&broker.config) != tern_protocol::QoS::ExactlyOnce {
-            props.maximum_qos = Some(max_qos(&broker.config));
-        }
-        if cfg.server_keep_alive > 0 {
-            props.server_keep_alive = Some(cfg.server_keep_alive);
-        }
-        if connect.properties.session_expiry_interval.unwrap_or(0) != expiry {
-            props.session_expiry_interval = Some(expiry);
-        }
-    }
-    let connack = ConnAck { session_present, reason_code: ReasonCode::Success, properties: props };
-    let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
-    let mut conn = Conn {
-        broker: broker.clone(),
-        stream,
-        rbuf,
-        wbuf: BytesMut::new(),
-        decoder,
-        version,
-        session,
-        generation,
-        client_id,
-        will: connect.will,
-        keep_alive: (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),
-        last_read: Instant::now(),
-        out_window: usize::from(client_receive_max.min(cfg.max_inflight)),
-        client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
-        aliases: vec![None; usize::from(cfg.topic_alias_maximum)],
-        problem_info: connect.properties.request_problem_information.unwrap_or(true),
-        connect_expiry: expiry,
-        expiry_override: None,
-        close_text: None,
-        blocked_on: None,
-        kick,
-        stats: LocalStats::default(),
-        _permit: permit,
-    };
-    conn.write_packet(&Packet::ConnAck(connack));
-    Stats::add(&broker.stats.connections_total, 1);
-    Stats::add(&broker.stats.clients_connected, 1);
-    if session_present {
-        conn.resend_inflight();
-    }
-    Some(conn)
-}
-
 /// What woke the connection loop.
 enum Event {
-    Readable,
-    Writable,
+    Read(std::io::Result<usize>),
+    Wrote(std::io::Result<usize>),
     Queue,
     Unblocked,
     KeepAliveTimeout,
+    AuthExpired,
     Kicked(ReasonCode),
     Shutdown,
-    Failed,
 }
 
 impl Conn {
@@ -327,109 +170,113 @@ impl Conn {
             if self.wbuf.len() < WRITE_HIGH_WATER {
                 self.pump_queue();
             }
-            if !self.wbuf.is_empty() {
-                if let Err(close) = self.try_flush() {
-                    return close;
-                }
-            } else if self.wbuf.capacity() > 0 {
-                // Idle connections keep no write buffer.
-                self.wbuf = BytesMut::new();
+            if let Err(close) = self.try_flush() {
+                return close;
             }
             self.flush_stats();
-            let deadline = self.keep_alive.map(|ka| self.last_read + ka);
+            let keep_alive = self.keep_alive.map(|ka| self.last_read + ka);
             let want_queue = self.wbuf.len() < WRITE_HIGH_WATER;
             let blocked = self.blocked_on.clone();
             let event = tokio::select! {
-                r = self.stream.readable(), if blocked.is_none() => {
-                    if r.is_ok() { Event::Readable } else { Event::Failed }
-                }
+                r = self.reader.read(&mut self.rbuf), if blocked.is_none() => Event::Read(r),
                 () = wait_for_space(blocked.as_deref()), if blocked.is_some() => Event::Unblocked,
-                r = self.stream.writable(), if !self.wbuf.is_empty() => {
-                    if r.is_ok() { Event::Writable } else { Event::Failed }
-                }
+                r = self.writer.write(&self.wbuf), if !self.wbuf.is_empty() => Event::Wrote(r),
                 () = session.notify.notified(), if want_queue => Event::Queue,
-                () = sleep_until_opt(deadline) => Event::KeepAliveTimeout,
+                () = sleep_until_opt(keep_alive) => Event::KeepAliveTimeout,
+                () = sleep_until_opt(self.auth_expiry) => Event::AuthExpired,
                 r = &mut self.kick => Event::Kicked(r.unwrap_or(ReasonCode::SessionTakenOver)),
                 () = shutdown.cancelled() => Event::Shutdown,
             };
             match event {
-                Event::Readable => {
-                    if let Err(close) = self.read_and_handle() {
+                Event::Read(Ok(0) | Err(_)) | Event::Wrote(Err(_)) => return Close::SocketClosed,
+                Event::Read(Ok(n)) => {
+                    self.stats.bytes_in += n as u64;
+                    self.last_read = Instant::now();
+                    if let Err(close) = self.handle_buffered() {
                         return close;
                     }
                 }
-                Event::Writable | Event::Queue => {}
+                Event::Wrote(Ok(n)) => self.wrote(n),
+                Event::Queue => {}
                 Event::Unblocked => {
                     self.blocked_on = None;
                     // The client was sending; it was us who paused reading.
                     self.last_read = Instant::now();
                 }
                 Event::KeepAliveTimeout => return Close::Server(ReasonCode::KeepAliveTimeout),
+                // The credentials' validity ended (e.g. JWT exp): 0xA0 Maximum connect time.
+                Event::AuthExpired => return Close::Server(ReasonCode::MaximumConnectTime),
                 Event::Kicked(code) => return Close::Server(code),
                 Event::Shutdown => return Close::Server(ReasonCode::ServerShuttingDown),
-                Event::Failed => return Close::SocketClosed,
             }
         }
     }
 
-    /// Reads what the socket has and handles every complete packet.
-    fn read_and_handle(&mut self) -> Result<(), Close> {
+    /// Decodes and handles every complete packet in the read buffer.
+    fn handle_buffered(&mut self) -> Result<(), Close> {
         loop {
-            let want = READ_CHUNK.max(self.rbuf.len());
-            self.rbuf.reserve(want);
-            match self.stream.try_read_buf(&mut self.rbuf) {
-                Ok(0) => return Err(Close::SocketClosed),
-                Ok(n) => {
-                    self.stats.bytes_in += n as u64;
-                    self.last_read = Instant::now();
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(error = %e, rule = e.spec_rule().unwrap_or("-"), "protocol violation");
+                    Stats::add(&self.broker.stats.protocol_errors, 1);
+                    self.close_text = Some(e.to_string());
+                    return Err(Close::Server(e.reason_code()));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => return Err(Close::SocketClosed),
-            }
-            loop {
-                match self.decoder.decode(&mut self.rbuf) {
-                    Ok(Some(packet)) => self.handle(packet)?,
-                    Ok(None) => break,
-                    Err(e) => {
-                        debug!(error = %e, rule = e.spec_rule().unwrap_or("-"), "protocol violation");
-                        Stats::add(&self.broker.stats.protocol_errors, 1);
-                        self.close_text = Some(e.to_string());
-                        return Err(Close::Server(e.reason_code()));
-                    }
-                }
-            }
-            // Do not let one client monopolise the task; the loop comes back when readable.
-            // A congested subscriber pauses reading altogether (backpressure).
-            if self.wbuf.len() >= WRITE_HIGH_WATER || self.blocked_on.is_some() {
-                break;
             }
         }
         if self.rbuf.is_empty() {
             // Idle connections keep no read buffer (payload slices keep their own storage).
             self.rbuf = BytesMut::new();
-        } else if self.rbuf.capacity() > KEEP_BUFFER_MAX && self.rbuf.len() < READ_CHUNK {
+        } else if self.rbuf.capacity() > KEEP_BUFFER_MAX && self.rbuf.len() < io::READ_CHUNK {
             self.rbuf = BytesMut::from(&self.rbuf[..]);
         }
         Ok(())
     }
 
-    /// Writes as much of the write buffer as the socket takes without blocking.
+    /// Accounts for `n` bytes written from the front of the write buffer.
+    fn wrote(&mut self, n: usize) {
+        self.stats.bytes_out += n as u64;
+        self.wbuf.advance(n);
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            // Idle connections keep no write buffer.
+            self.wbuf = BytesMut::new();
+        }
+    }
+
+    /// Writes as much of the write buffer as the transport takes without waiting.
     fn try_flush(&mut self) -> Result<(), Close> {
         while !self.wbuf.is_empty() {
-            match self.stream.try_write(&self.wbuf) {
+            match self.writer.try_write(&self.wbuf) {
                 Ok(0) => return Err(Close::SocketClosed),
-                Ok(n) => {
-                    self.stats.bytes_out += n as u64;
-                    self.wbuf.advance(n);
-                }
+                Ok(n) => self.wrote(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(_) => return Err(Close::SocketClosed),
             }
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > KEEP_BUFFER_MAX {
-            self.wbuf = BytesMut::new();
-        }
         Ok(())
+    }
+
+    /// Whether the principal may do `action` on `topic`; decisions are cached until the
+    /// authorizer's rules change.
+    pub(crate) fn allowed(&mut self, action: Action, topic: &str, qos: QoS, retain: bool) -> bool {
+        let authz = &self.broker.authorizer;
+        if authz.is_permissive() {
+            return true;
+        }
+        let version = authz.version();
+        if version != self.acl_version || self.acl_cache.len() >= ACL_CACHE_MAX {
+            self.acl_cache.clear();
+            self.acl_version = version;
+        }
+        let key = (action, Box::<str>::from(topic), qos, retain);
+        if let Some(&d) = self.acl_cache.get(&key) {
+            return d;
+        }
+        let d = authz.check(&self.principal, action, topic, qos, retain);
+        self.acl_cache.insert(key, d);
+        d
     }
 
     fn flush_stats(&mut self) {
@@ -441,6 +288,7 @@ impl Conn {
         Stats::add(&s.bytes_sent, l.bytes_out);
         Stats::add(&s.messages_expired, l.expired);
         Stats::add(&s.messages_dropped_too_large, l.too_large);
+        Stats::add(&s.publishes_denied, l.denied);
     }
 
     pub(crate) fn count_in(&mut self) {
@@ -458,7 +306,7 @@ impl Conn {
         }
         while self.wbuf.len() < WRITE_HIGH_WATER {
             let Some(front) = st.queue.front() else { break };
-            if front.qos != tern_protocol::QoS::AtMostOnce && st.inflight.len() >= self.out_window {
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.out_window {
                 break;
             }
             let Some(p) = st.queue.pop_front() else { break };
@@ -467,7 +315,7 @@ impl Conn {
                 self.stats.expired += 1;
                 continue;
             }
-            let packet_id = (p.qos != tern_protocol::QoS::AtMostOnce).then(|| st.alloc_packet_id());
+            let packet_id = (p.qos != QoS::AtMostOnce).then(|| st.alloc_packet_id());
             let publish = p.msg.to_publish(p.qos, p.retain, packet_id, p.sub_ids.as_slice(), now);
             if !self.write_packet(&Packet::Publish(publish)) {
                 // MQTT-3.1.2-25: a message too large for the client is discarded as if sent.
@@ -476,7 +324,7 @@ impl Conn {
             }
             self.stats.msgs_out += 1;
             if let Some(id) = packet_id {
-                let state = if p.qos == tern_protocol::QoS::AtLeastOnce {
+                let state = if p.qos == QoS::AtLeastOnce {
                     crate::session::Awaiting::PubAck
                 } else {
                     crate::session::Awaiting::PubRec
@@ -528,10 +376,13 @@ impl Conn {
             d.properties.reason_string = self.close_text.take().map(ByteStr::from);
             self.write_packet(&Packet::Disconnect(d));
         }
-        if !self.wbuf.is_empty() {
-            let data = std::mem::take(&mut self.wbuf);
-            let _ = tokio::time::timeout(Duration::from_secs(2), write_all(&self.stream, &data)).await;
-        }
+        let data = std::mem::take(&mut self.wbuf);
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            if self.writer.write_all(&data).await.is_ok() {
+                self.writer.shutdown().await;
+            }
+        })
+        .await;
         self.flush_stats();
         Stats::sub_connected(&self.broker.stats);
         debug!(?close, "connection closed");

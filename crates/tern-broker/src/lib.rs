@@ -16,8 +16,11 @@ pub mod store;
 mod sys;
 mod trie;
 
+pub use auth::Security;
 pub use broker::Broker;
 pub use config::{BrokerConfig, ConfigError, LimitsConfig, MqttConfig, QueueFullPolicy, SysConfig};
+pub use connection::ConnMeta;
+pub use connection::io::{AsyncStream, BoxStream};
 pub use message::{Message, MessageProperties};
 pub use session::Session;
 pub use stats::Stats;

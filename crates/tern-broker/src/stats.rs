@@ -28,6 +28,10 @@ pub struct Stats {
     pub messages_dropped_too_large: AtomicU64,
     /// Messages that matched no subscriber.
     pub messages_unrouted: AtomicU64,
+    /// Publishes refused by authorization (QoS 0 ones are dropped silently, so count them).
+    pub publishes_denied: AtomicU64,
+    /// Subscriptions refused by authorization.
+    pub subscribes_denied: AtomicU64,
     /// Will messages published.
     pub wills_published: AtomicU64,
     /// Connections closed for a protocol violation.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use tern_broker::Broker;
+use tern_broker::{Broker, ConnMeta, Security};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
@@ -106,7 +106,8 @@ fn serve(args: ServeArgs) -> Result<()> {
 
 async fn run(config: config::Config) -> Result<()> {
     let anonymous = config.anonymous_allowed();
-    let broker = Broker::new(config.broker(), anonymous);
+    let security = if anonymous { Security::allow_all() } else { Security::deny_all() };
+    let broker = Broker::new(config.broker(), security);
     let listener = TcpListener::bind(config.mqtt_addr)
         .await
         .with_context(|| format!("cannot listen on {} (key mqtt_addr)", config.mqtt_addr))?;
@@ -125,11 +126,12 @@ async fn run(config: config::Config) -> Result<()> {
 
     let shutdown = broker.shutdown_token();
     let accept_broker = broker.clone();
+    let meta = ConnMeta::plain("tcp");
     let acceptor = tokio::spawn(async move {
         loop {
             tokio::select! {
                 r = listener.accept() => match r {
-                    Ok((stream, peer)) => accept_broker.accept_tcp(stream, peer),
+                    Ok((stream, peer)) => accept_broker.accept_tcp(stream, peer, meta.clone()),
                     Err(e) => {
                         // Usually EMFILE: back off instead of spinning.
                         warn!(error = %e, "accept failed");

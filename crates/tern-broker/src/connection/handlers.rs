@@ -9,10 +9,14 @@ use tern_protocol::{
     Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 
+use tracing::debug;
+
 use super::{Close, Conn};
+use crate::auth::Action;
 use crate::broker::max_qos;
 use crate::message::Message;
 use crate::session::{Awaiting, Pending, SubIds};
+use crate::stats::Stats;
 use crate::trie::SubEntry;
 
 type Handled = Result<(), Close>;
@@ -112,6 +116,12 @@ impl Conn {
         }
         if p.topic.starts_with("$SYS") {
             // $SYS belongs to the broker.
+            self.refuse_publish(&p, ReasonCode::NotAuthorized);
+            return Ok(());
+        }
+        if !self.allowed(Action::Publish, &p.topic, p.qos, p.retain) {
+            self.stats.denied += 1;
+            debug!(topic = %p.topic, "publish not authorized");
             self.refuse_publish(&p, ReasonCode::NotAuthorized);
             return Ok(());
         }
@@ -236,6 +246,10 @@ impl Conn {
                 && self.session.lock().subscriptions.len() >= cfg.limits.max_subscriptions_per_client
             {
                 ReasonCode::QuotaExceeded
+            } else if !self.allowed(Action::Subscribe, tf.filter, opts.qos.min(max_qos(cfg)), false) {
+                Stats::add(&broker.stats.subscribes_denied, 1);
+                debug!(filter = %raw, "subscribe not authorized");
+                ReasonCode::NotAuthorized
             } else {
                 let granted = opts.qos.min(max_qos(cfg));
                 let options = SubscriptionOptions { qos: granted, ..*opts };

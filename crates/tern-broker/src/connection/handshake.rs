@@ -1,0 +1,316 @@
+//! The CONNECT handshake: protocol checks, authentication (including the MQTT 5 AUTH
+//! exchange), connection limits, session attach and CONNACK.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use tern_protocol::{
+    Auth, AuthProperties, ByteStr, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Packet,
+    ProtocolVersion, QoS, ReasonCode, encode,
+};
+use tracing::{debug, info, warn};
+
+use super::io::{Reader, Writer};
+use super::{Conn, ConnMeta, LocalStats};
+use crate::auth::{Action, AuthOutcome, AuthStep, ConnectInfo, Principal};
+use crate::broker::{Attached, Inner, max_qos};
+use crate::stats::Stats;
+
+/// Reads until one packet decodes, or the deadline passes / the stream ends (`Ok(None)`).
+async fn read_packet(
+    reader: &mut Reader,
+    buf: &mut BytesMut,
+    decoder: &mut Decoder,
+    deadline: Instant,
+) -> Result<Option<Packet>, DecodeError> {
+    loop {
+        if let Some(p) = decoder.decode(buf)? {
+            return Ok(Some(p));
+        }
+        match tokio::time::timeout_at(deadline.into(), reader.read(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Ok(None),
+        }
+    }
+}
+
+/// Sends a CONNACK refusing the connection.
+async fn refuse(writer: &mut Writer, version: ProtocolVersion, code: ReasonCode, broker: &Inner) {
+    Stats::add(&broker.stats.connections_refused, 1);
+    let mut buf = BytesMut::new();
+    let ack = ConnAck { session_present: false, reason_code: code, properties: ConnAckProperties::default() };
+    if encode(&Packet::ConnAck(ack), version, &mut buf).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            if writer.write_all(&buf).await.is_ok() {
+                writer.shutdown().await;
+            }
+        })
+        .await;
+    }
+}
+
+/// A fresh client identifier for clients that sent an empty one.
+fn assign_client_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    format!("tern-{:016x}", h.finish())
+}
+
+/// Runs the MQTT 5 enhanced authentication exchange (AUTH packets) started by CONNECT.
+async fn enhanced_auth(
+    broker: &Inner,
+    io: (&mut Reader, &mut Writer),
+    buf: &mut BytesMut,
+    decoder: &mut Decoder,
+    deadline: Instant,
+    connect: &Connect,
+    info: &ConnectInfo<'_>,
+) -> Result<(Principal, Option<Vec<u8>>), ReasonCode> {
+    let (reader, writer) = io;
+    let Some(method) = connect.properties.authentication_method.as_ref() else {
+        return Err(ReasonCode::BadAuthenticationMethod);
+    };
+    let data = connect.properties.authentication_data.clone().unwrap_or_default();
+    let (mut state, mut step) = broker.authenticator.start_enhanced(method, &data, info).await?;
+    loop {
+        match step {
+            AuthStep::Success(p, data) => return Ok((p, data)),
+            AuthStep::Failure(code) => return Err(code),
+            AuthStep::Continue(data) => {
+                let auth = Auth {
+                    reason_code: ReasonCode::ContinueAuthentication,
+                    properties: AuthProperties {
+                        authentication_method: Some(method.clone()),
+                        authentication_data: Some(Bytes::from(data)),
+                        ..AuthProperties::default()
+                    },
+                };
+                let mut out = BytesMut::new();
+                encode(&Packet::Auth(auth), ProtocolVersion::V5, &mut out)
+                    .map_err(|_| ReasonCode::ImplementationSpecificError)?;
+                writer.write_all(&out).await.map_err(|_| ReasonCode::UnspecifiedError)?;
+                let reply = read_packet(reader, buf, decoder, deadline).await;
+                let Ok(Some(Packet::Auth(a))) = reply else {
+                    return Err(ReasonCode::ProtocolError);
+                };
+                if a.reason_code != ReasonCode::ContinueAuthentication
+                    || a.properties.authentication_method.as_ref() != Some(method)
+                {
+                    // MQTT-4.12.0-?: the method must stay the same during the exchange.
+                    return Err(ReasonCode::ProtocolError);
+                }
+                let data = a.properties.authentication_data.unwrap_or_default();
+                step = state.step(&data).await;
+            }
+        }
+    }
+}
+
+/// The CONNECT handshake. Returns `None` when the connection was refused or dropped.
+pub(super) async fn handshake(
+    broker: Arc<Inner>,
+    mut reader: Reader,
+    mut writer: Writer,
+    peer: SocketAddr,
+    meta: ConnMeta,
+) -> Option<Conn> {
+    let cfg = &broker.config.mqtt;
+    let mut decoder = Decoder::new_server(cfg.max_packet_size);
+    let mut rbuf = BytesMut::new();
+    let deadline = Instant::now() + Duration::from_secs(u64::from(cfg.connect_timeout.max(1)));
+    let connect: Box<Connect> = match read_packet(&mut reader, &mut rbuf, &mut decoder, deadline).await {
+        Ok(Some(Packet::Connect(c))) => c,
+        Ok(_) => return None,
+        Err(DecodeError::UnsupportedProtocolVersion(level)) => {
+            // MQTT-3.1.2-2: answer in the format the client most likely reads.
+            let v = if level > 5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
+            debug!(level, "unsupported protocol level");
+            refuse(&mut writer, v, ReasonCode::UnsupportedProtocolVersion, &broker).await;
+            return None;
+        }
+        Err(e) => {
+            debug!(error = %e, "invalid CONNECT");
+            Stats::add(&broker.stats.protocol_errors, 1);
+            return None;
+        }
+    };
+    let version = connect.protocol;
+    let v5 = version.is_v5();
+
+    if broker.shutdown.is_cancelled() {
+        refuse(&mut writer, version, ReasonCode::ServerUnavailable, &broker).await;
+        return None;
+    }
+    let Ok(permit) = broker.connection_slots.clone().try_acquire_owned() else {
+        warn!(%peer, "connection limit reached, refusing");
+        let code = if v5 { ReasonCode::QuotaExceeded } else { ReasonCode::ServerUnavailable };
+        refuse(&mut writer, version, code, &broker).await;
+        return None;
+    };
+
+    let mut assigned = None;
+    let requested_id: String = if connect.client_id.is_empty() {
+        if !v5 && !connect.clean_start {
+            // MQTT-3.1.3-8: an empty id needs Clean Session = 1.
+            refuse(&mut writer, version, ReasonCode::ClientIdentifierNotValid, &broker).await;
+            return None;
+        }
+        let id = assign_client_id();
+        assigned = Some(ByteStr::from(id.as_str()));
+        id
+    } else {
+        connect.client_id.to_string()
+    };
+
+    let info = ConnectInfo {
+        client_id: &requested_id,
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        peer,
+        listener: &meta.listener,
+        cert: meta.cert.as_ref(),
+        protocol: version.level(),
+    };
+    let mut auth_method = None;
+    let mut auth_data = None;
+    let principal = if let Some(method) = connect.properties.authentication_method.clone().filter(|_| v5) {
+        match enhanced_auth(
+            &broker,
+            (&mut reader, &mut writer),
+            &mut rbuf,
+            &mut decoder,
+            deadline,
+            &connect,
+            &info,
+        )
+        .await
+        {
+            Ok((p, data)) => {
+                auth_method = Some(method);
+                auth_data = data.map(Bytes::from);
+                p
+            }
+            Err(code) => {
+                info!(client_id = %requested_id, %code, "enhanced authentication failed");
+                refuse(&mut writer, version, code, &broker).await;
+                return None;
+            }
+        }
+    } else {
+        match broker.authenticator.authenticate(&info).await {
+            AuthOutcome::Allow(p) => p,
+            AuthOutcome::Deny(code) => {
+                info!(client_id = %requested_id, username = ?info.username, %code, "connection refused");
+                refuse(&mut writer, version, code, &broker).await;
+                return None;
+            }
+        }
+    };
+    if let Some(w) = &connect.will
+        && !broker.authorizer.is_permissive()
+        && !broker.authorizer.check(&principal, Action::Publish, &w.topic, w.qos, w.retain)
+    {
+        info!(client_id = %requested_id, topic = %w.topic, "will topic not authorized");
+        refuse(&mut writer, version, ReasonCode::NotAuthorized, &broker).await;
+        return None;
+    }
+    // An authenticator may fix the client id (e.g. from a certificate).
+    if principal.client_id != requested_id {
+        if v5 {
+            assigned = Some(ByteStr::from(principal.client_id.as_str()));
+        } else if !principal.client_id.is_empty() {
+            // 3.x cannot tell the client; the session is still keyed by the verified id.
+            debug!(requested = %requested_id, actual = %principal.client_id, "client id set by authentication");
+        }
+    }
+    let client_id: Arc<str> = if principal.client_id.is_empty() {
+        requested_id.as_str().into()
+    } else {
+        principal.client_id.as_str().into()
+    };
+
+    let expiry = if v5 {
+        connect.properties.session_expiry_interval.unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    let expiry = expiry.min(cfg.max_session_expiry);
+
+    let Attached { session, session_present, generation, kick } =
+        broker.attach(client_id.clone(), connect.clean_start, expiry, version);
+
+    let keep_alive_secs = if cfg.server_keep_alive > 0 { cfg.server_keep_alive } else { connect.keep_alive };
+    let mut props = ConnAckProperties::default();
+    if v5 {
+        props.assigned_client_identifier = assigned;
+        props.receive_maximum = Some(cfg.receive_maximum);
+        props.maximum_packet_size = Some(cfg.max_packet_size);
+        props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+        props.retain_available = Some(cfg.retain_available);
+        props.wildcard_subscription_available = Some(cfg.wildcard_subscriptions);
+        props.shared_subscription_available = Some(cfg.shared_subscriptions);
+        props.subscription_identifiers_available = Some(cfg.subscription_identifiers);
+        if max_qos(&broker.config) != QoS::ExactlyOnce {
+            props.maximum_qos = Some(max_qos(&broker.config));
+        }
+        if cfg.server_keep_alive > 0 {
+            props.server_keep_alive = Some(cfg.server_keep_alive);
+        }
+        if connect.properties.session_expiry_interval.unwrap_or(0) != expiry {
+            props.session_expiry_interval = Some(expiry);
+        }
+        props.authentication_method = auth_method;
+        props.authentication_data = auth_data;
+    }
+    let connack = ConnAck { session_present, reason_code: ReasonCode::Success, properties: props };
+    let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+    let now = Instant::now();
+    let auth_expiry = principal.expires_at.map(|t| {
+        let left = t.duration_since(SystemTime::now()).unwrap_or_default();
+        now + left
+    });
+    let connect = *connect;
+    let mut conn = Conn {
+        broker: broker.clone(),
+        reader,
+        writer,
+        rbuf,
+        wbuf: BytesMut::new(),
+        decoder,
+        version,
+        session,
+        generation,
+        client_id,
+        principal,
+        will: connect.will,
+        keep_alive: (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),
+        last_read: now,
+        auth_expiry,
+        out_window: usize::from(client_receive_max.min(cfg.max_inflight)),
+        client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
+        aliases: vec![None; usize::from(cfg.topic_alias_maximum)],
+        problem_info: connect.properties.request_problem_information.unwrap_or(true),
+        connect_expiry: expiry,
+        expiry_override: None,
+        close_text: None,
+        blocked_on: None,
+        acl_cache: HashMap::new(),
+        acl_version: 0,
+        kick,
+        stats: LocalStats::default(),
+        _permit: permit,
+    };
+    conn.write_packet(&Packet::ConnAck(connack));
+    Stats::add(&broker.stats.connections_total, 1);
+    Stats::add(&broker.stats.clients_connected, 1);
+    if session_present {
+        conn.resend_inflight();
+    }
+    Some(conn)
+}
