@@ -12,12 +12,20 @@
 # Usage: scripts/test.sh [STEP...]     e.g. `scripts/test.sh pytest` runs setup + pytest only.
 # Env:   TERN_TEST_KEEP_GOING=1        run the remaining steps after a failure (still exits 1)
 #        TERN_TEST_SKIP_SETUP=1        don't install anything (apt packages / Python venv)
+#        TERN_BIN=/path/to/tern        binary for the Python tests (default: target/debug/tern)
 #        PYTHON=python3.11             interpreter used to create .venv (default: python3)
 #        PYTEST_ADDOPTS="-k will"      extra pytest options (pytest's own variable)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+
+# This script's own knobs are read once and unset: tern treats every TERN_* variable as
+# configuration, so they must not reach the broker processes that the tests start.
+KEEP_GOING="${TERN_TEST_KEEP_GOING:-0}"
+SKIP_SETUP="${TERN_TEST_SKIP_SETUP:-0}"
+TERN_BIN_OVERRIDE="${TERN_BIN:-}"
+unset TERN_TEST_KEEP_GOING TERN_TEST_SKIP_SETUP TERN_BIN
 
 ALL_STEPS=(fmt clippy build cargo pytest)
 APT_PACKAGES=(mosquitto-clients mosquitto) # mosquitto: reference broker for test self-checks
@@ -113,7 +121,7 @@ run_step() {
     STEP_RESULTS+=("FAILED (exit $rc)")
     FAILED_STEPS+=("$name")
     printf '%s==> [%s] FAILED (exit %s)%s\n' "$RED" "$name" "$rc" "$RESET" >&2
-    if [ "${TERN_TEST_KEEP_GOING:-0}" != 1 ]; then
+    if [ "$KEEP_GOING" != 1 ]; then
       exit 1
     fi
   fi
@@ -229,7 +237,7 @@ check_tools() {
 
 setup() {
   ensure_rust
-  if [ "${TERN_TEST_SKIP_SETUP:-0}" = 1 ]; then
+  if [ "$SKIP_SETUP" = 1 ]; then
     say "TERN_TEST_SKIP_SETUP=1: not installing anything"
   else
     ensure_apt_packages
@@ -240,7 +248,7 @@ setup() {
   TARGET_DIR="$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
     | "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')" \
     || die "cargo metadata failed"
-  export TERN_BIN="${TERN_BIN:-$TARGET_DIR/debug/tern}"
+  TERN_BIN_PATH="${TERN_BIN_OVERRIDE:-$TARGET_DIR/debug/tern}"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -250,8 +258,9 @@ setup() {
 # >>> PostgreSQL 15 (a later issue) <<<
 # Start a throwaway PostgreSQL 15 cluster for the storage tests here: initdb into a temp dir
 # under $LOG_DIR, pg_ctl start on a free loopback port / unix socket as a non-root user,
-# export its URL (e.g. TERN_TEST_DATABASE_URL) for cargo and pytest, and stop it in
-# stop_postgres (called from the EXIT trap, so it also runs when a step fails).
+# export its URL for cargo and pytest, and stop it in stop_postgres (called from the EXIT trap,
+# so it also runs when a step fails). Name that variable without the TERN_ prefix (e.g.
+# TEST_DATABASE_URL): tern rejects unknown TERN_* variables as configuration errors.
 start_postgres() {
   : # not needed yet
 }
@@ -274,8 +283,8 @@ step_clippy() {
 
 step_build() {
   cargo build -p tern-server || return
-  if [ ! -x "$TERN_BIN" ]; then
-    echo "expected the tern binary at $TERN_BIN after the build" >&2
+  if [ ! -x "$TERN_BIN_PATH" ]; then
+    echo "expected the tern binary at $TERN_BIN_PATH after the build" >&2
     return 1
   fi
 }
@@ -301,8 +310,9 @@ step_cargo() {
 
 step_pytest() {
   local log="$LOG_DIR/pytest.log" rc=0
-  say "pytest against TERN_BIN=$TERN_BIN"
-  "$VENV/bin/python" -m pytest tests/python -q "${PYTEST_COLOR[@]}" 2>&1 | tee "$log" || rc=$?
+  say "pytest against TERN_BIN=$TERN_BIN_PATH"
+  TERN_BIN="$TERN_BIN_PATH" "$VENV/bin/python" -m pytest tests/python -q "${PYTEST_COLOR[@]}" 2>&1 \
+    | tee "$log" || rc=$?
   count_tests pytest "$log"
   if [ "$rc" -eq 5 ]; then
     echo "pytest collected no tests (exit 5): tests/python is misconfigured" >&2

@@ -75,7 +75,10 @@ class TernServer:
         if mqtt_addr is not None:
             cmd += ["--mqtt-addr", mqtt_addr]
         cmd += list(args or [])
-        full_env = dict(os.environ)
+        # Hermetic: tern reads every TERN_* variable as configuration (and rejects unknown
+        # keys), so none leaks in from the caller (TERN_BIN, TERN_TEST_*, a developer's shell);
+        # a test passes what it wants explicitly.
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("TERN_")}
         full_env.setdefault("NO_COLOR", "1")
         full_env.update(env or {})
         self.cmd = cmd
