@@ -649,21 +649,43 @@ fn report(
 
     // Human summary.
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "\n== tern-bench {mode}: {} pub -> {} sub, QoS {}/{}, {} B, rate {}, window {}, MQTT {}{}, {}:{}",
-        plan.pubs,
-        plan.subs,
-        plan.qos.as_u8(),
-        plan.sub_qos.as_u8(),
-        plan.size,
-        if plan.rate > 0.0 { format!("{}/s", fmt_rate(plan.rate)) } else { "unlimited".into() },
-        plan.window,
+    let target = format!(
+        "MQTT {}{}, {}:{}",
         common.mqtt.name(),
         if common.tls { " TLS" } else { "" },
         common.host,
         common.port
     );
+    let shape = format!(
+        "{} B, rate {}, window {}{}",
+        plan.size,
+        if plan.rate > 0.0 { format!("{}/s", fmt_rate(plan.rate)) } else { "unlimited".into() },
+        plan.window,
+        if cfg.track_delivery { " (unacked and undelivered)" } else { "" }
+    );
+    let _ = match plan.kind {
+        Kind::Scenario => writeln!(
+            s,
+            "\n== tern-bench scenario: {} pub -> {} sub, QoS {}/{}, {shape}, {target}",
+            plan.pubs,
+            plan.subs,
+            plan.qos.as_u8(),
+            plan.sub_qos.as_u8()
+        ),
+        Kind::Pub => writeln!(
+            s,
+            "\n== tern-bench pub: {} publishers, QoS {}, {shape}, {target}",
+            plan.pubs,
+            plan.qos.as_u8()
+        ),
+        Kind::Sub => writeln!(
+            s,
+            "\n== tern-bench sub: {} subscribers on {:?}, QoS {}, {target}",
+            plan.subs,
+            plan.sub_topic,
+            plan.sub_qos.as_u8()
+        ),
+    };
     let _ = writeln!(s, "connect   {}", conn.human);
     let _ = writeln!(s, "window    {:.2} s measured after {} s warm-up", t.window_s, plan.warmup);
     if plan.kind != Kind::Sub {
