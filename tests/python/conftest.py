@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,14 +87,16 @@ class TernServer:
         self._lines_lock = threading.Lock()
         self._ready = threading.Event()
         self.addr: str | None = None
-        self.crashed_rc: int | None = None
+        self.workdir = tempfile.mkdtemp(prefix="tern-pytest-")
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=full_env,
-            cwd=tempfile.mkdtemp(prefix="tern-pytest-"),
+            # Own working directory: anything tern writes relative to it (data files) stays
+            # per test and is removed at teardown.
+            cwd=self.workdir,
         )
         self._threads = [
             threading.Thread(target=self._drain, args=(self.proc.stderr, ""), daemon=True),
@@ -162,6 +165,10 @@ class TernServer:
         for t in self._threads:
             t.join(2)
 
+    def cleanup(self) -> None:
+        self.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
 
 class MosquittoServer:
     """Reference broker for TERN_PYTEST_BROKER=mosquitto (developer self-check only)."""
@@ -192,8 +199,11 @@ class MosquittoServer:
                 time.sleep(0.02)
 
     def log(self) -> str:
-        self._logf.flush()
-        return (Path(self._dir) / "log").read_text()
+        try:
+            self._logf.flush()
+            return (Path(self._dir) / "log").read_text()
+        except (OSError, ValueError):
+            return "(mosquitto log already removed)"
 
     def running(self) -> bool:
         return self.proc.poll() is None
@@ -215,6 +225,11 @@ class MosquittoServer:
 
     def join_logs(self) -> None:
         pass
+
+    def cleanup(self) -> None:
+        self.kill()
+        self._logf.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def start_broker(**kwargs: Any) -> TernServer | MosquittoServer:
@@ -241,9 +256,11 @@ def broker(request: pytest.FixtureRequest) -> Iterator[TernServer | MosquittoSer
     rc = server.proc.returncode
     server.terminate()
     server.join_logs()
+    log = server.log()
+    server.cleanup()
     if crashed:
         pytest.fail(
-            f"{server.kind} exited during the test with code {rc}\n--- output ---\n{server.log()}",
+            f"{server.kind} exited during the test with code {rc}\n--- output ---\n{log}",
             pytrace=False,
         )
 
@@ -261,7 +278,7 @@ def tern_factory(request: pytest.FixtureRequest) -> Iterator[Any]:
 
     yield factory
     for server in started:
-        server.kill()
+        server.cleanup()
 
 
 @pytest.fixture(params=VERSIONS)
