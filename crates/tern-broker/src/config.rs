@@ -14,6 +14,8 @@ pub struct BrokerConfig {
     pub limits: LimitsConfig,
     /// $SYS topic publication.
     pub sys: SysConfig,
+    /// Group commit and housekeeping of the store.
+    pub persistence: crate::persist::PersistenceConfig,
 }
 
 /// Protocol capabilities and windows.

@@ -5,7 +5,7 @@
 //! On plain TCP, I/O is readiness-based so an idle connection holds no read or write buffer:
 //! both are allocated for a burst and released when drained.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +19,11 @@ use tracing::{Instrument, debug, info_span};
 
 use crate::auth::{Action, CertIdentity, Principal};
 use crate::broker::Inner;
-use crate::session::Session;
+use crate::persist::CommitResult;
+use crate::router::OpSink;
+use crate::session::{Awaiting, Inflight, Pending, Session, packet_id_for};
 use crate::stats::Stats;
+use crate::store::StoreError;
 
 mod handlers;
 mod handshake;
@@ -62,6 +65,35 @@ pub(crate) enum Close {
     SocketClosed,
     /// The server closes with this reason (sent as DISCONNECT to 5.0 clients).
     Server(ReasonCode),
+}
+
+/// What to do when the commit an acknowledgement waits for fails.
+#[derive(Debug)]
+pub(crate) enum OnFail {
+    /// Send this packet instead (an MQTT 5 error reason code).
+    Send(Packet),
+    /// Forget the inbound QoS 2 packet id (so the client's retry is not taken for a
+    /// duplicate), then send this packet if any.
+    ForgetInbound(u16, Option<Packet>),
+    /// Send nothing (MQTT 3.x has no negative acknowledgement).
+    Nothing,
+    /// Restore the inbound QoS 2 packet id the store still holds, then close.
+    RestoreInbound(u16),
+    /// Close the connection: the client resends after reconnecting.
+    Close,
+}
+
+/// An acknowledgement waiting for a store commit, or queued behind one to keep the order
+/// MQTT requires (MQTT-4.6.0-2).
+#[derive(Debug)]
+pub(crate) struct DeferredAck {
+    pub(crate) commit: Option<oneshot::Receiver<CommitResult>>,
+    pub(crate) result: Option<CommitResult>,
+    pub(crate) packet: Option<Packet>,
+    pub(crate) on_fail: OnFail,
+    /// Deliveries to queue once the acknowledgement is written (retained messages follow
+    /// their SUBACK).
+    pub(crate) then: Vec<Pending>,
 }
 
 /// Local counters flushed to the shared `Stats` in batches.
@@ -113,6 +145,8 @@ pub(crate) struct Conn {
     /// Cached authorization decisions and the authorizer version they belong to.
     acl_cache: HashMap<(Action, Box<str>, QoS, bool), bool>,
     acl_version: u64,
+    /// Acknowledgements waiting for their store commit, in the order they must be sent.
+    pub(crate) acks: VecDeque<DeferredAck>,
     kick: oneshot::Receiver<ReasonCode>,
     pub(crate) stats: LocalStats,
     _permit: OwnedSemaphorePermit,
@@ -147,6 +181,7 @@ enum Event {
     KeepAliveTimeout,
     AuthExpired,
     Kicked(ReasonCode),
+    Committed(CommitResult),
     Shutdown,
 }
 
@@ -177,6 +212,7 @@ impl Conn {
             let keep_alive = self.keep_alive.map(|ka| self.last_read + ka);
             let want_queue = self.wbuf.len() < WRITE_HIGH_WATER;
             let blocked = self.blocked_on.clone();
+            let waiting_commit = self.acks.front().is_some_and(|a| a.commit.is_some());
             let event = tokio::select! {
                 r = self.reader.read(&mut self.rbuf), if blocked.is_none() => Event::Read(r),
                 () = wait_for_space(blocked.as_deref()), if blocked.is_some() => Event::Unblocked,
@@ -185,6 +221,7 @@ impl Conn {
                 () = sleep_until_opt(keep_alive) => Event::KeepAliveTimeout,
                 () = sleep_until_opt(self.auth_expiry) => Event::AuthExpired,
                 r = &mut self.kick => Event::Kicked(r.unwrap_or(ReasonCode::SessionTakenOver)),
+                r = wait_front_commit(&mut self.acks), if waiting_commit => Event::Committed(r),
                 () = shutdown.cancelled() => Event::Shutdown,
             };
             match event {
@@ -207,9 +244,94 @@ impl Conn {
                 // The credentials' validity ended (e.g. JWT exp): 0xA0 Maximum connect time.
                 Event::AuthExpired => return Close::Server(ReasonCode::MaximumConnectTime),
                 Event::Kicked(code) => return Close::Server(code),
+                Event::Committed(r) => {
+                    if let Some(front) = self.acks.front_mut() {
+                        front.commit = None;
+                        front.result = Some(r);
+                    }
+                    if let Err(close) = self.drain_acks() {
+                        return close;
+                    }
+                }
                 Event::Shutdown => return Close::Server(ReasonCode::ServerShuttingDown),
             }
         }
+    }
+
+    /// Sends `packet` once `commit` succeeds (or at once without one), after every earlier
+    /// acknowledgement; `then` are deliveries to queue after it is written.
+    pub(crate) fn send_after(
+        &mut self,
+        commit: Option<oneshot::Receiver<CommitResult>>,
+        packet: Option<Packet>,
+        on_fail: OnFail,
+        then: Vec<Pending>,
+    ) {
+        if commit.is_none() && self.acks.is_empty() {
+            if let Some(p) = &packet {
+                self.write_packet(p);
+            }
+            self.queue_after(then);
+            return;
+        }
+        self.acks.push_back(DeferredAck { commit, result: None, packet, on_fail, then });
+    }
+
+    fn queue_after(&mut self, then: Vec<Pending>) {
+        if then.is_empty() {
+            return;
+        }
+        let mut sink = OpSink::new(self.broker.store().is_some());
+        for p in then {
+            let _ = self.broker.deliver(&self.session, p, &mut sink);
+        }
+        self.broker.store_background(sink.ops);
+    }
+
+    /// Sends every acknowledgement at the front of the queue whose commit has resolved.
+    fn drain_acks(&mut self) -> Result<(), Close> {
+        while let Some(front) = self.acks.front_mut() {
+            let result = match &mut front.commit {
+                None => front.result.take().unwrap_or(Ok(())),
+                Some(rx) => match rx.try_recv() {
+                    Ok(r) => r,
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        Err(StoreError::Unavailable("persister stopped".into()))
+                    }
+                },
+            };
+            let Some(ack) = self.acks.pop_front() else { break };
+            match result {
+                Ok(()) => {
+                    if let Some(p) = &ack.packet {
+                        self.write_packet(p);
+                    }
+                    self.queue_after(ack.then);
+                }
+                Err(e) => {
+                    debug!(error = %e, "store commit failed; acknowledgement withheld");
+                    match ack.on_fail {
+                        OnFail::Send(p) => {
+                            self.write_packet(&p);
+                        }
+                        OnFail::ForgetInbound(id, p) => {
+                            self.session.lock().inbound_qos2.remove(&id);
+                            if let Some(p) = p {
+                                self.write_packet(&p);
+                            }
+                        }
+                        OnFail::Nothing => {}
+                        OnFail::RestoreInbound(id) => {
+                            self.session.lock().inbound_qos2.insert(id);
+                            return Err(Close::Server(ReasonCode::UnspecifiedError));
+                        }
+                        OnFail::Close => return Err(Close::Server(ReasonCode::UnspecifiedError)),
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Decodes and handles every complete packet in the read buffer.
@@ -226,6 +348,7 @@ impl Conn {
                 }
             }
         }
+        self.drain_acks()?;
         if self.rbuf.is_empty() {
             // Idle connections keep no read buffer (payload slices keep their own storage).
             self.rbuf = BytesMut::new();
@@ -304,38 +427,51 @@ impl Conn {
             // Taken over: the new connection owns the queue and resends what is in flight.
             return;
         }
+        let mut dropped = Vec::new();
         while self.wbuf.len() < WRITE_HIGH_WATER {
             let Some(front) = st.queue.front() else { break };
-            if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.out_window {
+            let qos1or2 = front.qos != QoS::AtMostOnce;
+            let packet_id = qos1or2.then(|| packet_id_for(front.seq));
+            if qos1or2
+                && (st.inflight.len() >= self.out_window
+                    || packet_id.is_some_and(|id| st.inflight.contains_key(&id)))
+            {
+                // Window full, or (after 65535 deliveries) this id is still in flight.
                 break;
             }
             let Some(p) = st.queue.pop_front() else { break };
             st.queued_bytes -= p.msg.cost();
             if p.msg.is_expired(now) {
                 self.stats.expired += 1;
+                if p.durable {
+                    dropped.push(p.seq);
+                }
                 continue;
             }
-            let packet_id = (p.qos != QoS::AtMostOnce).then(|| st.alloc_packet_id());
-            let publish = p.msg.to_publish(p.qos, p.retain, packet_id, p.sub_ids.as_slice(), now);
+            let mut publish = p.msg.to_publish(p.qos, p.retain, packet_id, p.sub_ids.as_slice(), now);
+            publish.dup = p.dup && qos1or2;
             if !self.write_packet(&Packet::Publish(publish)) {
                 // MQTT-3.1.2-25: a message too large for the client is discarded as if sent.
                 self.stats.too_large += 1;
+                if p.durable {
+                    dropped.push(p.seq);
+                }
                 continue;
             }
             self.stats.msgs_out += 1;
             if let Some(id) = packet_id {
-                let state = if p.qos == QoS::AtLeastOnce {
-                    crate::session::Awaiting::PubAck
-                } else {
-                    crate::session::Awaiting::PubRec
-                };
-                let seq = st.next_seq();
-                st.inflight.insert(id, crate::session::Inflight { pending: p, state, seq });
+                let state = if p.qos == QoS::AtLeastOnce { Awaiting::PubAck } else { Awaiting::PubRec };
+                st.inflight.insert(id, Inflight { pending: p, state });
             }
         }
         let left = st.queue.len();
         drop(st);
         session.signal_space(left);
+        if !dropped.is_empty() {
+            let mut sink = OpSink::new(self.broker.store().is_some());
+            sink.removed(&session, &dropped);
+            self.broker.store_background(sink.ops);
+        }
     }
 
     /// After a resumed session's CONNACK: resend unacknowledged PUBLISH (DUP=1) and PUBREL in
@@ -344,10 +480,10 @@ impl Conn {
         let now = Instant::now();
         let session = self.session.clone();
         let st = session.lock();
-        let mut order: Vec<(&u16, &crate::session::Inflight)> = st.inflight.iter().collect();
-        order.sort_by_key(|(_, f)| f.seq);
+        let mut order: Vec<(&u16, &Inflight)> = st.inflight.iter().collect();
+        order.sort_by_key(|(_, f)| f.pending.seq);
         for (&id, f) in order {
-            let packet = if f.state == crate::session::Awaiting::PubComp {
+            let packet = if f.state == Awaiting::PubComp {
                 Packet::PubRel(tern_protocol::PubReply::new(id))
             } else {
                 {
@@ -368,6 +504,22 @@ impl Conn {
 
     /// Sends what must be sent, closes the socket and detaches from the session.
     async fn finish(mut self, close: Close) {
+        // Acknowledgements whose commit is under way are still owed to a client that stays.
+        if matches!(close, Close::Server(ReasonCode::ServerShuttingDown)) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while self.acks.front().is_some_and(|a| a.commit.is_some()) {
+                    let r = wait_front_commit(&mut self.acks).await;
+                    if let Some(front) = self.acks.front_mut() {
+                        front.commit = None;
+                        front.result = Some(r);
+                    }
+                    if self.drain_acks().is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
         if let Close::Server(code) = close
             && self.version.is_v5()
             && code.valid_for(tern_protocol::PacketKind::Disconnect)
@@ -393,6 +545,14 @@ impl Conn {
             _ => self.will.take(),
         };
         self.broker.detach(&self.session, self.generation, will, self.expiry_override);
+    }
+}
+
+/// Waits for the commit at the front of the acknowledgement queue.
+async fn wait_front_commit(acks: &mut VecDeque<DeferredAck>) -> CommitResult {
+    match acks.front_mut().and_then(|a| a.commit.as_mut()) {
+        Some(rx) => rx.await.unwrap_or_else(|_| Err(StoreError::Unavailable("persister stopped".into()))),
+        None => std::future::pending().await,
     }
 }
 

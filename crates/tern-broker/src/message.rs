@@ -2,6 +2,7 @@
 //! connection boundary.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,9 +34,25 @@ impl MessageProperties {
     }
 }
 
+/// Source of message ids: unique within the process and, once restored from the store, above
+/// every stored id.
+static NEXT_MESSAGE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh message id.
+pub fn next_message_id() -> u64 {
+    NEXT_MESSAGE_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Makes future message ids larger than `id` (after loading stored messages).
+pub(crate) fn reserve_message_ids_above(id: u64) {
+    NEXT_MESSAGE_ID.fetch_max(id + 1, Ordering::Relaxed);
+}
+
 /// A published message as routed inside the broker; shared by `Arc` between all recipients.
 #[derive(Debug, Clone)]
 pub struct Message {
+    /// Unique id (the stored message's key).
+    pub id: u64,
     /// Topic name.
     pub topic: ByteStr,
     /// Payload (shared with the publisher's read buffer, never copied per subscriber).
@@ -65,6 +82,7 @@ impl Message {
             ..
         } = p.properties;
         Message {
+            id: next_message_id(),
             topic: p.topic,
             payload: p.payload,
             qos: p.qos,

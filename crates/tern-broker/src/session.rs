@@ -53,6 +53,25 @@ pub(crate) struct Pending {
     pub(crate) retain: bool,
     pub(crate) sub_ids: SubIds,
     pub(crate) share: Option<Arc<ShareKey>>,
+    /// Per-session sequence number, assigned at enqueue: delivery order, and (for QoS 1/2)
+    /// the packet identifier, so a redelivery after a restart reuses the same id.
+    pub(crate) seq: u64,
+    /// Send with DUP set (restored from the store: it may have been sent before).
+    pub(crate) dup: bool,
+    /// Whether the store holds this delivery (persistent session, QoS 1/2).
+    pub(crate) durable: bool,
+}
+
+impl Pending {
+    /// A delivery of `msg` not yet numbered (enqueue assigns the sequence number).
+    pub(crate) fn new(msg: Arc<Message>, qos: QoS, retain: bool, sub_ids: SubIds) -> Pending {
+        Pending { msg, qos, retain, sub_ids, share: None, seq: 0, dup: false, durable: false }
+    }
+}
+
+/// The packet identifier of the delivery with sequence number `seq` (1..=65535).
+pub(crate) fn packet_id_for(seq: u64) -> u16 {
+    (seq % 65_535) as u16 + 1
 }
 
 /// Where an outbound QoS 1/2 message stands.
@@ -71,10 +90,9 @@ pub(crate) enum Awaiting {
 /// An outbound message that has a packet identifier and is not yet acknowledged.
 #[derive(Debug, Clone)]
 pub(crate) struct Inflight {
+    /// The delivery; its `seq` gives the send order for redelivery (MQTT-4.4.0-1).
     pub(crate) pending: Pending,
     pub(crate) state: Awaiting,
-    /// Send order, so redelivery after reconnect keeps the original order (MQTT-4.4.0-1).
-    pub(crate) seq: u64,
 }
 
 /// A stored subscription of this session.
@@ -90,8 +108,8 @@ pub(crate) struct SessionState {
     pub(crate) queue: VecDeque<Pending>,
     pub(crate) queued_bytes: usize,
     pub(crate) inflight: BTreeMap<u16, Inflight>,
-    pub(crate) next_packet_id: u16,
-    pub(crate) next_seq: u64,
+    /// Last sequence number assigned to a delivery.
+    pub(crate) last_seq: u64,
     /// QoS 2 packet ids received and PUBREC'd, waiting for PUBREL.
     pub(crate) inbound_qos2: HashSet<u16>,
     /// Subscriptions by the filter as sent (including any `$share/{group}/` prefix).
@@ -108,6 +126,20 @@ pub(crate) struct SessionState {
     pub(crate) protocol: ProtocolVersion,
     /// When the last connection ended, while offline.
     pub(crate) disconnected_at: Option<Instant>,
+}
+
+/// The result of offering a message to a session queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Enqueued {
+    pub(crate) outcome: EnqueueOutcome,
+    /// Queue length afterwards.
+    pub(crate) queue_len: usize,
+    /// Sequence number given to the message (when queued).
+    pub(crate) seq: u64,
+    /// Whether the queued delivery must be stored.
+    pub(crate) durable: bool,
+    /// Durable deliveries evicted to make room (their store rows must go).
+    pub(crate) evicted: Vec<u64>,
 }
 
 /// What happened to a message offered to a session queue.
@@ -141,6 +173,9 @@ pub struct Session {
     /// Whether some publisher waits on `space`.
     pub(crate) space_waiters: AtomicBool,
     online: AtomicBool,
+    /// Whether the session outlives its connection (expiry > 0): its QoS 1/2 deliveries,
+    /// subscriptions and state are stored.
+    persistent: AtomicBool,
 }
 
 impl Session {
@@ -152,8 +187,7 @@ impl Session {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 inflight: BTreeMap::new(),
-                next_packet_id: 1,
-                next_seq: 0,
+                last_seq: 0,
                 inbound_qos2: HashSet::new(),
                 subscriptions: HashMap::new(),
                 expiry_interval: 0,
@@ -167,6 +201,7 @@ impl Session {
             space: Notify::new(),
             space_waiters: AtomicBool::new(false),
             online: AtomicBool::new(false),
+            persistent: AtomicBool::new(false),
         }
     }
 
@@ -177,6 +212,15 @@ impl Session {
 
     pub(crate) fn set_online(&self, online: bool) {
         self.online.store(online, Ordering::Release);
+    }
+
+    /// Whether the session's state is stored (expiry interval above 0).
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_persistent(&self, persistent: bool) {
+        self.persistent.store(persistent, Ordering::Release);
     }
 
     /// Locks the state. A poisoned lock means a panic elsewhere already broke an invariant
@@ -209,23 +253,31 @@ impl Session {
         }
     }
 
-    /// Offers a message to the queue, applying the limits. Returns what happened and the
-    /// queue length after it; the caller wakes the connection.
-    pub(crate) fn enqueue(&self, p: Pending, limits: &LimitsConfig) -> (EnqueueOutcome, usize) {
+    /// Offers a message to the queue, applying the limits; numbers it and decides whether it
+    /// is durable. The caller wakes the connection and writes the store operations.
+    pub(crate) fn enqueue(&self, mut p: Pending, limits: &LimitsConfig, store: bool) -> Enqueued {
         let online = self.is_online();
         let mut st = self.lock();
+        let mut result = Enqueued {
+            outcome: EnqueueOutcome::Dropped,
+            queue_len: st.queue.len(),
+            seq: 0,
+            durable: false,
+            evicted: Vec::new(),
+        };
         // An offline session keeps only QoS 1/2 messages (QoS 0 is "at most once").
         if !online && p.qos == QoS::AtMostOnce {
-            return (EnqueueOutcome::Dropped, st.queue.len());
+            return result;
         }
         let cost = p.msg.cost();
         let full = |st: &SessionState| {
             st.queue.len() >= limits.max_queued_messages || st.queued_bytes + cost > limits.max_queued_bytes
         };
-        let mut outcome = EnqueueOutcome::Queued;
+        result.outcome = EnqueueOutcome::Queued;
         if full(&st) {
             if p.qos == QoS::AtMostOnce || limits.queue_full_policy == QueueFullPolicy::DropNew {
-                return (EnqueueOutcome::Dropped, st.queue.len());
+                result.outcome = EnqueueOutcome::Dropped;
+                return result;
             }
             // Make room: QoS 0 entries go first, then the oldest.
             while full(&st) {
@@ -234,37 +286,32 @@ impl Session {
                     .iter()
                     .position(|q| q.qos == QoS::AtMostOnce)
                     .or(if st.queue.is_empty() { None } else { Some(0) });
-                let Some(i) = victim else { return (EnqueueOutcome::Dropped, 0) };
+                let Some(i) = victim else {
+                    result.outcome = EnqueueOutcome::Dropped;
+                    return result;
+                };
                 if let Some(old) = st.queue.remove(i) {
                     st.queued_bytes -= old.msg.cost();
+                    if old.durable {
+                        result.evicted.push(old.seq);
+                    }
                 }
-                outcome = EnqueueOutcome::QueuedDroppedOldest;
+                result.outcome = EnqueueOutcome::QueuedDroppedOldest;
             }
         }
+        st.last_seq += 1;
+        p.seq = st.last_seq;
+        p.durable = store && p.qos != QoS::AtMostOnce && self.is_persistent();
+        result.seq = p.seq;
+        result.durable = p.durable;
         st.queued_bytes += cost;
         st.queue.push_back(p);
-        (outcome, st.queue.len())
+        result.queue_len = st.queue.len();
+        result
     }
 }
 
 impl SessionState {
-    /// Allocates a packet identifier not used by any in-flight message.
-    pub(crate) fn alloc_packet_id(&mut self) -> u16 {
-        loop {
-            let id = self.next_packet_id;
-            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if !self.inflight.contains_key(&id) {
-                return id;
-            }
-        }
-    }
-
-    /// Takes the next sequence number for send ordering.
-    pub(crate) fn next_seq(&mut self) -> u64 {
-        self.next_seq += 1;
-        self.next_seq
-    }
-
     /// Removes and returns everything queued or in flight, for handing shared-subscription
     /// messages to another member.
     pub(crate) fn take_shared(&mut self) -> Vec<Pending> {
@@ -288,7 +335,7 @@ impl SessionState {
             .map(|(id, _)| *id)
             .collect();
         let mut moved: Vec<Inflight> = moving.iter().filter_map(|id| self.inflight.remove(id)).collect();
-        moved.sort_by_key(|f| f.seq);
+        moved.sort_by_key(|f| f.pending.seq);
         let mut result: Vec<Pending> = moved.into_iter().map(|f| f.pending).collect();
         result.extend(out);
         result
@@ -303,6 +350,7 @@ mod tests {
 
     fn pending(qos: QoS, payload: &'static [u8]) -> Pending {
         let msg = Message {
+            id: 1,
             topic: ByteStr::from("t"),
             payload: Bytes::from_static(payload),
             qos,
@@ -311,7 +359,7 @@ mod tests {
             expires_at: None,
             publisher: None,
         };
-        Pending { msg: Arc::new(msg), qos, retain: false, sub_ids: SubIds::None, share: None }
+        Pending::new(Arc::new(msg), qos, false, SubIds::None)
     }
 
     fn limits(n: usize, policy: QueueFullPolicy) -> LimitsConfig {
@@ -326,10 +374,10 @@ mod tests {
     fn offline_sessions_keep_only_qos1_and_2() {
         let s = Session::new(1, "c".into(), ProtocolVersion::V5);
         let l = limits(10, QueueFullPolicy::DropOldest);
-        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"0"), &l).0, EnqueueOutcome::Dropped);
-        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"1"), &l).0, EnqueueOutcome::Queued);
+        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"0"), &l, false).outcome, EnqueueOutcome::Dropped);
+        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"1"), &l, false).outcome, EnqueueOutcome::Queued);
         s.set_online(true);
-        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"2"), &l).0, EnqueueOutcome::Queued);
+        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"2"), &l, false).outcome, EnqueueOutcome::Queued);
     }
 
     #[test]
@@ -337,13 +385,19 @@ mod tests {
         let s = Session::new(1, "c".into(), ProtocolVersion::V5);
         s.set_online(true);
         let l = limits(3, QueueFullPolicy::DropOldest);
-        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l);
-        let _ = s.enqueue(pending(QoS::AtMostOnce, b"b"), &l);
-        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l);
-        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"x"), &l).0, EnqueueOutcome::Dropped);
-        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"d"), &l).0, EnqueueOutcome::QueuedDroppedOldest);
+        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l, false);
+        let _ = s.enqueue(pending(QoS::AtMostOnce, b"b"), &l, false);
+        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l, false);
+        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"x"), &l, false).outcome, EnqueueOutcome::Dropped);
+        assert_eq!(
+            s.enqueue(pending(QoS::AtLeastOnce, b"d"), &l, false).outcome,
+            EnqueueOutcome::QueuedDroppedOldest
+        );
         assert_eq!(payloads(&s), ["a", "c", "d"]);
-        assert_eq!(s.enqueue(pending(QoS::ExactlyOnce, b"e"), &l).0, EnqueueOutcome::QueuedDroppedOldest);
+        assert_eq!(
+            s.enqueue(pending(QoS::ExactlyOnce, b"e"), &l, false).outcome,
+            EnqueueOutcome::QueuedDroppedOldest
+        );
         assert_eq!(payloads(&s), ["c", "d", "e"]);
         let st = s.lock();
         assert_eq!(st.queued_bytes, st.queue.iter().map(|p| p.msg.cost()).sum::<usize>());
@@ -353,20 +407,26 @@ mod tests {
     fn drop_new_keeps_the_queue() {
         let s = Session::new(1, "c".into(), ProtocolVersion::V5);
         let l = limits(2, QueueFullPolicy::DropNew);
-        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l);
-        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"b"), &l);
-        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l).0, EnqueueOutcome::Dropped);
+        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l, false);
+        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"b"), &l, false);
+        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l, false).outcome, EnqueueOutcome::Dropped);
         assert_eq!(payloads(&s), ["a", "b"]);
     }
 
     #[test]
-    fn packet_ids_skip_those_in_flight_and_wrap() {
-        let s = Session::new(1, "c".into(), ProtocolVersion::V5);
-        let mut st = s.lock();
-        st.next_packet_id = u16::MAX;
-        let p = pending(QoS::AtLeastOnce, b"a");
-        st.inflight.insert(1, Inflight { pending: p, state: Awaiting::PubAck, seq: 0 });
-        assert_eq!(st.alloc_packet_id(), u16::MAX);
-        assert_eq!(st.alloc_packet_id(), 2, "wraps past 0 and skips 1, in flight");
+    fn sequence_numbers_give_packet_ids_in_range() {
+        assert_eq!(packet_id_for(0), 1);
+        assert_eq!(packet_id_for(65_534), 65_535);
+        assert_eq!(packet_id_for(65_535), 1, "wraps without ever giving 0");
+        let session = Session::new(1, "c".into(), ProtocolVersion::V5);
+        session.set_online(true);
+        session.set_persistent(true);
+        let lim = limits(10, QueueFullPolicy::DropOldest);
+        let first = session.enqueue(pending(QoS::AtLeastOnce, b"a"), &lim, true);
+        let second = session.enqueue(pending(QoS::AtMostOnce, b"b"), &lim, true);
+        assert_eq!((first.seq, first.durable), (1, true));
+        assert_eq!((second.seq, second.durable), (2, false), "QoS 0 is never stored");
+        let third = session.enqueue(pending(QoS::AtLeastOnce, b"c"), &lim, false);
+        assert!(!third.durable, "no store configured");
     }
 }

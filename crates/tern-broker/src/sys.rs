@@ -15,6 +15,7 @@ pub const VERSION: &str = concat!("tern ", env!("CARGO_PKG_VERSION"));
 
 fn sys_message(topic: &str, value: String) -> Message {
     Message {
+        id: crate::message::next_message_id(),
         topic: ByteStr::from(topic),
         payload: Bytes::from(value),
         qos: QoS::AtMostOnce,
@@ -30,7 +31,8 @@ pub(crate) async fn run(broker: Arc<Inner>) {
     let period = Duration::from_secs(broker.config.sys.interval);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let _ = broker.publish(&Arc::new(sys_message("$SYS/broker/version", VERSION.to_string())));
+    let _ =
+        broker.publish(&Arc::new(sys_message("$SYS/broker/version", VERSION.to_string())), Vec::new(), false);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -64,6 +66,6 @@ fn publish_all(broker: &Arc<Inner>) {
         ("$SYS/broker/load/bytes/sent", Stats::get(&s.bytes_sent).to_string()),
     ];
     for (topic, value) in values {
-        let _ = broker.publish(&Arc::new(sys_message(topic, value)));
+        let _ = broker.publish(&Arc::new(sys_message(topic, value)), Vec::new(), false);
     }
 }

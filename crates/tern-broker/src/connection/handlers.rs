@@ -11,12 +11,13 @@ use tern_protocol::{
 
 use tracing::debug;
 
-use super::{Close, Conn};
+use super::{Close, Conn, OnFail};
 use crate::auth::Action;
 use crate::broker::max_qos;
 use crate::message::Message;
-use crate::session::{Awaiting, Pending, SubIds};
+use crate::session::{Awaiting, Inflight, Pending, SubIds};
 use crate::stats::Stats;
+use crate::store::StoreOp;
 use crate::trie::SubEntry;
 
 type Handled = Result<(), Close>;
@@ -76,7 +77,12 @@ impl Conn {
             reply.properties.reason_string = Some(ByteStr::from_static(code.description()));
         }
         let packet = if p.qos == QoS::AtLeastOnce { Packet::PubAck(reply) } else { Packet::PubRec(reply) };
-        self.write_packet(&packet);
+        self.send_after(None, Some(packet), OnFail::Nothing, Vec::new());
+    }
+
+    /// Whether this session's state goes to the store.
+    fn durable_session(&self) -> bool {
+        self.broker.store().is_some() && self.session.is_persistent()
     }
 
     fn on_publish(&mut self, mut p: Publish) -> Handled {
@@ -132,72 +138,124 @@ impl Conn {
         }
         let qos = p.qos;
         let packet_id = p.packet_id;
+        let mut ops = Vec::new();
         if qos == QoS::ExactlyOnce {
             let id = packet_id.unwrap_or(0);
             let mut st = self.session.lock();
             if st.inbound_qos2.contains(&id) {
                 // A resend before PUBREL: acknowledge again, deliver once (MQTT 4.3.3).
                 drop(st);
-                self.write_packet(&Packet::PubRec(PubReply::new(id)));
+                self.send_after(None, Some(Packet::PubRec(PubReply::new(id))), OnFail::Nothing, Vec::new());
                 return Ok(());
             }
             if st.inbound_qos2.len() >= usize::from(cfg.mqtt.receive_maximum) {
                 return Err(Close::Server(ReasonCode::ReceiveMaximumExceeded));
             }
             st.inbound_qos2.insert(id);
+            drop(st);
+            if self.durable_session() {
+                ops.push(StoreOp::PutInbound { client_id: self.client_id.to_string(), packet_id: id });
+            }
+        }
+        if self.acks.len() > 2 * usize::from(cfg.mqtt.receive_maximum) + 16 {
+            // More unacknowledged publishes than the window allows (MQTT-3.3.4-8).
+            return Err(Close::Server(ReasonCode::ReceiveMaximumExceeded));
         }
         let msg = Arc::new(Message::from_publish(p, Some(self.session.id), Instant::now()));
-        let routed = broker.publish(&msg);
-        if let Some(congested) = routed.congested
+        let published = broker.publish(&msg, ops, qos != QoS::AtMostOnce);
+        if published.refused {
+            // The store is down and this message needs it (0x80; 3.x: no acknowledgement).
+            if let Some(id) = packet_id {
+                if qos == QoS::ExactlyOnce {
+                    self.session.lock().inbound_qos2.remove(&id);
+                }
+                if self.version.is_v5() {
+                    let reply = PubReply::with_reason(id, ReasonCode::UnspecifiedError);
+                    let packet =
+                        if qos == QoS::AtLeastOnce { Packet::PubAck(reply) } else { Packet::PubRec(reply) };
+                    self.send_after(None, Some(packet), OnFail::Nothing, Vec::new());
+                }
+            }
+            return Ok(());
+        }
+        if let Some(congested) = published.congested
             && congested.id != self.session.id
         {
             self.blocked_on = Some(congested);
         }
-        let code = if routed.delivered == 0 && self.version.is_v5() {
+        let code = if published.delivered == 0 && self.version.is_v5() {
             ReasonCode::NoMatchingSubscribers
         } else {
             ReasonCode::Success
         };
+        let v5 = self.version.is_v5();
+        let failed = |id| PubReply::with_reason(id, ReasonCode::UnspecifiedError);
         match (qos, packet_id) {
             (QoS::AtLeastOnce, Some(id)) => {
-                self.write_packet(&Packet::PubAck(PubReply::with_reason(id, code)));
+                let on_fail = if v5 { OnFail::Send(Packet::PubAck(failed(id))) } else { OnFail::Nothing };
+                let ack = Packet::PubAck(PubReply::with_reason(id, code));
+                self.send_after(published.commit, Some(ack), on_fail, Vec::new());
             }
             (QoS::ExactlyOnce, Some(id)) => {
-                self.write_packet(&Packet::PubRec(PubReply::with_reason(id, code)));
+                let on_fail = OnFail::ForgetInbound(id, v5.then(|| Packet::PubRec(failed(id))));
+                let ack = Packet::PubRec(PubReply::with_reason(id, code));
+                self.send_after(published.commit, Some(ack), on_fail, Vec::new());
             }
             _ => {}
         }
         Ok(())
     }
 
+    /// The store operation that forgets a durable outbound delivery, if it is one.
+    fn delivery_done(&self, f: &Inflight) -> Option<StoreOp> {
+        (f.pending.durable && self.broker.store().is_some()).then(|| StoreOp::DeleteDelivery {
+            client_id: self.client_id.to_string(),
+            seq: i64::try_from(f.pending.seq).unwrap_or(i64::MAX),
+        })
+    }
+
     fn on_puback(&mut self, r: &PubReply) {
         let mut st = self.session.lock();
         if st.inflight.get(&r.packet_id).is_some_and(|f| f.state == Awaiting::PubAck) {
-            st.inflight.remove(&r.packet_id);
+            let done = st.inflight.remove(&r.packet_id).and_then(|f| self.delivery_done(&f));
+            drop(st);
+            self.broker.store_background(done.into_iter().collect());
         }
     }
 
     fn on_pubrec(&mut self, r: &PubReply) {
         let mut st = self.session.lock();
+        let mut commit = None;
         let reply = match st.inflight.get_mut(&r.packet_id) {
             Some(f) if f.state == Awaiting::PubRec && r.reason_code.is_error() => {
                 // The receiver refused the message: the flow ends here (MQTT 4.3.3).
-                st.inflight.remove(&r.packet_id);
-                None
+                let done = st.inflight.remove(&r.packet_id).and_then(|f| self.delivery_done(&f));
+                drop(st);
+                self.broker.store_background(done.into_iter().collect());
+                return;
             }
             Some(f) => {
+                if f.state == Awaiting::PubRec && f.pending.durable {
+                    // PUBREL only once the store knows the message was received, so a
+                    // restart resends PUBREL, never the PUBLISH (exactly once).
+                    let op = StoreOp::SetDeliveryState {
+                        client_id: self.client_id.to_string(),
+                        seq: i64::try_from(f.pending.seq).unwrap_or(i64::MAX),
+                        state: 1,
+                    };
+                    commit = self.broker.store().and_then(|p| p.submit(vec![op], true));
+                }
                 f.state = Awaiting::PubComp;
-                Some(PubReply::new(r.packet_id))
+                PubReply::new(r.packet_id)
             }
-            None => Some(PubReply::with_reason(r.packet_id, ReasonCode::PacketIdentifierNotFound)),
+            None => PubReply::with_reason(r.packet_id, ReasonCode::PacketIdentifierNotFound),
         };
         drop(st);
-        if let Some(mut reply) = reply {
-            if !self.version.is_v5() {
-                reply.reason_code = ReasonCode::Success;
-            }
-            self.write_packet(&Packet::PubRel(reply));
+        let mut reply = reply;
+        if !self.version.is_v5() {
+            reply.reason_code = ReasonCode::Success;
         }
+        self.send_after(commit, Some(Packet::PubRel(reply)), OnFail::Close, Vec::new());
     }
 
     fn on_pubrel(&mut self, r: &PubReply) {
@@ -207,13 +265,21 @@ impl Conn {
         } else {
             ReasonCode::PacketIdentifierNotFound
         };
-        self.write_packet(&Packet::PubComp(PubReply::with_reason(r.packet_id, code)));
+        let mut commit = None;
+        if known && self.durable_session() {
+            let op = StoreOp::DeleteInbound { client_id: self.client_id.to_string(), packet_id: r.packet_id };
+            commit = self.broker.store().and_then(|p| p.submit(vec![op], true));
+        }
+        let comp = Packet::PubComp(PubReply::with_reason(r.packet_id, code));
+        self.send_after(commit, Some(comp), OnFail::RestoreInbound(r.packet_id), Vec::new());
     }
 
     fn on_pubcomp(&mut self, r: &PubReply) {
         let mut st = self.session.lock();
         if st.inflight.get(&r.packet_id).is_some_and(|f| f.state == Awaiting::PubComp) {
-            st.inflight.remove(&r.packet_id);
+            let done = st.inflight.remove(&r.packet_id).and_then(|f| self.delivery_done(&f));
+            drop(st);
+            self.broker.store_background(done.into_iter().collect());
         }
     }
 
@@ -225,6 +291,16 @@ impl Conn {
             return Err(Close::Server(ReasonCode::SubscriptionIdentifiersNotSupported));
         }
         let now = Instant::now();
+        let durable = self.durable_session();
+        if durable && self.broker.store().is_some_and(|p| !p.is_available()) {
+            // The subscription could not be stored: refuse it (0x80), change nothing.
+            let codes = vec![ReasonCode::UnspecifiedError; s.filters.len()];
+            let ack =
+                SubAck { packet_id: s.packet_id, reason_codes: codes, properties: AckProperties::default() };
+            self.send_after(None, Some(Packet::SubAck(ack)), OnFail::Nothing, Vec::new());
+            return Ok(());
+        }
+        let mut ops = Vec::new();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained: Vec<(Arc<Message>, QoS)> = Vec::new();
         for (raw, opts) in &s.filters {
@@ -254,7 +330,8 @@ impl Conn {
                 let granted = opts.qos.min(max_qos(cfg));
                 let options = SubscriptionOptions { qos: granted, ..*opts };
                 let entry = SubEntry { session: self.session.clone(), options, id: sub_id };
-                let new = broker.add_subscription(&self.session, raw, tf, entry);
+                let (new, op) = broker.add_subscription(&self.session, raw, tf, entry);
+                ops.extend(op);
                 let send_retained = match opts.retain_handling {
                     RetainHandling::SendAtSubscribe => true,
                     RetainHandling::SendIfNew => new,
@@ -275,34 +352,36 @@ impl Conn {
         }
         let ack =
             SubAck { packet_id: s.packet_id, reason_codes: codes, properties: AckProperties::default() };
-        self.write_packet(&Packet::SubAck(ack));
-        for (msg, granted) in retained {
-            let pending = Pending {
-                qos: msg.qos.min(granted),
-                msg,
-                retain: true,
-                sub_ids: SubIds::from_option(sub_id),
-                share: None,
-            };
-            let _ = broker.deliver(&self.session, pending);
-        }
+        let then = retained
+            .into_iter()
+            .map(|(msg, granted)| {
+                Pending::new(msg.clone(), msg.qos.min(granted), true, SubIds::from_option(sub_id))
+            })
+            .collect();
+        let commit = broker.store().and_then(|p| p.submit(ops, true));
+        self.send_after(commit, Some(Packet::SubAck(ack)), OnFail::Close, then);
         Ok(())
     }
 
     fn on_unsubscribe(&mut self, u: &Unsubscribe) {
         let broker = self.broker.clone();
+        let mut ops = Vec::new();
         let codes = u
             .filters
             .iter()
             .map(|raw| match TopicFilter::parse(raw) {
-                Ok(tf) if broker.remove_subscription(&self.session, raw, tf) => ReasonCode::Success,
-                Ok(_) => ReasonCode::NoSubscriptionExisted,
+                Ok(tf) => {
+                    let (existed, op) = broker.remove_subscription(&self.session, raw, tf);
+                    ops.extend(op);
+                    if existed { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted }
+                }
                 Err(_) => ReasonCode::TopicFilterInvalid,
             })
             .collect();
         let ack =
             UnsubAck { packet_id: u.packet_id, reason_codes: codes, properties: AckProperties::default() };
-        self.write_packet(&Packet::UnsubAck(ack));
+        let commit = broker.store().and_then(|p| p.submit(ops, true));
+        self.send_after(commit, Some(Packet::UnsubAck(ack)), OnFail::Close, Vec::new());
     }
 
     /// A client DISCONNECT; returns how the connection closes.

@@ -242,8 +242,24 @@ pub(super) async fn handshake(
     };
     let expiry = expiry.min(cfg.max_session_expiry);
 
-    let Attached { session, session_present, generation, kick } =
+    if expiry > 0 && broker.store().is_some_and(|p| !p.is_available()) {
+        // A persistent session needs the store, which is down (MQTT 5: 0x88).
+        warn!(client_id = %client_id, "database unavailable: refusing a persistent session");
+        refuse(&mut writer, version, ReasonCode::ServerUnavailable, &broker).await;
+        return None;
+    }
+    let (Attached { session, session_present, generation, kick }, ops) =
         broker.attach(client_id.clone(), connect.clean_start, expiry, version);
+    if let Some(rx) = broker.store().and_then(|p| p.submit(ops, true)) {
+        let limit = Duration::from_millis(broker.config.persistence.commit_timeout_ms + 1000);
+        let committed = tokio::time::timeout(limit, rx).await;
+        if !matches!(committed, Ok(Ok(Ok(())))) {
+            warn!(client_id = %client_id, "could not store the session: refusing the connection");
+            broker.detach(&session, generation, None, None);
+            refuse(&mut writer, version, ReasonCode::ServerUnavailable, &broker).await;
+            return None;
+        }
+    }
 
     let keep_alive_secs = if cfg.server_keep_alive > 0 { cfg.server_keep_alive } else { connect.keep_alive };
     let mut props = ConnAckProperties::default();
@@ -302,6 +318,7 @@ pub(super) async fn handshake(
         blocked_on: None,
         acl_cache: HashMap::new(),
         acl_version: 0,
+        acks: std::collections::VecDeque::new(),
         kick,
         stats: LocalStats::default(),
         _permit: permit,
