@@ -1,7 +1,7 @@
 //! Bounds-checked cursor over one frozen frame; every string and binary field is a zero-copy
 //! `Bytes` slice of that frame.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use crate::error::DecodeError;
 use crate::types::ByteStr;
@@ -125,12 +125,21 @@ impl Reader {
         Ok(self.buf.slice(start..start + n))
     }
 
-    /// Everything up to the current end (the PUBLISH payload).
+    /// Everything up to the current end (the PUBLISH payload). When that is the end of the
+    /// frame (always, outside a property block) the frame itself is moved out and advanced,
+    /// saving a reference-count increment and decrement; the reader is empty afterwards.
     #[inline]
     pub(super) fn rest(&mut self) -> Bytes {
-        let start = self.pos;
-        self.pos = self.end;
-        self.buf.slice(start..self.end)
+        let (start, end) = (self.pos, self.end);
+        if end == self.buf.len() {
+            let mut frame = std::mem::take(&mut self.buf);
+            frame.advance(start);
+            self.pos = 0;
+            self.end = 0;
+            return frame;
+        }
+        self.pos = end;
+        self.buf.slice(start..end)
     }
 
     /// Binary data: two byte length, then the bytes.
@@ -159,13 +168,62 @@ impl Reader {
     pub(super) fn topic_name(&mut self, field: &'static str) -> Result<ByteStr, DecodeError> {
         let bytes = self.binary(field)?;
         std::str::from_utf8(&bytes).map_err(|_| DecodeError::InvalidUtf8)?;
-        for &b in &bytes {
-            match b {
-                0 => return Err(DecodeError::NullCharacter),
-                b'+' | b'#' => return Err(DecodeError::WildcardInTopicName),
-                _ => {}
+        if has_nul_or_wildcard(&bytes) {
+            for &b in &bytes {
+                match b {
+                    0 => return Err(DecodeError::NullCharacter),
+                    b'+' | b'#' => return Err(DecodeError::WildcardInTopicName),
+                    _ => {}
+                }
             }
         }
         Ok(ByteStr::from_validated(bytes))
+    }
+}
+
+/// Whether `s` contains 0x00, `+` or `#`, eight bytes at a time (SWAR). PUBLISH topic names are
+/// checked on every packet, so this is on the hot path.
+#[inline]
+fn has_nul_or_wildcard(s: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    #[inline]
+    fn has_zero_byte(x: u64) -> bool {
+        x.wrapping_sub(LO) & !x & HI != 0
+    }
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w);
+        if has_zero_byte(x)
+            || has_zero_byte(x ^ (LO * u64::from(b'+')))
+            || has_zero_byte(x ^ (LO * u64::from(b'#')))
+        {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| b == 0 || b == b'+' || b == b'#')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_nul_or_wildcard;
+
+    #[test]
+    fn swar_scan_finds_every_position() {
+        for len in 0..40 {
+            let clean = vec![b'a'; len];
+            assert!(!has_nul_or_wildcard(&clean));
+            for at in 0..len {
+                for bad in [0u8, b'+', b'#'] {
+                    let mut s = clean.clone();
+                    s[at] = bad;
+                    assert!(has_nul_or_wildcard(&s), "len {len} at {at} byte {bad:#x}");
+                }
+            }
+        }
+        // Bytes next to the targets, and high bytes, are not false positives.
+        assert!(!has_nul_or_wildcard("\x01\x22\x24\x2A\x2C\u{80}\u{ff}é中😀/abc".as_bytes()));
     }
 }
