@@ -8,12 +8,17 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tern_broker::{LimitsConfig, MqttConfig, SysConfig};
 
+use crate::listeners::{ListenerConfig, ListenerSpec};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Config {
-    /// Address of the plain-TCP MQTT listener.
+    /// Address of the plain-TCP MQTT listener (only used when `listeners` is empty).
     pub(crate) mqtt_addr: SocketAddr,
+    /// MQTT listeners (tcp, tls, ws, wss); see docs/security.md. Empty: one tcp listener named
+    /// `tcp` on `mqtt_addr`.
+    pub(crate) listeners: Vec<ListenerConfig>,
     /// `"auto"` (default): anonymous clients are allowed only while every listener is on a
     /// loopback address; `true` or `false` force it.
     pub(crate) allow_anonymous: Anonymous,
@@ -70,6 +75,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            listeners: Vec::new(),
             allow_anonymous: Anonymous::Auto,
             log: "info".into(),
             shutdown_grace: 10,
@@ -95,7 +101,20 @@ impl Config {
         match self.allow_anonymous {
             Anonymous::True => true,
             Anonymous::False => false,
-            Anonymous::Auto => self.mqtt_addr.ip().is_loopback(),
+            Anonymous::Auto => match self.listener_specs() {
+                Ok(specs) => specs.iter().all(|l| l.bind.ip().is_loopback()),
+                Err(_) => false,
+            },
+        }
+    }
+
+    /// The listeners to start: the `[[listeners]]` entries with defaults applied, or one tcp
+    /// listener named `tcp` on `mqtt_addr` when there are none.
+    pub(crate) fn listener_specs(&self) -> Result<Vec<ListenerSpec>> {
+        if self.listeners.is_empty() {
+            Ok(vec![ListenerSpec::default_tcp(self.mqtt_addr)])
+        } else {
+            crate::listeners::config::resolve(&self.listeners)
         }
     }
 }
@@ -130,6 +149,7 @@ pub(crate) fn load(file: Option<&Path>, env: impl Iterator<Item = (String, Strin
         .try_into()
         .context("invalid configuration (see docs/configuration.md for every key)")?;
     config.broker().validate()?;
+    config.listener_specs()?;
     Ok(config)
 }
 
@@ -219,6 +239,38 @@ mod tests {
         assert!(format!("{e:#}").contains("expected \"auto\", true or false"), "{e:#}");
         let e = load(Some(Path::new("/nonexistent/tern.toml")), env(&[])).unwrap_err();
         assert!(format!("{e:#}").contains("cannot read config file"), "{e:#}");
+    }
+
+    #[test]
+    fn anonymous_auto_considers_every_listener() {
+        let dir = std::env::temp_dir().join(format!("tern-config-listeners-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tern.toml");
+        let tcp = "[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:1883\"\n";
+        std::fs::write(&path, tcp).unwrap();
+        let c = load(Some(&path), env(&[])).unwrap();
+        assert!(c.anonymous_allowed());
+        assert_eq!(c.listener_specs().unwrap()[0].name, "tcp-1883");
+        std::fs::write(&path, format!("{tcp}[[listeners]]\nkind = \"ws\"\nbind = \"[::1]:8080\"\n")).unwrap();
+        assert!(load(Some(&path), env(&[])).unwrap().anonymous_allowed());
+        std::fs::write(&path, format!("{tcp}[[listeners]]\nkind = \"ws\"\nbind = \"0.0.0.0:8080\"\n"))
+            .unwrap();
+        let c = load(Some(&path), env(&[])).unwrap();
+        assert!(!c.anonymous_allowed(), "one public listener turns anonymous access off");
+        // The listener list is validated at load time, with the entry named.
+        std::fs::write(&path, "[[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:8883\"\n").unwrap();
+        let e = load(Some(&path), env(&[])).unwrap_err();
+        assert!(format!("{e:#}").contains("listeners[0]: kind = \"tls\" needs cert_file"), "{e:#}");
+        // Without [[listeners]], mqtt_addr is the one tcp listener.
+        let c = load(None, env(&[("TERN_MQTT_ADDR", "127.0.0.1:1999")])).unwrap();
+        let specs = c.listener_specs().unwrap();
+        assert_eq!((specs.len(), specs[0].name.as_str()), (1, "tcp"));
+        assert_eq!(specs[0].bind, "127.0.0.1:1999".parse().unwrap());
+        // `tern config` renders the list as [[listeners]] tables.
+        std::fs::write(&path, tcp).unwrap();
+        let text = toml::to_string(&load(Some(&path), env(&[])).unwrap()).unwrap();
+        assert!(text.contains("[[listeners]]"), "{text}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

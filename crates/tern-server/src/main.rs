@@ -1,14 +1,14 @@
 //! The `tern` binary: command line, configuration, listeners and graceful shutdown.
 
 mod config;
+mod listeners;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use tern_broker::{Broker, ConnMeta, Security};
-use tokio::net::TcpListener;
+use tern_broker::{Broker, Security};
 use tracing::{error, info, warn};
 
 /// Tern: an MQTT 3.1 / 3.1.1 / 5.0 broker.
@@ -108,10 +108,10 @@ async fn run(config: config::Config) -> Result<()> {
     let anonymous = config.anonymous_allowed();
     let security = if anonymous { Security::allow_all() } else { Security::deny_all() };
     let broker = Broker::new(config.broker(), security);
-    let listener = TcpListener::bind(config.mqtt_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (key mqtt_addr)", config.mqtt_addr))?;
-    let addr = listener.local_addr().context("listener has no local address")?;
+    if !config.listeners.is_empty() && config.mqtt_addr != config::Config::default().mqtt_addr {
+        warn!("mqtt_addr {} is ignored: [[listeners]] is set", config.mqtt_addr);
+    }
+    let listeners = listeners::bind(config.listener_specs()?).await?;
     info!(version = tern_broker::VERSION, "tern starting");
     if anonymous {
         info!("anonymous clients allowed (allow_anonymous = {:?})", config.allow_anonymous);
@@ -122,31 +122,12 @@ async fn run(config: config::Config) -> Result<()> {
         );
     }
     broker.start();
-    info!("MQTT listener ready kind=tcp addr={addr}");
-
-    let shutdown = broker.shutdown_token();
-    let accept_broker = broker.clone();
-    let meta = ConnMeta::plain("tcp");
-    let acceptor = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                r = listener.accept() => match r {
-                    Ok((stream, peer)) => accept_broker.accept_tcp(stream, peer, meta.clone()),
-                    Err(e) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                () = shutdown.cancelled() => break,
-            }
-        }
-    });
+    let acceptors = listeners.start(&broker);
 
     wait_for_signal().await;
     info!("shutting down: closing listeners and disconnecting clients");
     let clean = broker.shutdown(Duration::from_secs(config.shutdown_grace)).await;
-    let _ = acceptor.await;
+    acceptors.join().await;
     if clean {
         info!("shutdown complete");
     } else {
