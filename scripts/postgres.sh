@@ -13,8 +13,8 @@
 #
 # --durable (or TERN_PG_DURABLE=1): fsync, synchronous_commit and full_page_writes stay on, the
 #   PostgreSQL defaults; use it for benchmarks. Without it the cluster runs with fsync=off
-#   (tests do not survive power loss anyway, and it makes them faster). Starting in the other
-#   mode than the running cluster restarts it in the requested mode.
+#   (tests do not survive power loss anyway, and it makes them faster). `--durable` restarts a
+#   running fast cluster in durable mode; a plain start reuses a running durable one.
 #
 # Env: TERN_PG_DIR   where the cluster lives (default: <repo>/target/pg-test; if the `postgres`
 #                    user cannot reach it when run as root, a directory under /tmp is used)
@@ -46,11 +46,13 @@ IS_ROOT=0
 
 # Run a PostgreSQL server-side binary as the cluster owner (from /, so a cwd the postgres user
 # cannot read does not matter).
+# The lock's file descriptor (8) is closed for it: a server started by pg_ctl would otherwise
+# inherit it and hold the lock for its whole life.
 as_owner() {
   if [ "$IS_ROOT" = 1 ]; then
-    (cd / && runuser -u postgres -- "$@")
+    (cd / && runuser -u postgres -- "$@" 8>&-)
   else
-    (cd / && "$@")
+    (cd / && "$@" 8>&-)
   fi
 }
 
@@ -160,7 +162,8 @@ cmd_start() {
   if is_running; then
     running_mode="$(cat "$DIR/mode" 2>/dev/null || echo fast)"
     port="$(current_port)"
-    if [ "$running_mode" = "$mode" ] && [ -n "$port" ]; then
+    # A durable cluster serves tests too; only --durable restarts a fast one.
+    if { [ "$running_mode" = "$mode" ] || [ "$running_mode" = durable ]; } && [ -n "$port" ]; then
       log "reusing the running cluster in $DIR (port $port, $mode)"
       wait_ready "$port"
       ensure_database "$port"

@@ -129,7 +129,7 @@ run_step() {
 
 print_summary() {
   local i
-  printf '\n%s==> summary%s (%ss total, logs in %s)\n' "$BOLD" "$RESET" "$((SECONDS - START_TIME))" "$LOG_DIR"
+  printf '\n%s==> summary%s (%ss total)\n' "$BOLD" "$RESET" "$((SECONDS - START_TIME))"
   for i in "${!STEP_NAMES[@]}"; do
     printf '    %-8s %-20s %4ss\n' "${STEP_NAMES[$i]}" "${STEP_RESULTS[$i]}" "${STEP_SECONDS[$i]}"
   done
@@ -140,13 +140,15 @@ cleanup() {
   stop_postgres || true
   print_summary
   if [ "$rc" -eq 0 ] && [ ${#FAILED_STEPS[@]} -eq 0 ]; then
+    rm -rf "$LOG_DIR"
     printf '%sall steps passed%s\n' "$GREEN" "$RESET"
     if [ $((TESTS_PASSED + TESTS_FAILED)) -gt 0 ]; then
       # The plain closing line: every test counted by cargo/nextest and pytest.
       printf 'tests: %d passed, %d failed, %d skipped\n' "$TESTS_PASSED" "$TESTS_FAILED" "$TESTS_SKIPPED"
     fi
   else
-    printf '%sFAILED%s: %s\n' "$RED" "$RESET" "${FAILED_STEPS[*]:-$CURRENT_STEP}" >&2
+    printf '%sFAILED%s: %s (runner logs kept in %s)\n' "$RED" "$RESET" \
+      "${FAILED_STEPS[*]:-$CURRENT_STEP}" "$LOG_DIR" >&2
     [ "$rc" -ne 0 ] || rc=1
   fi
   exit "$rc"
