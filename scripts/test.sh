@@ -44,6 +44,7 @@ TESTS_FAILED=0
 TESTS_SKIPPED=0
 START_TIME=$SECONDS
 CURRENT_STEP="start"
+BUILD_OK=unknown # 0 once the build step failed (pytest then refuses a stale binary)
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -284,7 +285,9 @@ step_clippy() {
 }
 
 step_build() {
+  BUILD_OK=0
   cargo build -p tern-server || return
+  BUILD_OK=1
   if [ ! -x "$TERN_BIN_PATH" ]; then
     echo "expected the tern binary at $TERN_BIN_PATH after the build" >&2
     return 1
@@ -312,6 +315,10 @@ step_cargo() {
 
 step_pytest() {
   local log="$LOG_DIR/pytest.log" rc=0
+  if [ "$BUILD_OK" = 0 ]; then
+    echo "not running pytest: the build step failed, $TERN_BIN_PATH would be stale" >&2
+    return 1
+  fi
   say "pytest against TERN_BIN=$TERN_BIN_PATH"
   TERN_BIN="$TERN_BIN_PATH" "$VENV/bin/python" -m pytest tests/python -q "${PYTEST_COLOR[@]}" 2>&1 \
     | tee "$log" || rc=$?
