@@ -1,0 +1,395 @@
+//! [`TernAuthenticator`]: the broker's `Authenticator`, trying the configured chain of methods
+//! (password, jwt, cert, anonymous) and running SCRAM-SHA-256 enhanced authentication.
+//!
+//! A method that does not apply to a CONNECT (no password, a password that is not a JWT, no
+//! certificate) passes to the next one; a method that applies decides, success or refusal.
+
+use std::sync::Arc;
+
+use tern_broker::auth::{AuthFuture, AuthOutcome, Authenticator, ConnectInfo, EnhancedStart, Principal};
+use tern_broker::store::{Device, DirectoryStore, StoreError};
+use tern_protocol::ReasonCode;
+
+use crate::backoff::{Backoff, Verdict};
+use crate::cert::identity_field;
+use crate::config::{AuthConfig, CertMapTo, Method};
+use crate::error::AuthError;
+use crate::jwt::{JwtFailure, JwtVerifier, looks_like_jwt};
+use crate::password::{HashPool, random_bytes};
+use crate::scram::{ScramCredentials, ScramServer, ScramSubject, fake_salt, parse_client_first};
+
+/// Longest SCRAM client-first message accepted.
+const MAX_SCRAM_FIRST: usize = 1024;
+
+/// Authentication by a chain of methods over the directory store.
+pub struct TernAuthenticator {
+    cfg: AuthConfig,
+    store: Arc<dyn DirectoryStore>,
+    jwt: Option<Arc<JwtVerifier>>,
+    backoff: Arc<Backoff>,
+    hashes: HashPool,
+    /// Key for the fake SCRAM salts of unknown users (random per process).
+    scram_secret: [u8; 32],
+}
+
+impl std::fmt::Debug for TernAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TernAuthenticator")
+            .field("chain", &self.cfg.chain)
+            .field("listener_chains", &self.cfg.listener_chains)
+            .field("jwt", &self.jwt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A refusal by a method that applied: the code, and why (for the log).
+type Refusal = (ReasonCode, &'static str);
+
+fn store_failure(e: &StoreError) -> Refusal {
+    tracing::error!(error = %e, "directory store failed during authentication");
+    (ReasonCode::ServerUnavailable, "directory store unavailable")
+}
+
+impl TernAuthenticator {
+    /// Validates `config` and loads JWT keys (if `jwt` is in a chain). Use [`Self::start`] to
+    /// also run the JWKS refresh task.
+    pub async fn new(
+        config: &AuthConfig,
+        store: Arc<dyn DirectoryStore>,
+    ) -> Result<TernAuthenticator, AuthError> {
+        config.validate()?;
+        let jwt = if config.uses(Method::Jwt) {
+            Some(Arc::new(JwtVerifier::new(&config.jwt).await?))
+        } else {
+            None
+        };
+        let mut scram_secret = [0u8; 32];
+        random_bytes(&mut scram_secret);
+        let hashes = tokio::task::spawn_blocking({
+            let n = config.max_concurrent_hashes;
+            move || HashPool::new(n)
+        })
+        .await
+        .map_err(|e| AuthError::Config(format!("password hasher setup: {e}")))?;
+        Ok(TernAuthenticator {
+            cfg: config.clone(),
+            store,
+            jwt,
+            backoff: Arc::new(Backoff::new(config.backoff.clone())),
+            hashes,
+            scram_secret,
+        })
+    }
+
+    /// [`Self::new`], plus the JWKS refresh task (which ends when the authenticator is dropped).
+    pub async fn start(
+        config: &AuthConfig,
+        store: Arc<dyn DirectoryStore>,
+    ) -> Result<Arc<TernAuthenticator>, AuthError> {
+        let this = Arc::new(TernAuthenticator::new(config, store).await?);
+        if let Some(jwt) = &this.jwt {
+            jwt.spawn_refresher();
+        }
+        Ok(this)
+    }
+
+    /// The JWT verifier, when `jwt` is in a chain (e.g. to force a JWKS refresh).
+    pub fn jwt_verifier(&self) -> Option<&Arc<JwtVerifier>> {
+        self.jwt.as_ref()
+    }
+
+    async fn run_chain(&self, info: &ConnectInfo<'_>) -> AuthOutcome {
+        let ip = info.peer.ip();
+        match self.backoff.check(ip, info.username) {
+            Verdict::Banned => return AuthOutcome::Deny(ReasonCode::Banned),
+            Verdict::Proceed(d) if !d.is_zero() => tokio::time::sleep(d).await,
+            Verdict::Proceed(_) => {}
+        }
+        let chain = self.cfg.chain_for(info.listener);
+        let jwt_in_chain = chain.contains(&Method::Jwt);
+        for &method in chain {
+            let res = match method {
+                Method::Password => self.password(info, jwt_in_chain).await,
+                Method::Jwt => self.jwt(info).await,
+                Method::Cert => self.cert(info).await,
+                Method::Anonymous => self.anonymous(info).await,
+            };
+            match res {
+                None => {}
+                Some(Ok(p)) => {
+                    self.backoff.record_success(info.username);
+                    tracing::info!(
+                        peer = %info.peer,
+                        listener = info.listener,
+                        client_id = %p.client_id,
+                        username = p.username.as_deref().unwrap_or(""),
+                        method = method.as_str(),
+                        "client authenticated"
+                    );
+                    return AuthOutcome::Allow(p);
+                }
+                Some(Err((code, why))) => {
+                    if matches!(code, ReasonCode::BadUserNameOrPassword | ReasonCode::NotAuthorized) {
+                        self.backoff.record_failure(ip, info.username);
+                    }
+                    tracing::warn!(
+                        peer = %info.peer,
+                        listener = info.listener,
+                        client_id = info.client_id,
+                        username = info.username.unwrap_or(""),
+                        method = method.as_str(),
+                        reason = why,
+                        code = %code,
+                        "authentication refused"
+                    );
+                    return AuthOutcome::Deny(code);
+                }
+            }
+        }
+        tracing::warn!(
+            peer = %info.peer,
+            listener = info.listener,
+            client_id = info.client_id,
+            "authentication refused: no method of the chain applies to the credentials presented"
+        );
+        AuthOutcome::Deny(ReasonCode::NotAuthorized)
+    }
+
+    /// Password method: applies when a password is present (unless it is a JWT and `jwt` is
+    /// also in the chain). The device is found by user name, or by client id without one.
+    async fn password(
+        &self,
+        info: &ConnectInfo<'_>,
+        jwt_in_chain: bool,
+    ) -> Option<Result<Principal, Refusal>> {
+        let pw = info.password?;
+        if jwt_in_chain && looks_like_jwt(pw) {
+            return None;
+        }
+        let lookup = match info.username {
+            Some(u) => self.store.device_by_username(u).await,
+            None => self.store.device_by_client_id(info.client_id).await,
+        };
+        let device = match lookup {
+            Ok(d) => d,
+            Err(e) => return Some(Err(store_failure(&e))),
+        };
+        // Always one argon2 verification: against the dummy hash for an unknown device.
+        let phc = device.as_ref().and_then(|d| d.password_hash.clone());
+        if !self.hashes.verify(phc, pw.to_vec()).await {
+            return Some(Err((ReasonCode::BadUserNameOrPassword, "wrong password or unknown device")));
+        }
+        let device = device.expect("a hash was verified, so the device exists");
+        Some(device_principal(device, info.client_id))
+    }
+
+    async fn jwt(&self, info: &ConnectInfo<'_>) -> Option<Result<Principal, Refusal>> {
+        let pw = info.password?;
+        if !looks_like_jwt(pw) {
+            return None;
+        }
+        let verifier = self.jwt.as_ref()?;
+        let token = std::str::from_utf8(pw).ok()?;
+        Some(self.jwt_principal(verifier, token, info).await)
+    }
+
+    async fn jwt_principal(
+        &self,
+        verifier: &JwtVerifier,
+        token: &str,
+        info: &ConnectInfo<'_>,
+    ) -> Result<Principal, Refusal> {
+        let vt = match verifier.verify(token).await {
+            Ok(vt) => vt,
+            Err(JwtFailure::NoKeys) => {
+                return Err((ReasonCode::ServerUnavailable, "no JWT verification key loaded"));
+            }
+            Err(JwtFailure::Invalid(why)) => {
+                tracing::info!(peer = %info.peer, reason = %why, "JWT rejected");
+                return Err((ReasonCode::BadUserNameOrPassword, "invalid token"));
+            }
+        };
+        let cfg = verifier.config();
+        let claim = |name: &str| vt.claims.get(name).and_then(serde_json::Value::as_str);
+        if !cfg.client_id_claim.is_empty() && claim(&cfg.client_id_claim) != Some(info.client_id) {
+            return Err((ReasonCode::NotAuthorized, "token is not bound to this client id"));
+        }
+        let username = if cfg.username_claim.is_empty() {
+            None
+        } else {
+            let Some(u) = claim(&cfg.username_claim) else {
+                return Err((ReasonCode::NotAuthorized, "token lacks the user name claim"));
+            };
+            if info.username.is_some_and(|sent| sent != u) {
+                return Err((ReasonCode::NotAuthorized, "token is not bound to this user name"));
+            }
+            Some(u.to_string())
+        };
+        if cfg.require_device {
+            match self.store.device_by_client_id(info.client_id).await {
+                Ok(Some(d)) if d.enabled => {}
+                Ok(Some(_)) => return Err((ReasonCode::NotAuthorized, "device disabled")),
+                Ok(None) => return Err((ReasonCode::NotAuthorized, "no device with this client id")),
+                Err(e) => return Err(store_failure(&e)),
+            }
+        }
+        Ok(Principal {
+            client_id: info.client_id.to_string(),
+            username,
+            expires_at: if cfg.disconnect_on_expiry { vt.expires_at } else { None },
+            inline_acl: vt.inline_acl,
+        })
+    }
+
+    async fn cert(&self, info: &ConnectInfo<'_>) -> Option<Result<Principal, Refusal>> {
+        let cert = info.cert?;
+        Some(self.cert_principal(cert, info).await)
+    }
+
+    async fn cert_principal(
+        &self,
+        cert: &tern_broker::auth::CertIdentity,
+        info: &ConnectInfo<'_>,
+    ) -> Result<Principal, Refusal> {
+        let mapping = self.cfg.cert.mapping(info.listener);
+        let Some(identity) = identity_field(cert, mapping.identity) else {
+            return Err((ReasonCode::NotAuthorized, "certificate lacks the mapped identity field"));
+        };
+        let by_identity = match mapping.map_to {
+            CertMapTo::ClientId | CertMapTo::Both => self.store.device_by_client_id(identity).await,
+            CertMapTo::Username => self.store.device_by_username(identity).await,
+        };
+        let device = match by_identity {
+            Ok(Some(d)) => d,
+            Ok(None) => match self.store.device_by_client_id(info.client_id).await {
+                // Otherwise: the CONNECT's client id names a device pinned to this identity.
+                Ok(Some(d)) if d.cert_identity.as_deref() == Some(identity) => d,
+                Ok(_) => return Err((ReasonCode::NotAuthorized, "no device for the certificate identity")),
+                Err(e) => return Err(store_failure(&e)),
+            },
+            Err(e) => return Err(store_failure(&e)),
+        };
+        if device.cert_identity.as_deref().is_some_and(|pin| pin != identity) {
+            return Err((ReasonCode::NotAuthorized, "certificate identity differs from the device's"));
+        }
+        if !device.enabled {
+            return Err((ReasonCode::NotAuthorized, "device disabled"));
+        }
+        Ok(match mapping.map_to {
+            CertMapTo::ClientId => Principal {
+                client_id: device.client_id,
+                username: device.username,
+                expires_at: None,
+                inline_acl: None,
+            },
+            CertMapTo::Both => Principal {
+                client_id: device.client_id,
+                username: Some(identity.to_string()),
+                expires_at: None,
+                inline_acl: None,
+            },
+            CertMapTo::Username => {
+                if device.client_id != info.client_id {
+                    return Err((ReasonCode::NotAuthorized, "client id is not the device's"));
+                }
+                Principal {
+                    client_id: device.client_id,
+                    username: Some(identity.to_string()),
+                    expires_at: None,
+                    inline_acl: None,
+                }
+            }
+        })
+    }
+
+    /// Anonymous: always applies when reached. The principal has no user name (a claimed one
+    /// is not vouched for), and a provisioned device's client id is refused so anonymous
+    /// clients cannot take over a device's session or its client-id rules.
+    async fn anonymous(&self, info: &ConnectInfo<'_>) -> Option<Result<Principal, Refusal>> {
+        Some(match self.store.device_by_client_id(info.client_id).await {
+            Ok(Some(_)) => {
+                Err((ReasonCode::NotAuthorized, "anonymous client uses a provisioned device's client id"))
+            }
+            Ok(None) => Ok(Principal {
+                client_id: info.client_id.to_string(),
+                username: None,
+                expires_at: None,
+                inline_acl: None,
+            }),
+            Err(e) => Err(store_failure(&e)),
+        })
+    }
+
+    async fn scram_start(&self, data: &[u8], info: &ConnectInfo<'_>) -> EnhancedStart {
+        let ip = info.peer.ip();
+        let Some(first) = std::str::from_utf8(data)
+            .ok()
+            .filter(|m| m.len() <= MAX_SCRAM_FIRST)
+            .and_then(parse_client_first)
+        else {
+            tracing::warn!(peer = %info.peer, "SCRAM-SHA-256: malformed client-first message");
+            return Err(ReasonCode::BadUserNameOrPassword);
+        };
+        match self.backoff.check(ip, Some(&first.username)) {
+            Verdict::Banned => return Err(ReasonCode::Banned),
+            Verdict::Proceed(d) if !d.is_zero() => tokio::time::sleep(d).await,
+            Verdict::Proceed(_) => {}
+        }
+        let lookup = match self.store.device_by_username(&first.username).await {
+            Ok(None) => self.store.device_by_client_id(&first.username).await,
+            other => other,
+        };
+        let subject = match lookup {
+            Ok(Some(d)) => match d.scram_verifier.as_deref().and_then(ScramCredentials::parse) {
+                Some(creds) => ScramSubject::Device(Box::new(d), creds),
+                None => ScramSubject::Unknown,
+            },
+            Ok(None) => ScramSubject::Unknown,
+            Err(e) => return Err(store_failure(&e).0),
+        };
+        let salt = fake_salt(&self.scram_secret, &first.username);
+        let (server, step) =
+            ScramServer::start(&first, subject, salt, info.client_id, ip, self.backoff.clone());
+        Ok((Box::new(server), step))
+    }
+}
+
+/// The principal for a device whose password was verified.
+fn device_principal(device: Device, client_id: &str) -> Result<Principal, Refusal> {
+    if !device.enabled {
+        return Err((ReasonCode::NotAuthorized, "device disabled"));
+    }
+    if device.client_id != client_id {
+        return Err((ReasonCode::NotAuthorized, "client id is not the device's"));
+    }
+    Ok(Principal {
+        client_id: device.client_id,
+        username: device.username,
+        expires_at: None,
+        inline_acl: None,
+    })
+}
+
+impl Authenticator for TernAuthenticator {
+    fn authenticate<'a>(&'a self, info: &'a ConnectInfo<'a>) -> AuthFuture<'a, AuthOutcome> {
+        Box::pin(self.run_chain(info))
+    }
+
+    fn start_enhanced<'a>(
+        &'a self,
+        method: &'a str,
+        data: &'a [u8],
+        info: &'a ConnectInfo<'a>,
+    ) -> AuthFuture<'a, EnhancedStart> {
+        Box::pin(async move {
+            // SCRAM is a password method: offered only where the listener's chain has `password`.
+            let offered = self.cfg.enhanced_methods.iter().any(|m| m == method)
+                && self.cfg.chain_for(info.listener).contains(&Method::Password);
+            if !offered {
+                tracing::warn!(peer = %info.peer, listener = info.listener, method, "enhanced authentication method not offered");
+                return Err(ReasonCode::BadAuthenticationMethod);
+            }
+            self.scram_start(data, info).await
+        })
+    }
+}

@@ -1,0 +1,194 @@
+//! [`AclAuthorizer`]: the broker's `Authorizer` over the directory store's ACL rules, held in
+//! memory and swapped atomically when the store's directory version changes. A failed reload
+//! keeps the last good rules; until the first load succeeds every check is refused.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tern_broker::auth::{Action, Authorizer, Principal};
+use tern_broker::store::DirectoryStore;
+use tern_protocol::QoS;
+use tern_protocol::topic::TopicFilter;
+
+use crate::acl::{Ctx, Decision, Request, RuleSet, evaluate_inline};
+use crate::config::{AclPolicy, AuthConfig};
+use crate::error::AuthError;
+
+/// Authorization by ACL rules (stored rules, after the principal's inline JWT rules).
+pub struct AclAuthorizer {
+    store: Arc<dyn DirectoryStore>,
+    default: AclPolicy,
+    reload_every: Duration,
+    /// `None` until the first successful load: deny everything.
+    rules: ArcSwapOption<RuleSet>,
+    version: AtomicU64,
+    /// The directory version of the loaded rules; also serializes reloads.
+    loaded: tokio::sync::Mutex<Option<i64>>,
+}
+
+impl std::fmt::Debug for AclAuthorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AclAuthorizer")
+            .field("default", &self.default)
+            .field("rules", &self.rules.load().as_ref().map(|r| r.len()))
+            .field("version", &self.version.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl AclAuthorizer {
+    /// An authorizer with no rules loaded yet (refusing everything until [`Self::reload_now`]
+    /// succeeds). Prefer [`Self::start`].
+    pub fn new(store: Arc<dyn DirectoryStore>, config: &AuthConfig) -> AclAuthorizer {
+        AclAuthorizer {
+            store,
+            default: config.acl_default,
+            reload_every: Duration::from_secs(config.acl_reload_secs.max(1)),
+            rules: ArcSwapOption::empty(),
+            version: AtomicU64::new(0),
+            loaded: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Creates the authorizer, loads the rules once (a failure is logged and everything is
+    /// refused until a later poll succeeds) and spawns the polling task, which ends when the
+    /// authorizer is dropped.
+    pub async fn start(store: Arc<dyn DirectoryStore>, config: &AuthConfig) -> Arc<AclAuthorizer> {
+        let this = Arc::new(AclAuthorizer::new(store, config));
+        if let Err(e) = this.reload_now().await {
+            tracing::error!(error = %e, "initial ACL load failed: refusing every publish and subscribe until a reload succeeds");
+        }
+        this.spawn_reloader();
+        this
+    }
+
+    /// Whether a rule set has been loaded.
+    pub fn is_loaded(&self) -> bool {
+        self.rules.load().is_some()
+    }
+
+    /// Number of stored rules in force (0 before the first load).
+    pub fn rule_count(&self) -> usize {
+        self.rules.load().as_ref().map_or(0, |r| r.len())
+    }
+
+    /// Reloads the rules now (the admin API calls this after changing rules). On failure the
+    /// previous rules stay in force and the error is returned (and logged).
+    pub async fn reload_now(&self) -> Result<(), AuthError> {
+        let mut loaded = self.loaded.lock().await;
+        let res = self.load_rules().await;
+        match res {
+            Ok((dir_version, set)) => {
+                let n = set.len();
+                self.rules.store(Some(Arc::new(set)));
+                *loaded = Some(dir_version);
+                let v = self.version.fetch_add(1, Ordering::AcqRel) + 1;
+                tracing::info!(
+                    rules = n,
+                    directory_version = dir_version,
+                    acl_version = v,
+                    "ACL rules loaded"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                if self.is_loaded() {
+                    tracing::error!(error = %e, "ACL reload failed: keeping the previous rules");
+                } else {
+                    tracing::error!(error = %e, "ACL load failed: no rules loaded yet, refusing everything");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn load_rules(&self) -> Result<(i64, RuleSet), AuthError> {
+        // Read the version first: a change racing with the listing is picked up next poll.
+        let dir_version = self.store.directory_version().await?;
+        let rules = self.store.list_acl_rules().await?;
+        Ok((dir_version, RuleSet::compile(&rules)?))
+    }
+
+    /// Reloads if the store's directory version differs from the loaded one (or nothing is
+    /// loaded); returns whether a reload happened.
+    pub async fn poll(&self) -> Result<bool, AuthError> {
+        let current = self.store.directory_version().await.inspect_err(|e| {
+            tracing::error!(error = %e, "ACL poll: cannot read the directory version; keeping the current rules");
+        })?;
+        let loaded = *self.loaded.lock().await;
+        if self.is_loaded() && loaded == Some(current) {
+            return Ok(false);
+        }
+        self.reload_now().await.map(|()| true)
+    }
+
+    /// Spawns the task polling every `acl_reload_secs`; it stops when the authorizer is dropped.
+    pub fn spawn_reloader(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        let every = self.reload_every;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { return };
+                let _ = this.poll().await;
+            }
+        })
+    }
+
+    /// The decision for one request, by inline rules, stored rules, then the default policy.
+    fn decide(&self, principal: &Principal, action: Action, topic: &str, qos: QoS, retain: bool) -> bool {
+        let guard = self.rules.load();
+        let Some(rules) = guard.as_deref() else {
+            return false;
+        };
+        let topic = match action {
+            Action::Subscribe => match TopicFilter::parse(topic) {
+                Ok(f) => f.filter,
+                Err(_) => return false,
+            },
+            Action::Publish => topic,
+            Action::All => return false,
+        };
+        let req = Request { action, topic, qos: qos.as_u8(), retain: retain && action == Action::Publish };
+        let ctx = Ctx::new(&principal.client_id, principal.username.as_deref());
+        if let Some(inline) = principal.inline_acl.as_deref() {
+            match evaluate_inline(inline, &req, &ctx) {
+                Decision::Allow => return true,
+                Decision::Deny => return false,
+                Decision::NoMatch => {}
+            }
+        }
+        match rules.evaluate(&req, &ctx) {
+            Decision::Allow => true,
+            Decision::Deny => false,
+            Decision::NoMatch => self.default == AclPolicy::Allow,
+        }
+    }
+}
+
+impl Authorizer for AclAuthorizer {
+    fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    fn check(&self, principal: &Principal, action: Action, topic: &str, qos: QoS, retain: bool) -> bool {
+        let allowed = self.decide(principal, action, topic, qos, retain);
+        if !allowed {
+            tracing::debug!(
+                client_id = %principal.client_id,
+                username = principal.username.as_deref().unwrap_or(""),
+                ?action,
+                topic,
+                qos = qos.as_u8(),
+                retain,
+                "ACL denied"
+            );
+        }
+        allowed
+    }
+}
