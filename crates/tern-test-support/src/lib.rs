@@ -7,6 +7,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod config;
 pub mod raw;
 
 pub use broker::{Broker, spawn_broker, tern_binary, try_spawn_broker};
