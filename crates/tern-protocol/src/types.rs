@@ -14,8 +14,16 @@ use crate::reason::{PacketKind, ReasonCode};
 ///
 /// Construction checks well-formed UTF-8 (which excludes surrogates) and the absence of U+0000
 /// (MQTT-1.5.4-1, MQTT-1.5.4-2), so reading it back is free.
-#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteStr(Bytes);
+
+impl std::hash::Hash for ByteStr {
+    /// Hashes as `str` does, as `Borrow<str>` requires (maps keyed by `ByteStr` are looked up
+    /// with `&str`).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
 
 /// Why bytes are not a valid MQTT UTF-8 string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

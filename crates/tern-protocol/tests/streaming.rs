@@ -81,3 +81,15 @@ fn payload_is_a_slice_of_the_read_buffer() {
     let at = got.topic.as_bytes().as_ptr() as usize;
     assert!(at >= base && at < end, "topic was copied");
 }
+
+#[test]
+fn byte_str_keys_are_found_by_str() {
+    // Borrow<str> requires Hash and Eq to agree with str's: retained-message lookups by an
+    // exact topic filter depend on it.
+    let mut map = std::collections::HashMap::new();
+    map.insert(tern_protocol::ByteStr::from("a/b"), 1);
+    assert_eq!(map.get("a/b"), Some(&1));
+    let mut set = std::collections::HashSet::new();
+    set.insert(tern_protocol::ByteStr::from(String::from("x")));
+    assert!(set.contains("x"));
+}
