@@ -3,7 +3,6 @@
 //! their own (bounded in number and time), and reloads TLS certificates on SIGHUP.
 
 pub(crate) mod config;
-mod identity;
 mod tls;
 mod ws;
 

@@ -129,7 +129,7 @@ pub(crate) async fn handshake(
 ) -> io::Result<(TlsStream<TcpStream>, Option<CertIdentity>)> {
     let tls = acceptor.accept(stream).await?;
     let identity = match tls.get_ref().1.peer_certificates().and_then(<[_]>::first) {
-        Some(der) => Some(super::identity::cert_identity(der).map_err(io::Error::other)?),
+        Some(der) => Some(tern_auth::cert_identity(der).map_err(io::Error::other)?),
         None => None,
     };
     Ok((tls, identity))
