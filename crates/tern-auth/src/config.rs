@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::AuthError;
 
@@ -31,6 +31,13 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Serialized redacted (`tern config` output never shows it).
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
         String::deserialize(d).map(Secret)
@@ -38,7 +45,7 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// What the authorizer answers when no ACL rule matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AclPolicy {
     /// Refuse (the default).
@@ -49,7 +56,7 @@ pub enum AclPolicy {
 }
 
 /// One authentication method of a chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// User name (or client id) and argon2id password of a provisioned device.
@@ -75,7 +82,7 @@ impl Method {
 }
 
 /// A JWT signature algorithm Tern accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 pub enum JwtAlgorithm {
     /// HMAC with SHA-256 (shared secret).
     HS256,
@@ -105,7 +112,7 @@ impl JwtAlgorithm {
 }
 
 /// The `[auth.jwt]` section.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JwtConfig {
     /// Accepted signature algorithms (header `alg`); anything else is refused.
@@ -167,7 +174,7 @@ impl Default for JwtConfig {
 }
 
 /// Which certificate field identifies the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CertField {
     /// Subject common name.
@@ -184,7 +191,7 @@ pub enum CertField {
 }
 
 /// What the certificate identity becomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CertMapTo {
     /// The client id (overriding the CONNECT's).
@@ -197,7 +204,7 @@ pub enum CertMapTo {
 }
 
 /// How one listener maps client certificates to devices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CertMapping {
     /// The identifying field.
@@ -207,7 +214,7 @@ pub struct CertMapping {
 }
 
 /// The `[auth.cert]` section: a default mapping and per-listener overrides.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CertConfig {
     /// Field used on listeners not named in `listeners`.
@@ -229,7 +236,7 @@ impl CertConfig {
 }
 
 /// The `[auth.backoff]` section: slowing down repeated authentication failures.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackoffConfig {
     /// Turns failure tracking off entirely (not recommended).
@@ -265,7 +272,7 @@ impl Default for BackoffConfig {
 }
 
 /// The `[auth]` section.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Decision when no ACL rule matches.
@@ -402,6 +409,20 @@ mod tests {
         assert_eq!(c.cert.mapping("other").map_to, CertMapTo::ClientId);
         c.validate().unwrap();
         assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn serializes_for_tern_config_and_redacts_secrets() {
+        let mut c = AuthConfig::default();
+        c.listener_chains.insert("mtls".into(), vec![Method::Cert]);
+        c.cert
+            .listeners
+            .insert("mtls".into(), CertMapping { identity: CertField::SanUri, map_to: CertMapTo::Both });
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(toml::from_str::<AuthConfig>(&text).unwrap(), c, "{text}");
+        c.jwt.secret = Some(Secret::new("hunter2"));
+        let text = toml::to_string(&c).unwrap();
+        assert!(!text.contains("hunter2") && text.contains("[redacted]"), "{text}");
     }
 
     #[test]

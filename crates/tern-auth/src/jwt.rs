@@ -355,17 +355,15 @@ impl JwtVerifier {
             return Err(JwtFailure::Invalid(format!("no key for kid {kid:?} and algorithm {alg:?}")));
         }
         let validation = self.validation(alg);
-        let mut last = String::from("invalid signature");
         for entry in &keys {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &entry.key, &validation) {
                 Ok(data) => return self.finish(data.claims),
-                Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {
-                    last = "invalid signature".into()
-                }
+                // Another candidate key may verify it.
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {}
                 Err(e) => return Err(JwtFailure::Invalid(describe(e.kind()))),
             }
         }
-        Err(JwtFailure::Invalid(last))
+        Err(JwtFailure::Invalid("invalid signature".into()))
     }
 
     async fn refresh_on_demand(&self) {
