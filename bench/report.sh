@@ -13,31 +13,31 @@ fi
 BROKERS=(tern mosquitto rumqttd)
 ORDER="qos0-fanin qos0-pairs qos1-pairs qos2-pairs qos0-fanout lat-10k lat-20k conn-rate idle-10k idle-50k retained-storm"
 
-# label|jq expression|better (up, down, or info)
+# label;jq expression;better (up, down, or info)
 metrics_for() {
     case "$1" in
         qos0-fanin | qos0-pairs | qos1-pairs | qos2-pairs | qos0-fanout)
-            printf '%s\n' "delivered msg/s|.delivery.delivered_per_s|up" \
-                "p99 latency ms|.latency_us.p99 / 1000|down" \
-                "broker peak RSS MiB|.broker.rss_peak_kib / 1024|down" \
-                "broker CPU %|.broker.cpu_pct|info" ;;
+            printf '%s\n' "delivered msg/s;.delivery.delivered_per_s;up" \
+                "p99 latency ms;.latency_us | select(.count > 0) | .p99 / 1000;down" \
+                "broker peak RSS MiB;.broker.rss_peak_kib / 1024;down" \
+                "broker CPU %;.broker.cpu_pct;info" ;;
         lat-*)
-            printf '%s\n' "p50 latency ms|.latency_us.p50 / 1000|down" \
-                "p99 latency ms|.latency_us.p99 / 1000|down" \
-                "p99.9 latency ms|.latency_us.p999 / 1000|down" \
-                "broker peak RSS MiB|.broker.rss_peak_kib / 1024|down" ;;
+            printf '%s\n' "p50 latency ms;.latency_us | select(.count > 0) | .p50 / 1000;down" \
+                "p99 latency ms;.latency_us | select(.count > 0) | .p99 / 1000;down" \
+                "p99.9 latency ms;.latency_us | select(.count > 0) | .p999 / 1000;down" \
+                "broker peak RSS MiB;.broker.rss_peak_kib / 1024;down" ;;
         conn-rate)
-            printf '%s\n' "connections/s|.connect.rate_per_s|up" \
-                "time to connect all s|.connect.time_to_connect_all_s|down" ;;
+            printf '%s\n' "connections/s;.connect.rate_per_s;up" \
+                "time to connect all s;.connect.time_to_connect_all_s;down" ;;
         idle-*)
-            printf '%s\n' "broker bytes per connection|.broker.rss_per_conn_bytes|down" \
-                "broker RSS connected MiB|.broker.rss_connected_kib / 1024|down" \
-                "connections/s|.connect.rate_per_s|up" ;;
+            printf '%s\n' "broker bytes per connection;.broker.rss_per_conn_bytes;down" \
+                "broker RSS connected MiB;.broker.rss_connected_kib / 1024;down" \
+                "connections/s;.connect.rate_per_s;up" ;;
         retained-storm)
-            printf '%s\n' "retained deliveries/s|.storm.delivered_per_s|up" \
-                "all retained p99 ms|.storm.time_to_all_retained_us.p99 / 1000|down" \
-                "broker peak RSS MiB|.broker.rss_peak_kib / 1024|down" ;;
-        *) printf '%s\n' "ok|.ok|info" ;;
+            printf '%s\n' "retained deliveries/s;.storm.delivered_per_s;up" \
+                "all retained p99 ms;.storm.time_to_all_retained_us | select(.count > 0) | .p99 / 1000;down" \
+                "broker peak RSS MiB;.broker.rss_peak_kib / 1024;down" ;;
+        *) printf '%s\n' "ok;.ok;info" ;;
     esac
 }
 
@@ -75,7 +75,7 @@ for d in "$DIR"/*/; do
     [[ " ${passes[*]} " == *" $p "* ]] || passes+=("$p")
 done
 for scen in $ORDER; do
-    while IFS='|' read -r label expr better; do
+    while IFS=';' read -r label expr better; do
         for pass in "${passes[@]}"; do
             f="$DIR/$pass/$scen"
             [[ -d "$f" ]] || continue
@@ -83,7 +83,7 @@ for scen in $ORDER; do
             cells=()
             for b in "${BROKERS[@]}"; do
                 v[$b]="$(num "$f/$b.json" "$expr")"
-                if [[ -f "$f/$b.json" ]] && jq -e '.skipped // false' "$f/$b.json" > /dev/null 2>&1; then
+                if [[ "$(jq -r '.skipped // false' "$f/$b.json" 2> /dev/null)" == "true" ]]; then
                     cells+=("skipped")
                 else
                     cells+=("$(fmt "${v[$b]}")$(mark "$f/$b.json")")

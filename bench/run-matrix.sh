@@ -39,6 +39,8 @@ if [[ $QUICK == 1 ]]; then
 fi
 OUT="${OUT:-$BENCH_DIR/results/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
+ENV_FILE="$OUT/env.txt"
+[[ -f "$ENV_FILE" ]] && ENV_FILE="$OUT/env-$(date +%H%M%S).txt"  # a re-run into the same folder
 
 # name|tern-bench arguments. Scenario runs also get -d/--warmup. QoS 2 uses a window of 20:
 # on MQTT 3.1.1 nothing tells a client the broker's in-flight limit, and Mosquitto silently
@@ -52,8 +54,8 @@ SCENARIOS=(
     "lat-10k|scenario --pubs 16 --subs 16 -q 1 -r 10000"
     "lat-20k|scenario --pubs 16 --subs 16 -q 1 -r 20000"
     "conn-rate|conn -c 5000 --hold 1 --connect-concurrency 64"
-    "idle-10k|conn -c 10000 --hold 5 --keep-alive 300 --source-ips 127.0.0.1-127.0.0.20"
-    "idle-50k|conn -c 50000 --hold 5 --keep-alive 300 --source-ips 127.0.0.1-127.0.0.50"
+    "idle-10k|conn -c 10000 --hold 5 --keep-alive 300 --connect-concurrency 64 --connect-timeout 30 --source-ips 127.0.0.1-127.0.0.20"
+    "idle-50k|conn -c 50000 --hold 5 --keep-alive 300 --connect-concurrency 64 --connect-timeout 30 --source-ips 127.0.0.1-127.0.0.50"
     "retained-storm|retain-storm --topics 10000 --subs 100"
 )
 
@@ -76,11 +78,12 @@ log "brokers: ${want[*]}; passes: $PASSES; open-files limit $NOFILE; results in 
     echo "tern-bench: $TERN_BENCH"
     echo "mosquitto: $("$MOSQUITTO_BIN" -h 2>/dev/null | head -1 || true)"
     echo "rumqttd: $RUMQTTD_VERSION"
-    echo "tern: $(git -C "$REPO_DIR" log -1 --format='%h %s' 2>/dev/null || true)"
+    echo "tern binary: ${TERN_BIN:-not run} ($(stat -c '%y' "${TERN_BIN:-/nonexistent}" 2>/dev/null || echo '?'))"
+    echo "repository HEAD: $(git -C "$REPO_DIR" log -1 --format='%h %s' 2>/dev/null || true)"
     echo "duration: ${DURATION}s + warm-up ${WARMUP}s"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "nice: ${BENCH_NICE:-unchanged}"
-} > "$OUT/env.txt"
+} > "$ENV_FILE"
 
 port=19000
 run_one() { # pass scenario broker args...

@@ -253,6 +253,12 @@ pub(crate) fn open_files_limit() -> Option<(u64, u64)> {
 pub(crate) fn check_fd_limit(connections: usize) -> anyhow::Result<()> {
     if let Some((soft, hard)) = open_files_limit() {
         let need = connections as u64 + 64;
+        if need > hard {
+            bail!(
+                "{connections} connections need about {need} open files but the hard limit is {hard}: \
+                 it can only be raised with privileges (e.g. `prlimit`, limits.conf, LimitNOFILE=)"
+            );
+        }
         if need > soft {
             bail!(
                 "{connections} connections need about {need} open files but the limit is {soft} \

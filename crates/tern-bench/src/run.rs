@@ -369,7 +369,7 @@ async fn drive(
 
     let broker = sampler.broker_usage(&mark_start, &mark_end);
     let me =
-        sampler.self_usage(&mark_start, &mark_end, common.workers.unwrap_or(0).max(crate::default_workers()));
+        sampler.self_usage(&mark_start, &mark_end, common.workers.unwrap_or_else(crate::default_workers));
     warnings.extend(self_warnings(&me));
     let window_start = mark_start.at_ns.max(warm_end.min(measure_end));
     let window_s = secs(measure_end.saturating_sub(window_start));

@@ -24,6 +24,9 @@ use crate::stats::{LatencySummary, fmt_count, fmt_rate, fmt_us, new_histogram};
 use crate::tasks::{self, Phase, RunCfg, Shared, SubReport, expand};
 use crate::{Outcome, client_cfg, connect_summary, prefix};
 
+/// A storm without a single new delivery for this long has ended.
+const STALL_NS: u64 = 10_000_000_000;
+
 pub(crate) async fn run(a: &StormArgs) -> anyhow::Result<Outcome> {
     let common = &a.common;
     if a.topics == 0 || a.subs == 0 {
@@ -206,14 +209,24 @@ async fn drive(
     let storm_deadline = storm_start + (a.timeout * 1e9) as u64;
     let mut last_progress = storm_start;
     let mut complete = true;
+    let mut stalled = false;
+    let mut last_change = (storm_start, 0u64);
     loop {
         let got = sh.total_unique();
         if got >= want && sh.subscribed.load(Ordering::SeqCst) >= a.subs {
             break;
         }
         let now = now_ns();
+        if got != last_change.1 {
+            last_change = (now, got);
+        }
         if now > storm_deadline {
             complete = false;
+            break;
+        }
+        if now - last_change.0 > STALL_NS {
+            complete = false;
+            stalled = true;
             break;
         }
         if common.interval > 0.0 && now - last_progress >= (common.interval * 1e9) as u64 {
@@ -271,8 +284,8 @@ async fn drive(
     let mut failures = Vec::new();
     if !complete {
         failures.push(format!(
-            "storm incomplete after {} s: {} of {} retained deliveries missing",
-            a.timeout,
+            "storm incomplete {}: {} of {} retained deliveries missing",
+            if stalled { "(no delivery for 10 s)".to_string() } else { format!("after {} s", a.timeout) },
             fmt_count(missing),
             fmt_count(want)
         ));
@@ -297,7 +310,7 @@ async fn drive(
         "connect": conn.json,
         "storm": {
             "expected": want, "delivered": delivered, "missing": missing, "duplicates": dups,
-            "not_retained": not_retained, "complete": complete, "storm_s": storm_s,
+            "not_retained": not_retained, "complete": complete, "stalled": stalled, "storm_s": storm_s,
             "delivered_per_s": rate.round(),
             "suback_us": suback, "time_to_all_retained_us": comp,
             "setup_s": (setup_end - setup_start) as f64 / 1e9,
