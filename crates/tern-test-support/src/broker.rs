@@ -102,6 +102,8 @@ fn locate_or_build() -> Result<PathBuf, String> {
         return Err(format!("cargo build -p tern-server succeeded but {} does not exist", bin.display()));
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
+    let stderr = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
     if bin.is_file() {
         eprintln!(
             "tern-test-support: `cargo build -p tern-server` failed; using the existing (possibly stale) {}\n{stderr}",
@@ -126,8 +128,9 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Like [`spawn_broker`], returning the error (which includes the captured log).
 ///
-/// The child's environment is the test's environment without any `TERN_*` (other than
-/// `TERN_BIN`), `RUST_LOG` or `TERN_LOG` variable, with `RUST_LOG=info` (or the value of
+/// The child's environment is the test's environment without any `TERN_*` variable (tern
+/// rejects unknown `TERN_*` keys, and the harness's own `TERN_BIN`/`TERN_E2E_*` are not for it)
+/// or `RUST_LOG`, with `RUST_LOG=info` (or the value of
 /// `TERN_E2E_LOG`, to debug a failing test), then `env` on top. Its working directory is a
 /// fresh scratch directory so any file it writes (e.g. an embedded database) is private.
 pub fn try_spawn_broker(env: &[(&str, &str)]) -> Result<Broker> {
@@ -148,7 +151,7 @@ pub fn try_spawn_broker(env: &[(&str, &str)]) -> Result<Broker> {
         .stderr(Stdio::piped());
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy();
-        if (k.starts_with("TERN_") && k != "TERN_BIN") || k == "RUST_LOG" {
+        if k.starts_with("TERN_") || k == "RUST_LOG" {
             cmd.env_remove(k.as_ref());
         }
     }

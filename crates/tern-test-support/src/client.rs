@@ -6,6 +6,7 @@
 //! decoded packets (client-side `Decoder`, [`RawClient::recv`]) or as codec-independent frames
 //! ([`RawClient::recv_frame`]); both read from the same buffer.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -47,6 +48,9 @@ pub struct RawClient {
     eof: bool,
     next_id: u16,
     last_packet_len: usize,
+    /// PUBLISH packets that arrived while waiting for a SUBACK (allowed by 3.8.4); returned
+    /// first by the packet-reading methods.
+    stash: VecDeque<Packet>,
 }
 
 impl fmt::Debug for RawClient {
@@ -76,6 +80,7 @@ impl RawClient {
             eof: false,
             next_id: 0,
             last_packet_len: 0,
+            stash: VecDeque::new(),
         })
     }
 
@@ -193,6 +198,9 @@ impl RawClient {
 
     /// Reads one packet, decoded by the codec. Distinguishes timeout from close.
     pub async fn recv_event(&mut self, timeout: Duration) -> Result<Event<Packet>> {
+        if let Some(p) = self.stash.pop_front() {
+            return Ok(Event::Item(p));
+        }
         let mut decoder = self.decoder.clone();
         let ev = self
             .read_until(timeout, |buf| {
@@ -229,7 +237,9 @@ impl RawClient {
         }
     }
 
-    /// Reads one frame without the codec (see [`crate::raw::Frame`]).
+    /// Reads one frame without the codec (see [`crate::raw::Frame`]). Packets stashed by the
+    /// packet-level methods are not seen here; do not mix the two styles on one client after a
+    /// SUBSCRIBE.
     pub async fn recv_frame(&mut self, timeout: Duration) -> Result<Event<Frame>> {
         self.read_until(timeout, |buf| match Frame::parse(buf) {
             Ok(Some((f, n))) => {
@@ -353,7 +363,7 @@ impl RawClient {
                     out.push(p);
                 }
                 Event::Item(Packet::PubRel(r)) => {
-                    self.send(Packet::PubComp(PubReply::new(r.packet_id))).await?
+                    self.send(Packet::PubComp(PubReply::new(r.packet_id))).await?;
                 }
                 Event::Item(other) => {
                     bail!("expected PUBLISH, got {other:?} (after {} publishes)", out.len())
@@ -367,6 +377,56 @@ impl RawClient {
         Ok(out)
     }
 
+    /// Reads PUBLISH packets until none arrives for `quiet`, acknowledging each when `ack`,
+    /// and returns them in order. Any other packet is an error.
+    pub async fn drain_publishes(&mut self, quiet: Duration, ack: bool) -> Result<Vec<Publish>> {
+        let mut out = Vec::new();
+        loop {
+            match self.recv_event(quiet).await? {
+                Event::Item(Packet::Publish(p)) => {
+                    if ack {
+                        self.ack_publish(&p).await?;
+                    }
+                    out.push(p);
+                }
+                Event::Item(other) => bail!("expected PUBLISH, got {other:?} (after {out:?})"),
+                Event::Timeout => return Ok(out),
+                Event::Closed => bail!("connection closed after {} PUBLISH packets", out.len()),
+            }
+        }
+    }
+
+    /// Waits for the first packet `pick` accepts; PUBLISH packets arriving first (which the
+    /// broker may interleave with any reply) are kept, in order, for the next reads. Any other
+    /// packet is an error.
+    pub async fn expect_reply<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&Packet) -> Option<T>,
+    ) -> Result<T> {
+        let mut early = Vec::new();
+        let result = loop {
+            match self.recv_event(WAIT).await? {
+                Event::Item(p) => {
+                    if let Some(t) = pick(&p) {
+                        break Ok(t);
+                    }
+                    if matches!(p, Packet::Publish(_)) {
+                        early.push(p);
+                    } else {
+                        break Err(anyhow!("expected {what}, got {p:?}"));
+                    }
+                }
+                Event::Timeout => break Err(anyhow!("no {what} within {WAIT:?}")),
+                Event::Closed => break Err(anyhow!("connection closed while waiting for {what}")),
+            }
+        };
+        for p in early.into_iter().rev() {
+            self.stash.push_front(p);
+        }
+        result
+    }
+
     /// Sends the acknowledgement a received PUBLISH needs: nothing (QoS 0), PUBACK (QoS 1), or
     /// PUBREC, then waits for the PUBREL and sends PUBCOMP (QoS 2).
     pub async fn ack_publish(&mut self, p: &Publish) -> Result<()> {
@@ -375,25 +435,26 @@ impl RawClient {
             (QoS::AtLeastOnce, Some(id)) => self.send(Packet::PubAck(PubReply::new(id))).await,
             (QoS::ExactlyOnce, Some(id)) => {
                 self.send(Packet::PubRec(PubReply::new(id))).await?;
-                match self.expect_packet(WAIT).await? {
-                    Packet::PubRel(r) if r.packet_id == id => {
-                        self.send(Packet::PubComp(PubReply::new(id))).await
-                    }
-                    other => bail!("expected PUBREL {id}, got {other:?}"),
-                }
+                self.expect_reply(&format!("PUBREL {id}"), |p| {
+                    matches!(p, Packet::PubRel(r) if r.packet_id == id).then_some(())
+                })
+                .await?;
+                self.send(Packet::PubComp(PubReply::new(id))).await
             }
             (_, None) => bail!("QoS {:?} PUBLISH without packet id: {p:?}", p.qos),
         }
     }
 
-    /// SUBSCRIBE and wait for the SUBACK (which must carry the same packet id).
+    /// SUBSCRIBE and wait for the SUBACK (which must carry the same packet id). PUBLISH
+    /// packets arriving first (allowed by 3.8.4) are kept for the next reads.
     pub async fn subscribe(&mut self, sub: Subscribe) -> Result<SubAck> {
         let id = sub.packet_id;
         self.send(Packet::Subscribe(sub)).await?;
-        match self.expect_packet(WAIT).await? {
-            Packet::SubAck(a) if a.packet_id == id => Ok(a),
-            other => bail!("expected SUBACK {id}, got {other:?}"),
-        }
+        self.expect_reply(&format!("SUBACK {id}"), |p| match p {
+            Packet::SubAck(a) if a.packet_id == id => Some(a.clone()),
+            _ => None,
+        })
+        .await
     }
 
     /// Subscribes to one filter and requires it to be granted (any QoS).
@@ -410,10 +471,11 @@ impl RawClient {
     pub async fn unsubscribe(&mut self, filters: &[&str]) -> Result<UnsubAck> {
         let id = self.next_packet_id();
         self.send(Packet::Unsubscribe(unsubscribe(id, filters))).await?;
-        match self.expect_packet(WAIT).await? {
-            Packet::UnsubAck(a) if a.packet_id == id => Ok(a),
-            other => bail!("expected UNSUBACK {id}, got {other:?}"),
-        }
+        self.expect_reply(&format!("UNSUBACK {id}"), |p| match p {
+            Packet::UnsubAck(a) if a.packet_id == id => Some(a.clone()),
+            _ => None,
+        })
+        .await
     }
 
     /// Publishes and completes the QoS flow as the sender: QoS 0 returns `None`; QoS 1 returns
@@ -430,23 +492,29 @@ impl RawClient {
         let Some(id) = id else { return Ok(None) };
         match qos {
             QoS::AtMostOnce => Ok(None),
-            QoS::AtLeastOnce => match self.expect_packet(WAIT).await? {
-                Packet::PubAck(a) if a.packet_id == id => Ok(Some(a)),
-                other => bail!("expected PUBACK {id}, got {other:?}"),
-            },
+            QoS::AtLeastOnce => self
+                .expect_reply(&format!("PUBACK {id}"), |p| match p {
+                    Packet::PubAck(a) if a.packet_id == id => Some(a.clone()),
+                    _ => None,
+                })
+                .await
+                .map(Some),
             QoS::ExactlyOnce => {
-                let rec = match self.expect_packet(WAIT).await? {
-                    Packet::PubRec(a) if a.packet_id == id => a,
-                    other => bail!("expected PUBREC {id}, got {other:?}"),
-                };
+                let rec = self
+                    .expect_reply(&format!("PUBREC {id}"), |p| match p {
+                        Packet::PubRec(a) if a.packet_id == id => Some(a.clone()),
+                        _ => None,
+                    })
+                    .await?;
                 if rec.reason_code.is_error() {
                     return Ok(Some(rec));
                 }
                 self.send(Packet::PubRel(PubReply::new(id))).await?;
-                match self.expect_packet(WAIT).await? {
-                    Packet::PubComp(c) if c.packet_id == id => Ok(Some(rec)),
-                    other => bail!("expected PUBCOMP {id}, got {other:?}"),
-                }
+                self.expect_reply(&format!("PUBCOMP {id}"), |p| {
+                    matches!(p, Packet::PubComp(c) if c.packet_id == id).then_some(())
+                })
+                .await?;
+                Ok(Some(rec))
             }
         }
     }
@@ -454,16 +522,20 @@ impl RawClient {
     /// PINGREQ, then requires a PINGRESP.
     pub async fn ping(&mut self) -> Result<()> {
         self.send(Packet::PingReq).await?;
-        match self.expect_packet(WAIT).await? {
-            Packet::PingResp => Ok(()),
-            other => bail!("expected PINGRESP, got {other:?}"),
-        }
+        self.expect_reply("PINGRESP", |p| matches!(p, Packet::PingResp).then_some(())).await
     }
 
-    /// Sends a normal DISCONNECT and closes the socket.
+    /// Sends a normal DISCONNECT, half-closes the socket and waits (up to [`WAIT`]) until the
+    /// broker closes its side, so everything sent before has been processed by the broker when
+    /// this returns (a new connection with the same client id cannot overtake it). Packets
+    /// still arriving meanwhile are discarded.
     pub async fn disconnect(mut self) -> Result<()> {
         self.send(Packet::Disconnect(Disconnect::new(ReasonCode::Success))).await?;
         self.stream.shutdown().await.ok();
+        let (_, closed) = self.read_to_close(WAIT).await?;
+        if !closed {
+            bail!("the broker did not close the connection within {WAIT:?} after DISCONNECT");
+        }
         Ok(())
     }
 
@@ -502,7 +574,7 @@ pub fn connect_v31(client_id: &str) -> Connect {
     connect(ProtocolVersion::V3_1, client_id)
 }
 
-/// A PUBLISH without properties; `packet_id` is used only for QoS 1 and 2 (`None` lets
+/// A PUBLISH without properties and without packet id (set `packet_id` for QoS 1/2, or let
 /// [`RawClient::publish`] assign one).
 pub fn publish(topic: &str, qos: QoS, payload: impl Into<Bytes>) -> Publish {
     Publish {

@@ -93,7 +93,7 @@ pub struct Props(Vec<u8>);
 
 impl Props {
     /// An empty property list.
-    pub fn new() -> Props {
+    pub const fn new() -> Props {
         Props(Vec::new())
     }
 
