@@ -6,6 +6,7 @@ pub(crate) mod config;
 mod tls;
 mod ws;
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,24 +86,14 @@ impl Listeners {
         let mut reloadable = Vec::new();
         for b in self.bound {
             let Bound { spec, socket, addr, tls } = b;
-            match (&tls, spec.kind.is_ws()) {
-                (Some(t), _) => info!(
-                    "MQTT listener ready kind={} addr={addr} name={} client_certs={:?}{}",
-                    spec.kind,
-                    spec.name,
-                    t.client_certs(),
-                    if spec.kind.is_ws() { format!(" path={}", spec.path) } else { String::new() },
-                ),
-                (None, true) => {
-                    info!(
-                        "MQTT listener ready kind={} addr={addr} name={} path={}",
-                        spec.kind, spec.name, spec.path
-                    );
-                }
-                (None, false) => {
-                    info!("MQTT listener ready kind={} addr={addr} name={}", spec.kind, spec.name)
-                }
+            let mut extra = String::new();
+            if let Some(t) = &tls {
+                let _ = write!(extra, " client_certs={:?}", t.client_certs());
             }
+            if spec.kind.is_ws() {
+                let _ = write!(extra, " path={}", spec.path);
+            }
+            info!("MQTT listener ready kind={} addr={addr} name={}{extra}", spec.kind, spec.name);
             if let Some(t) = &tls {
                 reloadable.push((spec.name.clone(), t.clone()));
             }

@@ -166,6 +166,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
         let mut inner = Pin::new(&mut self.inner);
         ready!(inner.as_mut().poll_ready(cx)).map_err(ws_error)?;
         inner.start_send(Message::Binary(Bytes::copy_from_slice(data))).map_err(ws_error)?;
@@ -198,5 +201,116 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
             ) => Poll::Ready(Ok(())),
             Err(e) => Poll::Ready(Err(ws_error(e))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    use super::*;
+
+    /// A client WebSocket and the server side adapter over an in-memory pipe.
+    async fn pair() -> (WebSocketStream<tokio::io::DuplexStream>, WsStream<tokio::io::DuplexStream>) {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(upgrade(server_io, "/mqtt", ws_config(1024)));
+        let mut req = "ws://localhost/mqtt".into_client_request().unwrap();
+        req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+        let (client, resp) = tokio_tungstenite::client_async(req, client_io).await.unwrap();
+        assert_eq!(resp.headers().get("Sec-WebSocket-Protocol").unwrap(), "mqtt");
+        (client, server.await.unwrap().unwrap())
+    }
+
+    #[tokio::test]
+    async fn binary_messages_become_one_byte_stream_and_writes_become_messages() {
+        let (mut client, mut server) = pair().await;
+        client.send(Message::Binary(Bytes::from_static(&[1, 2, 3]))).await.unwrap();
+        client.send(Message::Binary(Bytes::new())).await.unwrap();
+        client.send(Message::Ping(Bytes::from_static(b"p"))).await.unwrap();
+        client.send(Message::Binary(Bytes::from_static(&[4, 5]))).await.unwrap();
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [1, 2, 3, 4, 5]);
+
+        server.write_all(&[9, 8, 7]).await.unwrap();
+        server.flush().await.unwrap();
+        let mut seen = Vec::new();
+        while let Some(m) = client.next().await {
+            match m.unwrap() {
+                Message::Binary(b) => {
+                    seen.push(b);
+                    break;
+                }
+                Message::Pong(p) => assert_eq!(&p[..], b"p"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen, [Bytes::from_static(&[9, 8, 7])]);
+
+        // A close frame is the end of the stream.
+        client.send(Message::Close(None)).await.unwrap();
+        assert_eq!(server.read(&mut got).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn text_messages_fail_the_stream_and_close_with_1003() {
+        let (mut client, mut server) = pair().await;
+        client.send(Message::Text("hello".into())).await.unwrap();
+        let mut buf = [0u8; 8];
+        let err = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        server.shutdown().await.unwrap();
+        match client.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Unsupported),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_messages_are_refused_with_1009() {
+        let (mut client, mut server) = pair().await;
+        // ws_config(1024) allows 1024 + 64 KiB per message.
+        let big = Bytes::from(vec![0u8; 1024 + MESSAGE_HEADROOM + 1]);
+        let sent = tokio::spawn(async move {
+            let _ = client.send(Message::Binary(big)).await;
+            client
+        });
+        let mut buf = [0u8; 8];
+        assert!(server.read(&mut buf).await.is_err());
+        server.shutdown().await.unwrap();
+        let mut client = sent.await.unwrap();
+        match client.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Size),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn upgrade_checks_path_and_subprotocol() {
+        let req = |path: &str, proto: Option<&str>| {
+            let mut r = Request::builder().uri(path);
+            if let Some(p) = proto {
+                r = r.header(header::SEC_WEBSOCKET_PROTOCOL, p);
+            }
+            r.body(()).unwrap()
+        };
+        let ok = |r: Result<Response, ErrorResponse>| {
+            r.unwrap().headers().get(header::SEC_WEBSOCKET_PROTOCOL).map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(
+            ok(check_upgrade("/mqtt", &req("/mqtt", Some("mqtt")), Response::new(()))).as_deref(),
+            Some("mqtt")
+        );
+        assert_eq!(
+            ok(check_upgrade("/mqtt", &req("/mqtt?x=1", Some("wamp, mqttv3.1")), Response::new(())))
+                .as_deref(),
+            Some("mqttv3.1")
+        );
+        assert_eq!(ok(check_upgrade("/mqtt", &req("/mqtt", None), Response::new(()))), None);
+        let status = |r: Result<Response, ErrorResponse>| r.unwrap_err().status();
+        assert_eq!(status(check_upgrade("/mqtt", &req("/other", Some("mqtt")), Response::new(()))), 404);
+        assert_eq!(status(check_upgrade("/mqtt", &req("/mqtt", Some("wamp")), Response::new(()))), 400);
     }
 }
