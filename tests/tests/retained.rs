@@ -22,7 +22,7 @@ async fn retained_message_is_delivered_on_subscribe_with_retain_flag() -> Result
 
     let mut sub = RawClient::connect_ok(broker.addr(), connect_v5("ret-sub")).await?;
     sub.subscribe_to("ret/t", QoS::AtLeastOnce).await?;
-    let got = sub.drain_publishes(QUIET, true).await?;
+    let got = sub.expect_exactly(1).await?;
     // MQTT-3.3.1-6 (store), MQTT-3.3.1-9 (send on subscribe), MQTT-3.3.1-8 (RETAIN 1 on it).
     ensure!(got.len() == 1, "expected the retained message once, got {got:?}");
     ensure!(got[0].retain && got[0].payload == "stored" && got[0].topic == "ret/t", "{got:?}");
@@ -37,7 +37,7 @@ async fn retained_message_is_replaced_by_a_newer_one() -> Result<()> {
     publ.publish(retained("rrep/t", QoS::AtLeastOnce, "new")).await?;
     let mut sub = RawClient::connect_ok(broker.addr(), connect_v5("rep-sub")).await?;
     sub.subscribe_to("rrep/t", QoS::AtLeastOnce).await?;
-    let got = sub.drain_publishes(QUIET, true).await?;
+    let got = sub.expect_exactly(1).await?;
     // MQTT-3.3.1-5 (3.1.1) / 3.3.1.3: the new retained message replaces the existing one.
     ensure!(got.len() == 1 && got[0].payload == "new", "{got:?}");
     Ok(())
@@ -50,7 +50,7 @@ async fn empty_retained_payload_clears_the_topic_and_is_still_forwarded() -> Res
     publ.publish(retained("clr/t", QoS::AtLeastOnce, "x")).await?;
     let mut live = RawClient::connect_ok(broker.addr(), connect_v5("clr-live")).await?;
     live.subscribe_to("clr/t", QoS::AtLeastOnce).await?;
-    let got = live.drain_publishes(QUIET, true).await?;
+    let got = live.expect_exactly(1).await?;
     ensure!(got.len() == 1 && got[0].payload == "x", "retained message before clearing: {got:?}");
 
     publ.publish(retained("clr/t", QoS::AtLeastOnce, "")).await?;
@@ -75,7 +75,7 @@ async fn retained_messages_are_stored_per_topic_and_matched_by_wildcards() -> Re
     }
     let mut sub = RawClient::connect_ok(broker.addr(), connect_v5("rw-sub")).await?;
     sub.subscribe_to("rw/#", QoS::AtLeastOnce).await?;
-    let got = sub.drain_publishes(QUIET, true).await?;
+    let got = sub.expect_exactly(3).await?;
     let mut pairs: Vec<(String, String)> =
         got.iter().map(|p| (p.topic.to_string(), String::from_utf8_lossy(&p.payload).into_owned())).collect();
     pairs.sort();
@@ -93,11 +93,11 @@ async fn retained_delivery_uses_min_of_stored_and_granted_qos() -> Result<()> {
     publ.publish(retained("rq/zero", QoS::AtMostOnce, "0")).await?;
     let mut s1 = RawClient::connect_ok(broker.addr(), connect_v5("rq-s1")).await?;
     s1.subscribe_to("rq/two", QoS::AtLeastOnce).await?;
-    let got = s1.drain_publishes(QUIET, true).await?;
+    let got = s1.expect_exactly(1).await?;
     ensure!(got.len() == 1 && got[0].qos == QoS::AtLeastOnce, "{got:?}");
     let mut s2 = RawClient::connect_ok(broker.addr(), connect_v5("rq-s2")).await?;
     s2.subscribe_to("rq/zero", QoS::ExactlyOnce).await?;
-    let got = s2.drain_publishes(QUIET, true).await?;
+    let got = s2.expect_exactly(1).await?;
     ensure!(got.len() == 1 && got[0].qos == QoS::AtMostOnce, "{got:?}");
     Ok(())
 }
@@ -115,7 +115,7 @@ async fn retained_message_expires() -> Result<()> {
 
     let mut early = RawClient::connect_ok(broker.addr(), connect_v5("rexp-early")).await?;
     early.subscribe_to("rexp/t", QoS::AtLeastOnce).await?;
-    let got = early.drain_publishes(QUIET, true).await?;
+    let got = early.expect_exactly(1).await?;
     ensure!(got.len() == 1, "before expiry: {got:?}");
     // MQTT-3.3.2-6: the forwarded Message Expiry Interval is the remaining lifetime.
     ensure!(got[0].properties.message_expiry_interval.is_some_and(|s| s <= 1), "{got:?}");
@@ -123,7 +123,7 @@ async fn retained_message_expires() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut late = RawClient::connect_ok(broker.addr(), connect_v5("rexp-late")).await?;
     late.subscribe_to("rexp/#", QoS::AtLeastOnce).await?;
-    let got = late.drain_publishes(QUIET, true).await?;
+    let got = late.expect_exactly(1).await?;
     // MQTT-3.3.2-5: an expired retained message is no longer delivered; the long one is,
     // with its remaining interval below the original.
     ensure!(got.len() == 1 && got[0].topic == "rexp/long", "after expiry: {got:?}");

@@ -1,8 +1,6 @@
 //! Persistent sessions: offline queueing and its bounds (count, bytes, drop policy), clean
 //! start discarding state, session expiry changed by DISCONNECT.
 
-use std::time::Duration;
-
 use anyhow::{Result, ensure};
 use tern_e2e::*;
 use tern_protocol::{Connect, Disconnect, DisconnectProperties, Packet, ProtocolVersion, QoS, ReasonCode};
@@ -46,7 +44,7 @@ async fn offline_delivery(version: ProtocolVersion) -> Result<()> {
     queue_offline(&broker, &conn, "off/t", 4, 0).await?;
     let (mut c, ack) = RawClient::connect(broker.addr(), resumed(conn)).await?;
     ensure!(ack.session_present, "{ack:?}");
-    let got = c.drain_publishes(Duration::from_millis(700), true).await?;
+    let got = c.expect_exactly(4).await?;
     // 3.1.2.4 / 4.1: QoS 1 messages matching the session's subscriptions are stored while offline
     // and delivered on reconnect, in order (MQTT-4.6.0-6).
     ensure!(payloads(&got) == ["0", "1", "2", "3"], "{got:?}");
@@ -70,7 +68,7 @@ async fn offline_queue_keeps_the_newest_under_drop_oldest() -> Result<()> {
     let conn = persistent(ProtocolVersion::V5, "bounded-oldest");
     queue_offline(&broker, &conn, "bound/t", 10, 0).await?;
     let mut c = RawClient::connect_ok(broker.addr(), resumed(conn)).await?;
-    let got = c.drain_publishes(Duration::from_millis(700), true).await?;
+    let got = c.expect_exactly(5).await?;
     // limits.max_queued_messages = 5, queue_full_policy = drop_oldest: exactly the 5 newest.
     ensure!(payloads(&got) == ["5", "6", "7", "8", "9"], "{:?}", payloads(&got));
     Ok(())
@@ -85,7 +83,7 @@ async fn offline_queue_keeps_the_oldest_under_drop_new() -> Result<()> {
     let conn = persistent(ProtocolVersion::V5, "bounded-new");
     queue_offline(&broker, &conn, "boundn/t", 10, 0).await?;
     let mut c = RawClient::connect_ok(broker.addr(), resumed(conn)).await?;
-    let got = c.drain_publishes(Duration::from_millis(700), true).await?;
+    let got = c.expect_exactly(5).await?;
     ensure!(payloads(&got) == ["0", "1", "2", "3", "4"], "{:?}", payloads(&got));
     Ok(())
 }
@@ -96,7 +94,8 @@ async fn offline_queue_is_bounded_by_bytes() -> Result<()> {
     let conn = persistent(ProtocolVersion::V5, "bounded-bytes");
     queue_offline(&broker, &conn, "boundb/t", 10, 300).await?;
     let mut c = RawClient::connect_ok(broker.addr(), resumed(conn)).await?;
-    let got = c.drain_publishes(Duration::from_millis(700), true).await?;
+    let mut got = c.collect_publishes_acked(1, WAIT).await?;
+    got.extend(c.drain_publishes(QUIET, true).await?);
     let total: usize = got.iter().map(|p| p.payload.len()).sum();
     // 10 x 300 bytes do not fit 1000 bytes: at most 3 survive, and drop_oldest keeps the newest.
     ensure!(!got.is_empty() && total <= 1000, "{} messages, {total} bytes", got.len());

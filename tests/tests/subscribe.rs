@@ -3,11 +3,11 @@
 //! shared subscriptions.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use tern_e2e::*;
-use tern_protocol::{QoS, ReasonCode, RetainHandling, SubscriptionOptions};
+use tern_protocol::{Packet, Publish, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 
 fn opts(qos: QoS) -> SubscriptionOptions {
     SubscriptionOptions { qos, ..SubscriptionOptions::default() }
@@ -82,7 +82,7 @@ async fn overlapping_subscriptions_v5_single_delivery_at_highest_qos_with_all_id
     }
     let mut publ = RawClient::connect_ok(broker.addr(), connect_v5("overlap-pub")).await?;
     publ.publish(publish("ov/a", QoS::ExactlyOnce, "x")).await?;
-    let got = sub.drain_publishes(Duration::from_millis(600), true).await?;
+    let got = sub.expect_exactly(1).await?;
     ensure!(got.len() == 1, "expected one delivery for overlapping subscriptions, got {got:?}");
     let p = &got[0];
     // MQTT-3.3.4-2: the highest QoS of the overlapping subscriptions; MQTT-3.3.4-4: all ids.
@@ -154,13 +154,13 @@ async fn retain_handling_0_1_2() -> Result<()> {
     let mut c0 = RawClient::connect_ok(broker.addr(), connect_v5("rh-0")).await?;
     for round in 0..2 {
         c0.subscribe(subscribe_with(round + 1, "rh/t", with(RetainHandling::SendAtSubscribe))).await?;
-        let got = c0.drain_publishes(QUIET, true).await?;
+        let got = c0.expect_exactly(1).await?;
         ensure!(got.len() == 1 && got[0].retain && got[0].payload == "kept", "RH 0 round {round}: {got:?}");
     }
     // 1: only when the subscription did not exist (MQTT-3.3.1-10).
     let mut c1 = RawClient::connect_ok(broker.addr(), connect_v5("rh-1")).await?;
     c1.subscribe(subscribe_with(1, "rh/t", with(RetainHandling::SendIfNew))).await?;
-    let got = c1.drain_publishes(QUIET, true).await?;
+    let got = c1.expect_exactly(1).await?;
     ensure!(got.len() == 1 && got[0].retain, "RH 1 new subscription: {got:?}");
     c1.subscribe(subscribe_with(2, "rh/t", with(RetainHandling::SendIfNew))).await?;
     let got = c1.drain_publishes(QUIET, true).await?;
@@ -206,7 +206,7 @@ async fn subscribing_again_replaces_the_subscription() -> Result<()> {
     ensure!(ack.reason_codes == [ReasonCode::GrantedQoS2], "{ack:?}");
     let mut publ = RawClient::connect_ok(broker.addr(), connect_v5("replace-pub")).await?;
     publ.publish(publish("rep/t", QoS::ExactlyOnce, "x")).await?;
-    let got = sub.drain_publishes(Duration::from_millis(600), true).await?;
+    let got = sub.expect_exactly(1).await?;
     // MQTT-3.8.4-3: the new subscription replaces the old one (one delivery, new QoS).
     ensure!(got.len() == 1 && got[0].qos == QoS::ExactlyOnce, "{got:?}");
     Ok(())
@@ -261,6 +261,28 @@ async fn invalid_topic_filters_get_0x8f_per_filter_and_the_rest_is_granted() -> 
     Ok(())
 }
 
+/// Reads (and acknowledges) the PUBLISH packets of two group members until `total` arrived
+/// (or [`WAIT`] passed), then requires both to stay quiet.
+async fn collect_group(
+    a: &mut RawClient,
+    b: &mut RawClient,
+    total: usize,
+) -> Result<(Vec<Publish>, Vec<Publish>)> {
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + WAIT;
+    while got_a.len() + got_b.len() < total && Instant::now() < deadline {
+        for (c, got) in [(&mut *a, &mut got_a), (&mut *b, &mut got_b)] {
+            if let Some(Packet::Publish(p)) = c.recv(Duration::from_millis(50)).await? {
+                c.ack_publish(&p).await?;
+                got.push(p);
+            }
+        }
+    }
+    a.expect_nothing(QUIET).await?;
+    b.expect_nothing(QUIET).await?;
+    Ok((got_a, got_b))
+}
+
 #[tokio::test]
 async fn shared_subscription_distributes_round_robin_and_exactly_once_per_group() -> Result<()> {
     let broker = spawn_broker(&[]);
@@ -275,9 +297,8 @@ async fn shared_subscription_distributes_round_robin_and_exactly_once_per_group(
     for i in 0..10 {
         publ.publish(publish("sh/t", QoS::AtLeastOnce, format!("{i}"))).await?;
     }
-    let got_a = a.drain_publishes(Duration::from_millis(700), true).await?;
-    let got_b = b.drain_publishes(QUIET, true).await?;
-    let got_plain = plain.drain_publishes(QUIET, true).await?;
+    let (got_a, got_b) = collect_group(&mut a, &mut b, 10).await?;
+    let got_plain = plain.expect_exactly(10).await?;
     let set: BTreeSet<String> =
         got_a.iter().chain(&got_b).map(|p| String::from_utf8_lossy(&p.payload).into_owned()).collect();
     // 4.8.2: each message goes to exactly one member of the group.
@@ -307,16 +328,25 @@ async fn shared_subscription_redelivers_unacked_messages_of_a_departed_member() 
     for i in 0..6 {
         publ.publish(publish("shr/t", QoS::AtLeastOnce, format!("{i}"))).await?;
     }
-    let held = a.drain_publishes(Duration::from_millis(700), false).await?; // A never acks
-    ensure!(!held.is_empty(), "member A got nothing; cannot test redelivery");
+    // A never acknowledges what it gets.
+    let mut held =
+        vec![a.expect_publish(WAIT).await.context("member A got nothing; cannot test redelivery")?];
+    held.extend(a.drain_publishes(QUIET, false).await?);
     let mut got_b = b.drain_publishes(QUIET, true).await?;
     a.drop_connection(); // session expiry 0: A's session ends now
     // 4.8.2: messages unacknowledged by a member whose session ended go to another member.
-    got_b.extend(b.drain_publishes(Duration::from_millis(1500), true).await?);
-    let set: BTreeSet<String> =
-        got_b.iter().map(|p| String::from_utf8_lossy(&p.payload).into_owned()).collect();
     let all: BTreeSet<String> = (0..6).map(|i| i.to_string()).collect();
-    ensure!(set == all, "B should end up with all 6 messages (A held {held:?}), got {set:?}");
+    let payloads = |ps: &[Publish]| -> BTreeSet<String> {
+        ps.iter().map(|p| String::from_utf8_lossy(&p.payload).into_owned()).collect()
+    };
+    let deadline = Instant::now() + WAIT;
+    while payloads(&got_b) != all && Instant::now() < deadline {
+        if let Some(Packet::Publish(p)) = b.recv(Duration::from_millis(100)).await? {
+            b.ack_publish(&p).await?;
+            got_b.push(p);
+        }
+    }
+    ensure!(payloads(&got_b) == all, "B should end up with all 6 messages (A held {held:?}), got {got_b:?}");
     Ok(())
 }
 

@@ -377,6 +377,17 @@ impl RawClient {
         Ok(out)
     }
 
+    /// Exactly `n` PUBLISH packets: waits up to [`WAIT`] for `n` (acknowledging each), then
+    /// requires [`QUIET`] without any further packet.
+    pub async fn expect_exactly(&mut self, n: usize) -> Result<Vec<Publish>> {
+        let got = self.collect_publishes_acked(n, WAIT).await?;
+        match self.recv_event(QUIET).await? {
+            Event::Timeout => Ok(got),
+            Event::Item(p) => bail!("expected exactly {n} PUBLISH packets {got:?}, then also got {p:?}"),
+            Event::Closed => bail!("connection closed after {n} PUBLISH packets"),
+        }
+    }
+
     /// Reads PUBLISH packets until none arrives for `quiet`, acknowledging each when `ack`,
     /// and returns them in order. Any other packet is an error.
     pub async fn drain_publishes(&mut self, quiet: Duration, ack: bool) -> Result<Vec<Publish>> {
