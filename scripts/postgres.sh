@@ -164,7 +164,7 @@ cmd_start() {
     port="$(current_port)"
     # A durable cluster serves tests too; only --durable restarts a fast one.
     if { [ "$running_mode" = "$mode" ] || [ "$running_mode" = durable ]; } && [ -n "$port" ]; then
-      log "reusing the running cluster in $DIR (port $port, $mode)"
+      log "reusing the running cluster in $DIR (port $port, $running_mode mode)"
       wait_ready "$port"
       ensure_database "$port"
       printf "export TERN_TEST_POSTGRES_URL='%s'\n" "$(url)"
