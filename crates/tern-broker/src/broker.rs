@@ -201,6 +201,14 @@ impl Broker {
     /// every connection task has ended, or after `grace`; returns whether all ended in time.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.inner.shutdown.cancel();
+        // Connected sessions are told through their kick channel, so the connection loop
+        // needs no shutdown future of its own.
+        let sessions: Vec<Arc<Session>> = self.inner.sessions().values().cloned().collect();
+        for s in sessions {
+            if let Some(kick) = s.lock().kick.take() {
+                let _ = kick.send(ReasonCode::ServerShuttingDown);
+            }
+        }
         self.inner.tasks.close();
         let clean = tokio::time::timeout(grace, self.inner.tasks.wait()).await.is_ok();
         // Connections have written their last session updates; flush them, then stop.

@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,9 +123,16 @@ pub(crate) struct Conn {
     generation: u64,
     pub(crate) client_id: Arc<str>,
     pub(crate) principal: Principal,
-    pub(crate) will: Option<LastWill>,
+    /// Boxed: most clients have none, and the struct is large.
+    pub(crate) will: Option<Box<LastWill>>,
     keep_alive: Option<Duration>,
     last_read: Instant,
+    /// Fires at most once per keep-alive period and re-arms from `last_read`, so reads never
+    /// touch the timer wheel.
+    keep_alive_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes to ask for on the next read: doubles while reads fill it, halves when they
+    /// do not, so a busy publisher reads in big chunks and an idle one in small ones.
+    read_size: usize,
     /// When the credentials expire (JWT `exp`): the connection is closed then.
     auth_expiry: Option<Instant>,
     /// Outbound QoS 1/2 window: min(client Receive Maximum, mqtt.max_inflight).
@@ -162,11 +170,16 @@ pub(crate) async fn run(
 ) {
     let span = info_span!("conn", %peer, listener = %meta.listener, client_id = tracing::field::Empty);
     async move {
-        let Some(mut conn) = handshake::handshake(broker, reader, writer, peer, meta).await else { return };
+        // Boxed: the handshake's state is large and short-lived; the task keeps only what
+        // serving needs for the connection's whole life.
+        let Some(conn) = Box::pin(handshake::handshake(broker, reader, writer, peer, meta)).await else {
+            return;
+        };
+        let mut conn = conn;
         tracing::Span::current().record("client_id", &*conn.client_id);
         debug!(version = ?conn.version, "client connected");
         let close = conn.serve().await;
-        conn.finish(close).await;
+        Box::pin(conn.finish(close)).await;
     }
     .instrument(span)
     .await;
@@ -182,7 +195,6 @@ enum Event {
     AuthExpired,
     Kicked(ReasonCode),
     Committed(CommitResult),
-    Shutdown,
 }
 
 impl Conn {
@@ -200,7 +212,14 @@ impl Conn {
     /// The main loop; returns why the connection ends.
     async fn serve(&mut self) -> Close {
         let session = self.session.clone();
-        let shutdown = self.broker.shutdown.clone();
+        if let Some(ka) = self.keep_alive {
+            self.keep_alive_timer = Some(Box::pin(tokio::time::sleep_until((self.last_read + ka).into())));
+        }
+        let mut auth_timer = self.auth_expiry.map(|t| Box::pin(tokio::time::sleep_until(t.into())));
+        if self.broker.shutdown.is_cancelled() {
+            // Shutdown began while this connection was being set up.
+            return Close::Server(ReasonCode::ServerShuttingDown);
+        }
         loop {
             if self.wbuf.len() < WRITE_HIGH_WATER {
                 self.pump_queue();
@@ -209,25 +228,30 @@ impl Conn {
                 return close;
             }
             self.flush_stats();
-            let keep_alive = self.keep_alive.map(|ka| self.last_read + ka);
             let want_queue = self.wbuf.len() < WRITE_HIGH_WATER;
             let blocked = self.blocked_on.clone();
             let waiting_commit = self.acks.front().is_some_and(|a| a.commit.is_some());
             let event = tokio::select! {
-                r = self.reader.read(&mut self.rbuf), if blocked.is_none() => Event::Read(r),
+                r = self.reader.read(&mut self.rbuf, self.read_size), if blocked.is_none() => Event::Read(r),
                 () = wait_for_space(blocked.as_deref()), if blocked.is_some() => Event::Unblocked,
                 r = self.writer.write(&self.wbuf), if !self.wbuf.is_empty() => Event::Wrote(r),
                 () = session.notify.notified(), if want_queue => Event::Queue,
-                () = sleep_until_opt(keep_alive) => Event::KeepAliveTimeout,
-                () = sleep_until_opt(self.auth_expiry) => Event::AuthExpired,
+                () = timer_fired(self.keep_alive_timer.as_mut()) => Event::KeepAliveTimeout,
+                () = timer_fired(auth_timer.as_mut()) => Event::AuthExpired,
                 r = &mut self.kick => Event::Kicked(r.unwrap_or(ReasonCode::SessionTakenOver)),
                 r = wait_front_commit(&mut self.acks), if waiting_commit => Event::Committed(r),
-                () = shutdown.cancelled() => Event::Shutdown,
             };
             match event {
                 Event::Read(Ok(0) | Err(_)) | Event::Wrote(Err(_)) => return Close::SocketClosed,
                 Event::Read(Ok(n)) => {
                     self.stats.bytes_in += n as u64;
+                    self.read_size = if n >= self.read_size {
+                        (self.read_size * 2).min(io::MAX_READ)
+                    } else if n < self.read_size / 4 {
+                        (self.read_size / 2).max(io::MIN_READ)
+                    } else {
+                        self.read_size
+                    };
                     self.last_read = Instant::now();
                     if let Err(close) = self.handle_buffered() {
                         return close;
@@ -240,7 +264,16 @@ impl Conn {
                     // The client was sending; it was us who paused reading.
                     self.last_read = Instant::now();
                 }
-                Event::KeepAliveTimeout => return Close::Server(ReasonCode::KeepAliveTimeout),
+                Event::KeepAliveTimeout => {
+                    let ka = self.keep_alive.unwrap_or_default();
+                    let due = self.last_read + ka;
+                    if Instant::now() >= due {
+                        return Close::Server(ReasonCode::KeepAliveTimeout);
+                    }
+                    if let Some(t) = self.keep_alive_timer.as_mut() {
+                        t.as_mut().reset(due.into());
+                    }
+                }
                 // The credentials' validity ended (e.g. JWT exp): 0xA0 Maximum connect time.
                 Event::AuthExpired => return Close::Server(ReasonCode::MaximumConnectTime),
                 Event::Kicked(code) => return Close::Server(code),
@@ -253,7 +286,6 @@ impl Conn {
                         return close;
                     }
                 }
-                Event::Shutdown => return Close::Server(ReasonCode::ServerShuttingDown),
             }
         }
     }
@@ -352,7 +384,7 @@ impl Conn {
         if self.rbuf.is_empty() {
             // Idle connections keep no read buffer (payload slices keep their own storage).
             self.rbuf = BytesMut::new();
-        } else if self.rbuf.capacity() > KEEP_BUFFER_MAX && self.rbuf.len() < io::READ_CHUNK {
+        } else if self.rbuf.capacity() > KEEP_BUFFER_MAX && self.rbuf.len() < io::MIN_READ {
             self.rbuf = BytesMut::from(&self.rbuf[..]);
         }
         Ok(())
@@ -542,7 +574,7 @@ impl Conn {
             Close::ClientNormal => None,
             // A server shutting down is not the client's failure; its will is dropped.
             Close::Server(ReasonCode::ServerShuttingDown) => None,
-            _ => self.will.take(),
+            _ => self.will.take().map(|w| *w),
         };
         self.broker.detach(&self.session, self.generation, will, self.expiry_override);
     }
@@ -558,14 +590,41 @@ async fn wait_front_commit(acks: &mut VecDeque<DeferredAck>) -> CommitResult {
 
 async fn wait_for_space(session: Option<&Session>) {
     match session {
-        Some(s) => s.wait_for_space().await,
+        // Boxed: its timer is large and needed only under backpressure.
+        Some(s) => Box::pin(s.wait_for_space()).await,
         None => std::future::pending().await,
     }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
+async fn timer_fired(timer: Option<&mut Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Broker, BrokerConfig, Security};
+
+    /// The task future is allocated once per connection for its whole life: its size is a
+    /// fixed cost of every idle connection (the benchmark's bytes-per-connection figure).
+    #[tokio::test]
+    async fn connection_task_stays_small() {
+        let broker = Broker::new(BrokerConfig::default(), Security::allow_all());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let (r, w) = io::split_tcp(server);
+        let fut = run(broker.inner.clone(), r, w, peer, ConnMeta::plain("tcp"));
+        let size = std::mem::size_of_val(&fut);
+        eprintln!(
+            "connection future: {size} bytes; Conn: {} bytes; Session: {} bytes",
+            std::mem::size_of::<Conn>(),
+            std::mem::size_of::<Session>()
+        );
+        drop((fut, client));
+        assert!(size < 4096, "connection future is {size} bytes");
     }
 }

@@ -174,7 +174,7 @@ impl Inner {
             let w = delayed_will.as_ref().zip(will_at);
             ops.push(StoreOp::PutSession(session_record(session, &st, Some(now_unix), w)));
         }
-        st.pending_will = delayed_will;
+        st.pending_will = delayed_will.map(Box::new);
         drop(st);
         if let Some(w) = immediate_will {
             self.publish_will(session.id, w);
@@ -214,7 +214,7 @@ impl Inner {
                 if st.generation != generation {
                     return;
                 }
-                let will = st.pending_will.take();
+                let will = st.pending_will.take().map(|w| *w);
                 let record = (inner.store().is_some() && s.is_persistent())
                     .then(|| session_record(&s, &st, Some(unix_millis(SystemTime::now())), None));
                 (will, record)
@@ -271,7 +271,7 @@ impl Inner {
             st.queued_bytes = 0;
             st.inflight.clear();
             st.inbound_qos2.clear();
-            (filters, st.pending_will.take())
+            (filters, st.pending_will.take().map(|w| *w))
         };
         if !filters.is_empty() {
             let mut tree = self.write_subs();

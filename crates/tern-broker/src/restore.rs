@@ -93,7 +93,7 @@ impl Inner {
                 match (will, s.will_at) {
                     (Some(w), Some(at)) if at <= now_unix => due_wills.push(w),
                     (Some(w), at) => {
-                        st.pending_will = Some(w);
+                        st.pending_will = Some(Box::new(w));
                         let delay = at.map_or(Duration::ZERO, |t| unix_to_instant(t, now, now_unix) - now);
                         timers.push((session.clone(), Some(delay), expires_at));
                     }

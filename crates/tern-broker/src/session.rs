@@ -121,7 +121,7 @@ pub(crate) struct SessionState {
     /// Tells the connected connection, if any, to close (takeover, admin action).
     pub(crate) kick: Option<oneshot::Sender<ReasonCode>>,
     /// A will waiting for its delay to pass or the session to end.
-    pub(crate) pending_will: Option<LastWill>,
+    pub(crate) pending_will: Option<Box<LastWill>>,
     /// Protocol level of the last connection (decides how queued messages are encoded).
     pub(crate) protocol: ProtocolVersion,
     /// When the last connection ended, while offline.

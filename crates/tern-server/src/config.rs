@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use tern_broker::{LimitsConfig, MqttConfig, SysConfig};
+use tern_broker::{LimitsConfig, MqttConfig, PersistenceConfig, SysConfig};
 
 use crate::listeners::{ListenerConfig, ListenerSpec};
 
@@ -32,6 +32,8 @@ pub(crate) struct Config {
     pub(crate) limits: LimitsConfig,
     /// $SYS publication.
     pub(crate) sys: SysConfig,
+    /// Group commit and housekeeping of the store.
+    pub(crate) persistence: PersistenceConfig,
 }
 
 /// The anonymous-access policy: `"auto"`, `true` or `false` (booleans or strings).
@@ -82,6 +84,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             limits: LimitsConfig::default(),
             sys: SysConfig::default(),
+            persistence: PersistenceConfig::default(),
         }
     }
 }
@@ -93,6 +96,7 @@ impl Config {
             mqtt: self.mqtt.clone(),
             limits: self.limits.clone(),
             sys: self.sys.clone(),
+            persistence: self.persistence.clone(),
         }
     }
 
@@ -119,6 +123,10 @@ impl Config {
     }
 }
 
+/// Top-level keys that the default configuration does not serialize (empty lists, unset
+/// options) but that environment variables may still set.
+const EXTRA_TOP_LEVEL: &[&str] = &["listeners"];
+
 /// Environment variables with the `TERN_` prefix that are not configuration keys.
 const NON_CONFIG_ENV: &[&str] = &["TERN_CONFIG", "TERN_BIN"];
 
@@ -134,11 +142,18 @@ pub(crate) fn load(file: Option<&Path>, env: impl Iterator<Item = (String, Strin
     };
     let mut env: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with("TERN_")).collect();
     env.sort();
+    // Top-level names of the configuration: a TERN_ variable naming none of them belongs to
+    // something else (test harnesses, scripts) and is ignored; one naming a section must be
+    // a valid key of it, so typos fail loudly.
+    let known = toml::Table::try_from(Config::default()).context("cannot list configuration keys")?;
     for (key, value) in env {
         if NON_CONFIG_ENV.contains(&key.as_str()) {
             continue;
         }
         let path: Vec<String> = key["TERN_".len()..].split("__").map(str::to_ascii_lowercase).collect();
+        if !known.contains_key(&path[0]) && !EXTRA_TOP_LEVEL.contains(&path[0].as_str()) {
+            continue;
+        }
         if path.iter().any(String::is_empty) {
             bail!("environment variable {key}: empty key segment");
         }
@@ -229,6 +244,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
+        // Variables outside the configuration's namespace are someone else's.
+        assert!(load(None, env(&[("TERN_TEST_POSTGRES_URL", "postgres://x")])).is_ok());
         let e = load(None, env(&[("TERN_MQTT__NO_SUCH_KEY", "1")])).unwrap_err();
         assert!(format!("{e:#}").contains("no_such_key"), "{e:#}");
         let e = load(None, env(&[("TERN_MQTT__RECEIVE_MAXIMUM", "0")])).unwrap_err();

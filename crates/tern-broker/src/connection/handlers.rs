@@ -90,10 +90,15 @@ impl Conn {
         let broker = self.broker.clone();
         let cfg = &broker.config;
         if let Some(alias) = p.properties.topic_alias.take() {
-            let slot = usize::from(alias).checked_sub(1).filter(|i| *i < self.aliases.len());
+            let max = usize::from(cfg.mqtt.topic_alias_maximum);
+            let slot = usize::from(alias).checked_sub(1).filter(|i| *i < max);
             let Some(slot) = slot else {
                 return Err(Close::Server(ReasonCode::TopicAliasInvalid));
             };
+            if self.aliases.len() <= slot {
+                // Allocated on first use: most clients never use aliases.
+                self.aliases.resize(slot + 1, None);
+            }
             if p.topic.is_empty() {
                 match &self.aliases[slot] {
                     Some(t) => p.topic = t.clone(),

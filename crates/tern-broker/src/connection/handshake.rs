@@ -30,7 +30,7 @@ async fn read_packet(
         if let Some(p) = decoder.decode(buf)? {
             return Ok(Some(p));
         }
-        match tokio::time::timeout_at(deadline.into(), reader.read(buf)).await {
+        match tokio::time::timeout_at(deadline.into(), reader.read(buf, super::io::MIN_READ)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return Ok(None),
         }
@@ -58,6 +58,14 @@ fn assign_client_id() -> String {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos());
     format!("tern-{:016x}", h.finish())
+}
+
+/// Gives a will its own small allocations: its topic and payload are slices of the CONNECT's
+/// read buffer, which would otherwise stay allocated for the connection's whole life.
+fn own_will(mut w: tern_protocol::LastWill) -> Box<tern_protocol::LastWill> {
+    w.topic = ByteStr::from(w.topic.as_str());
+    w.payload = Bytes::copy_from_slice(&w.payload);
+    Box::new(w)
 }
 
 /// Runs the MQTT 5 enhanced authentication exchange (AUTH packets) started by CONNECT.
@@ -140,6 +148,10 @@ pub(super) async fn handshake(
     };
     let version = connect.protocol;
     let v5 = version.is_v5();
+    if rbuf.is_empty() {
+        // The CONNECT's read buffer must not stay with an idle connection.
+        rbuf = BytesMut::new();
+    }
 
     if broker.shutdown.is_cancelled() {
         refuse(&mut writer, version, ReasonCode::ServerUnavailable, &broker).await;
@@ -304,13 +316,15 @@ pub(super) async fn handshake(
         generation,
         client_id,
         principal,
-        will: connect.will,
+        will: connect.will.map(own_will),
         keep_alive: (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),
         last_read: now,
+        keep_alive_timer: None,
+        read_size: super::io::MIN_READ,
         auth_expiry,
         out_window: usize::from(client_receive_max.min(cfg.max_inflight)),
         client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
-        aliases: vec![None; usize::from(cfg.topic_alias_maximum)],
+        aliases: Vec::new(),
         problem_info: connect.properties.request_problem_information.unwrap_or(true),
         connect_expiry: expiry,
         expiry_override: None,

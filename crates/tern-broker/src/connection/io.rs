@@ -8,8 +8,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-/// Bytes reserved for one read at least.
-pub(crate) const READ_CHUNK: usize = 8192;
+/// Smallest read: a CONNECT, a PINGREQ or an ack fits, so idle and connecting clients never
+/// allocate big buffers (they add up over tens of thousands of connections).
+pub(crate) const MIN_READ: usize = 512;
+/// Largest read, reached by doubling while reads keep filling the buffer.
+pub(crate) const MAX_READ: usize = 64 * 1024;
 
 /// A byte stream the broker can serve MQTT on.
 pub trait AsyncStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -45,14 +48,14 @@ pub(crate) fn split_boxed(stream: BoxStream) -> (Reader, Writer) {
 }
 
 impl Reader {
-    /// Waits for data and appends it to `buf`; `Ok(0)` is end of stream. Cancel-safe: if the
-    /// future is dropped before it completes, nothing was consumed.
-    pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    /// Waits for data and appends up to `want` bytes of it to `buf`; `Ok(0)` is end of
+    /// stream. Cancel-safe: if the future is dropped before it completes, nothing was consumed.
+    pub(crate) async fn read(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
         match self {
             Reader::Tcp(r) => loop {
                 r.readable().await?;
                 // The buffer is sized only now that data is known to be there.
-                buf.reserve(READ_CHUNK);
+                buf.reserve(want);
                 match r.try_read_buf(buf) {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -60,7 +63,7 @@ impl Reader {
                 }
             },
             Reader::Boxed(r) => {
-                buf.reserve(READ_CHUNK);
+                buf.reserve(want);
                 r.read_buf(buf).await
             }
         }
