@@ -105,6 +105,9 @@ fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn run(config: config::Config) -> Result<()> {
+    // Signal handlers first: a SIGTERM that arrives while listeners are starting must still
+    // mean a graceful shutdown, not the default action (death).
+    let mut signals = Signals::install()?;
     let anonymous = config.anonymous_allowed();
     let security = if anonymous { Security::allow_all() } else { Security::deny_all() };
     let broker = Broker::new(config.broker(), security);
@@ -124,7 +127,7 @@ async fn run(config: config::Config) -> Result<()> {
     broker.start();
     let acceptors = listeners.start(&broker);
 
-    wait_for_signal().await;
+    signals.wait().await;
     info!("shutting down: closing listeners and disconnecting clients");
     let clean = broker.shutdown(Duration::from_secs(config.shutdown_grace)).await;
     acceptors.join().await;
@@ -136,18 +139,25 @@ async fn run(config: config::Config) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, "cannot install SIGTERM handler; use SIGINT");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM and SIGINT, registered up front.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
