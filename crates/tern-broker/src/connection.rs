@@ -221,21 +221,26 @@ impl Conn {
             return Close::Server(ReasonCode::ServerShuttingDown);
         }
         loop {
+            // Whether the queue still holds messages the write buffer had no room for: wake-ups
+            // coalesce, so no notification will come for them.
+            let mut more_queued = false;
             if self.wbuf.len() < WRITE_HIGH_WATER {
-                self.pump_queue();
+                more_queued = self.pump_queue();
             }
             if let Err(close) = self.try_flush() {
                 return close;
             }
             self.flush_stats();
             let want_queue = self.wbuf.len() < WRITE_HIGH_WATER;
+            let queue_ready = more_queued && want_queue;
             let blocked = self.blocked_on.clone();
             let waiting_commit = self.acks.front().is_some_and(|a| a.commit.is_some());
             let event = tokio::select! {
                 r = self.reader.read(&mut self.rbuf, self.read_size), if blocked.is_none() => Event::Read(r),
                 () = wait_for_space(blocked.as_deref()), if blocked.is_some() => Event::Unblocked,
                 r = self.writer.write(&self.wbuf), if !self.wbuf.is_empty() => Event::Wrote(r),
-                () = session.notify.notified(), if want_queue => Event::Queue,
+                () = session.notify.notified(), if want_queue && !queue_ready => Event::Queue,
+                () = std::future::ready(()), if queue_ready => Event::Queue,
                 () = timer_fired(self.keep_alive_timer.as_mut()) => Event::KeepAliveTimeout,
                 () = timer_fired(auth_timer.as_mut()) => Event::AuthExpired,
                 r = &mut self.kick => Event::Kicked(r.unwrap_or(ReasonCode::SessionTakenOver)),
@@ -450,14 +455,15 @@ impl Conn {
         self.stats.msgs_in += 1;
     }
 
-    /// Moves queued messages into the write buffer within the outbound window.
-    fn pump_queue(&mut self) {
+    /// Moves queued messages into the write buffer within the outbound window; returns
+    /// whether it stopped because the write buffer was full with messages still queued.
+    fn pump_queue(&mut self) -> bool {
         let now = Instant::now();
         let session = self.session.clone();
         let mut st = session.lock();
         if st.generation != self.generation {
             // Taken over: the new connection owns the queue and resends what is in flight.
-            return;
+            return false;
         }
         let mut dropped = Vec::new();
         while self.wbuf.len() < WRITE_HIGH_WATER {
@@ -504,6 +510,7 @@ impl Conn {
             sink.removed(&session, &dropped);
             self.broker.store_background(sink.ops);
         }
+        left > 0 && self.wbuf.len() >= WRITE_HIGH_WATER
     }
 
     /// After a resumed session's CONNACK: resend unacknowledged PUBLISH (DUP=1) and PUBREL in
