@@ -11,8 +11,8 @@ use tern_protocol::{Publish, QoS};
 
 const BURST: usize = 6000;
 
-fn numbered(topic: String, qos: QoS, retain: bool, i: usize) -> Publish {
-    let mut p = publish(&topic, qos, "");
+fn numbered(topic: &str, qos: QoS, retain: bool, i: usize) -> Publish {
+    let mut p = publish(topic, qos, "");
     p.payload = Bytes::from(format!("message number {i:06} with some padding to fill buffers"));
     p.retain = retain;
     p
@@ -23,10 +23,10 @@ async fn retained_burst_larger_than_the_write_buffer_is_delivered_whole() -> Res
     let broker = spawn_broker(&[]);
     let mut publ = RawClient::connect_ok(broker.addr(), connect_v5("burst-pub")).await?;
     for i in 0..BURST {
-        publ.publish(numbered(format!("burst/{i}"), QoS::AtMostOnce, true, i)).await?;
+        publ.publish(numbered(&format!("burst/{i}"), QoS::AtMostOnce, true, i)).await?;
     }
     // A QoS 1 publish acts as a barrier: the broker handled everything before it.
-    publ.publish(numbered("burst/last".into(), QoS::AtLeastOnce, true, BURST)).await?;
+    publ.publish(numbered("burst/last", QoS::AtLeastOnce, true, BURST)).await?;
 
     let mut sub = RawClient::connect_ok(broker.addr(), connect_v5("burst-sub")).await?;
     sub.subscribe_to("burst/#", QoS::AtMostOnce).await?;
@@ -47,7 +47,7 @@ async fn large_offline_queue_is_delivered_whole_on_reconnect() -> Result<()> {
 
     let mut publ = RawClient::connect_ok(broker.addr(), connect_v5("burst-offline-pub")).await?;
     for i in 0..BURST {
-        publ.publish(numbered(format!("offline/{}", i % 7), QoS::AtLeastOnce, false, i)).await?;
+        publ.publish(numbered(&format!("offline/{}", i % 7), QoS::AtLeastOnce, false, i)).await?;
     }
     c.clean_start = false;
     let (mut sub, ack) = RawClient::connect(broker.addr(), c).await?;
