@@ -559,6 +559,16 @@ impl Conn {
             })
             .await;
         }
+        // Detach before the client can see the connection end: a client that reconnects the
+        // moment it sees the close must find the session already ended (expiry 0) or
+        // offline, never still attached to this connection.
+        let will = match close {
+            Close::ClientNormal => None,
+            // A server shutting down is not the client's failure; its will is dropped.
+            Close::Server(ReasonCode::ServerShuttingDown) => None,
+            _ => self.will.take().map(|w| *w),
+        };
+        self.broker.detach(&self.session, self.generation, will, self.expiry_override);
         if let Close::Server(code) = close
             && self.version.is_v5()
             && code.valid_for(tern_protocol::PacketKind::Disconnect)
@@ -577,13 +587,6 @@ impl Conn {
         self.flush_stats();
         Stats::sub_connected(&self.broker.stats);
         debug!(?close, "connection closed");
-        let will = match close {
-            Close::ClientNormal => None,
-            // A server shutting down is not the client's failure; its will is dropped.
-            Close::Server(ReasonCode::ServerShuttingDown) => None,
-            _ => self.will.take().map(|w| *w),
-        };
-        self.broker.detach(&self.session, self.generation, will, self.expiry_override);
     }
 }
 
