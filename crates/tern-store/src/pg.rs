@@ -1,0 +1,267 @@
+//! PostgreSQL adapter: connection settings, `apply` with the hot operations as `UNNEST`ed
+//! arrays in one statement (see `plan.rs`), and a `sweep` that cannot delete a body a
+//! concurrent batch refers to again; the rest is the shared code of `shared.rs`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection, Postgres, Transaction};
+
+use crate::options::StoreOptions;
+use crate::plan::{DeliveryEffects, Plan, Step};
+
+crate::shared::backend_fns!(PgConnection);
+
+/// Connection settings from the URL, plus what Tern relies on: `synchronous_commit = on`
+/// whatever the server's default (a commit is durable when `apply` returns) and the
+/// `application_name` shown in `pg_stat_activity`.
+pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url)?.application_name("tern").options([("synchronous_commit", "on")]))
+}
+
+/// The pool (`Db::connect` has checked the server with one connection already).
+///
+/// A connection is pinged before use only if it sat idle for a second or more (one that died
+/// while idle, e.g. across a server restart, is replaced transparently); a batch every few
+/// milliseconds does not pay a round trip for it. sqlx pings a connection when it is released,
+/// off the caller's path, and closes it if that fails; a connection that breaks in use fails
+/// that one call with `Unavailable`, which the broker retries.
+pub(crate) async fn pool(connect: PgConnectOptions, options: &StoreOptions) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= Duration::from_secs(1) {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .max_connections(options.max_connections())
+        .min_connections(options.min_connections())
+        .acquire_timeout(options.acquire_timeout())
+        .idle_timeout(options.idle_timeout())
+        .max_lifetime(options.max_lifetime())
+        .connect_with(connect)
+        .await
+}
+
+/// A write transaction.
+pub(crate) async fn begin_write(conn: &mut PgConnection) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
+    conn.begin().await
+}
+
+/// One connection, for migrations and the reachability check.
+pub(crate) async fn connect_one(connect: &PgConnectOptions) -> Result<PgConnection, sqlx::Error> {
+    PgConnection::connect_with(connect).await
+}
+
+/// Applies a batch atomically: message bodies first, then the planned steps.
+///
+/// The common batch (message bodies and delivery changes only: publications and their
+/// acknowledgements) is ONE statement, data-modifying CTEs over `UNNEST`ed arrays, run in
+/// autocommit: atomic by itself, one round trip. Anything else runs in a transaction.
+pub(crate) async fn apply_batch(conn: &mut PgConnection, ops: &[StoreOp]) -> Result<(), sqlx::Error> {
+    let plan = Plan::new(ops);
+    match plan.steps.as_slice() {
+        [] => hot_statement(conn, &plan.messages, None).await,
+        [Step::Deliveries(effects)] => hot_statement(conn, &plan.messages, Some(effects)).await,
+        steps => {
+            let mut tx = conn.begin().await?;
+            hot_statement(&mut tx, &plan.messages, None).await?;
+            for step in steps {
+                match step {
+                    Step::Op(op) => apply_op(&mut tx, op).await?,
+                    Step::Deliveries(effects) => hot_statement(&mut tx, &[], Some(effects)).await?,
+                }
+            }
+            tx.commit().await
+        }
+    }
+}
+
+/// Message bodies; an existing id keeps its body but its row is rewritten unchanged ("touched"),
+/// so that a concurrent `sweep` (REPEATABLE READ) that decided to delete it as unreferenced
+/// fails with a serialization error instead of deleting a body this batch refers to again.
+/// (`ON CONFLICT DO NOTHING` would not conflict with the sweep; ids are distinct here.)
+fn messages_cte(p: &mut Params) -> String {
+    format!(
+        "m AS (INSERT INTO messages (id, topic, payload, qos, retain, properties, expires_at, created_at) \
+         SELECT * FROM UNNEST({}::int8[], {}::text[], {}::bytea[], {}::int2[], {}::bool[], {}::bytea[], \
+         {}::int8[], {}::int8[]) ON CONFLICT (id) DO UPDATE SET created_at = messages.created_at)",
+        p.next(),
+        p.next(),
+        p.next(),
+        p.next(),
+        p.next(),
+        p.next(),
+        p.next(),
+        p.next()
+    )
+}
+
+fn delete_deliveries_cte(p: &mut Params) -> String {
+    format!(
+        "d AS (DELETE FROM deliveries d USING UNNEST({}::text[], {}::int8[]) AS k (client_id, seq) \
+         WHERE d.client_id = k.client_id AND d.seq = k.seq)",
+        p.next(),
+        p.next()
+    )
+}
+
+fn set_states_cte(p: &mut Params) -> String {
+    format!(
+        "s AS (UPDATE deliveries d SET state = k.state \
+         FROM UNNEST({}::text[], {}::int8[], {}::int2[]) AS k (client_id, seq, state) \
+         WHERE d.client_id = k.client_id AND d.seq = k.seq)",
+        p.next(),
+        p.next(),
+        p.next()
+    )
+}
+
+fn upsert_deliveries_cte(p: &mut Params) -> String {
+    format!(
+        "u AS (INSERT INTO deliveries (client_id, seq, message_id, qos, retain, subscription_ids, state) \
+         SELECT * FROM UNNEST({}::text[], {}::int8[], {}::int8[], {}::int2[], {}::bool[], {}::text[], {}::int2[]) \
+         ON CONFLICT (client_id, seq) DO UPDATE SET message_id = excluded.message_id, qos = excluded.qos, \
+         retain = excluded.retain, subscription_ids = excluded.subscription_ids, state = excluded.state)",
+        p.next(),
+        p.next(),
+        p.next(),
+        p.next(),
+        p.next(),
+        p.next(),
+        p.next()
+    )
+}
+
+/// Numbers parameters `$1`, `$2`, ... across the parts of one statement.
+#[derive(Debug, Default)]
+struct Params(usize);
+
+impl Params {
+    fn next(&mut self) -> String {
+        self.0 += 1;
+        format!("${}", self.0)
+    }
+}
+
+/// Inserts `messages` and applies `effects` in one statement: each non-empty part is a
+/// data-modifying CTE. They see the same snapshot and touch distinct rows (message ids are
+/// distinct, and each delivery key is in exactly one of the three delivery lists), so the
+/// result is the same as running them one after the other.
+async fn hot_statement(
+    conn: &mut PgConnection,
+    messages: &[&StoredMessage],
+    effects: Option<&DeliveryEffects<'_>>,
+) -> Result<(), sqlx::Error> {
+    let (deletes, set_state, upserts) =
+        effects.map_or((&[][..], &[][..], &[][..]), |e| (&e.deletes[..], &e.set_state[..], &e.upserts[..]));
+    let mut params = Params::default();
+    let mut ctes = Vec::with_capacity(4);
+    if !messages.is_empty() {
+        ctes.push(messages_cte(&mut params));
+    }
+    if !deletes.is_empty() {
+        ctes.push(delete_deliveries_cte(&mut params));
+    }
+    if !set_state.is_empty() {
+        ctes.push(set_states_cte(&mut params));
+    }
+    if !upserts.is_empty() {
+        ctes.push(upsert_deliveries_cte(&mut params));
+    }
+    if ctes.is_empty() {
+        return Ok(());
+    }
+    let sql = format!("WITH {} SELECT 1", ctes.join(", "));
+    let mut query = sqlx::query(&sql);
+    if !messages.is_empty() {
+        let n = messages.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut topics = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut qos = Vec::with_capacity(n);
+        let mut retain = Vec::with_capacity(n);
+        let mut properties = Vec::with_capacity(n);
+        let mut expires_at = Vec::with_capacity(n);
+        let mut created_at = Vec::with_capacity(n);
+        for m in messages {
+            ids.push(m.id);
+            topics.push(m.topic.as_str());
+            payloads.push(m.payload.as_slice());
+            qos.push(i16::from(m.qos));
+            retain.push(m.retain);
+            properties.push(m.properties.as_slice());
+            expires_at.push(m.expires_at);
+            created_at.push(m.created_at);
+        }
+        query = query
+            .bind(ids)
+            .bind(topics)
+            .bind(payloads)
+            .bind(qos)
+            .bind(retain)
+            .bind(properties)
+            .bind(expires_at)
+            .bind(created_at);
+    }
+    if !deletes.is_empty() {
+        let (clients, seqs): (Vec<&str>, Vec<i64>) = deletes.iter().copied().unzip();
+        query = query.bind(clients).bind(seqs);
+    }
+    if !set_state.is_empty() {
+        let clients: Vec<&str> = set_state.iter().map(|k| k.0).collect();
+        let seqs: Vec<i64> = set_state.iter().map(|k| k.1).collect();
+        let states: Vec<i16> = set_state.iter().map(|k| i16::from(k.2)).collect();
+        query = query.bind(clients).bind(seqs).bind(states);
+    }
+    if !upserts.is_empty() {
+        let n = upserts.len();
+        let mut clients = Vec::with_capacity(n);
+        let mut seqs = Vec::with_capacity(n);
+        let mut message_ids = Vec::with_capacity(n);
+        let mut qos = Vec::with_capacity(n);
+        let mut retain = Vec::with_capacity(n);
+        let mut subscription_ids = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
+        for (d, state) in upserts {
+            clients.push(d.client_id.as_str());
+            seqs.push(d.seq);
+            message_ids.push(d.message_id);
+            qos.push(i16::from(d.qos));
+            retain.push(d.retain);
+            subscription_ids.push(rows::encode_ids(&d.subscription_ids));
+            states.push(i16::from(*state));
+        }
+        query = query
+            .bind(clients)
+            .bind(seqs)
+            .bind(message_ids)
+            .bind(qos)
+            .bind(retain)
+            .bind(subscription_ids)
+            .bind(states);
+    }
+    query.execute(&mut *conn).await.map(drop)
+}
+
+/// `sweep` in one REPEATABLE READ transaction: if a batch re-references a body the sweep is
+/// deleting (see `messages_cte`), the sweep fails (serialization failure, `Other`) and the
+/// next one retries; the batch never ends up pointing at a deleted body.
+pub(crate) async fn sweep_all(conn: &mut PgConnection, now: UnixMillis) -> Result<u64, sqlx::Error> {
+    let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ").await?;
+    let deleted = sweep(&mut tx, now).await?;
+    tx.commit().await?;
+    Ok(deleted)
+}
+
+/// `load` in one consistent snapshot.
+pub(crate) async fn load_snapshot(conn: &mut PgConnection) -> Result<Snapshot, sqlx::Error> {
+    let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    let snapshot = load(&mut tx).await?;
+    tx.commit().await?;
+    Ok(snapshot)
+}
