@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tern_broker::{LimitsConfig, MqttConfig, PersistenceConfig, SysConfig};
+use tern_store::StoreOptions;
 
 use crate::listeners::{ListenerConfig, ListenerSpec};
 
@@ -34,6 +35,15 @@ pub(crate) struct Config {
     pub(crate) sys: SysConfig,
     /// Group commit and housekeeping of the store.
     pub(crate) persistence: PersistenceConfig,
+    /// The database: `url` (`sqlite://data/tern.db` by default, `postgres://...`, or `none`
+    /// to keep everything in memory) and pool settings.
+    pub(crate) database: StoreOptions,
+    /// Authentication chain, ACL policy, JWT and certificate settings.
+    pub(crate) auth: tern_auth::AuthConfig,
+    /// Whether `auth.acl_default` was set explicitly (file or environment), as opposed to
+    /// taking its default; decides the policy of the anonymous loopback run.
+    #[serde(skip)]
+    pub(crate) acl_default_explicit: bool,
 }
 
 /// The anonymous-access policy: `"auto"`, `true` or `false` (booleans or strings).
@@ -85,6 +95,9 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             sys: SysConfig::default(),
             persistence: PersistenceConfig::default(),
+            database: StoreOptions { url: DEFAULT_DATABASE_URL.to_string(), ..StoreOptions::default() },
+            auth: tern_auth::AuthConfig::default(),
+            acl_default_explicit: false,
         }
     }
 }
@@ -123,6 +136,12 @@ impl Config {
     }
 }
 
+/// The embedded default: SQLite in `data/` under the working directory.
+pub(crate) const DEFAULT_DATABASE_URL: &str = "sqlite://data/tern.db";
+
+/// `database.url` that turns persistence off (everything in memory, lost on restart).
+pub(crate) const NO_DATABASE: &str = "none";
+
 /// Top-level keys that the default configuration does not serialize (empty lists, unset
 /// options) but that environment variables may still set.
 const EXTRA_TOP_LEVEL: &[&str] = &["listeners"];
@@ -160,10 +179,14 @@ pub(crate) fn load(file: Option<&Path>, env: impl Iterator<Item = (String, Strin
         set_path(&mut table, &path, parse_env_value(&value))
             .with_context(|| format!("environment variable {key}"))?;
     }
-    let config: Config = toml::Value::Table(table)
+    let acl_default_explicit =
+        table.get("auth").and_then(toml::Value::as_table).is_some_and(|a| a.contains_key("acl_default"));
+    let mut config: Config = toml::Value::Table(table)
         .try_into()
         .context("invalid configuration (see docs/configuration.md for every key)")?;
+    config.acl_default_explicit = acl_default_explicit;
     config.broker().validate()?;
+    config.auth.validate().context("invalid [auth] settings")?;
     config.listener_specs()?;
     Ok(config)
 }

@@ -2,6 +2,7 @@
 
 mod config;
 mod listeners;
+mod provision;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,6 +31,23 @@ enum Command {
     Serve(ServeArgs),
     /// Print the effective configuration (defaults, file and environment merged) as TOML.
     Config(ConfigArgs),
+    /// Apply the database schema migrations of `database.url` and exit (`tern serve` also
+    /// applies them on start).
+    Migrate(ConfigArgs),
+    /// Provision devices (MQTT credentials) in the database of `database.url`.
+    Device {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        cmd: provision::DeviceCommand,
+    },
+    /// Manage topic ACL rules in the database of `database.url`.
+    Acl {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        cmd: provision::AclCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,6 +75,20 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Config(args) => print_config(&args),
+        Command::Migrate(args) => migrate(&args),
+        Command::Device { config, cmd } => with_directory(&config, |db| {
+            Box::pin(async move {
+                let (mut stdin, mut out, mut err) =
+                    (std::io::stdin().lock(), std::io::stdout(), std::io::stderr());
+                provision::run_device(cmd, db, &mut stdin, &mut out, &mut err).await
+            })
+        }),
+        Command::Acl { config, cmd } => with_directory(&config, |db| {
+            Box::pin(async move {
+                let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+                provision::run_acl(cmd, db, &mut out, &mut err).await
+            })
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -71,6 +103,88 @@ fn print_config(args: &ConfigArgs) -> Result<()> {
     let config = config::load(args.config.as_deref(), std::env::vars())?;
     print!("{}", toml::to_string(&config).context("cannot render configuration")?);
     Ok(())
+}
+
+fn migrate(args: &ConfigArgs) -> Result<()> {
+    let config = config::load(args.config.as_deref(), std::env::vars())?;
+    if config.database.url == config::NO_DATABASE {
+        anyhow::bail!("database.url is \"none\": there is no database to migrate");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let applied = runtime.block_on(tern_store::migrate(&config.database.url, &config.database))?;
+    println!(
+        "{}: schema up to date ({} migration(s) applied now)",
+        tern_store::redact_url(&config.database.url),
+        applied.len()
+    );
+    Ok(())
+}
+
+/// Runs a provisioning command against the configured database (the same one a running
+/// broker uses: its ACL cache notices the change within `auth.acl_reload_secs`).
+fn with_directory(
+    args: &ConfigArgs,
+    f: impl for<'a> FnOnce(
+        &'a dyn tern_broker::store::DirectoryStore,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>,
+) -> Result<()> {
+    let config = config::load(args.config.as_deref(), std::env::vars())?;
+    if config.database.url == config::NO_DATABASE {
+        anyhow::bail!("database.url is \"none\": devices and ACL rules need a database");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let db = tern_store::connect(&config.database.url, &config.database).await.with_context(|| {
+            format!("cannot open the database {}", tern_store::redact_url(&config.database.url))
+        })?;
+        let result = f(&db).await;
+        db.close().await;
+        result
+    })
+}
+
+/// The authentication and authorization in force. Without a database there is no
+/// directory: anonymous access decides alone. With one, `[auth]` decides, and when anonymous
+/// access is allowed (`allow_anonymous`), `anonymous` ends every chain and, unless
+/// `auth.acl_default` is set, unmatched topics are allowed (the out-of-the-box loopback run).
+async fn security(
+    config: &config::Config,
+    directory: Option<std::sync::Arc<dyn tern_broker::store::DirectoryStore>>,
+) -> Result<Security> {
+    let anonymous = config.anonymous_allowed();
+    let Some(directory) = directory else {
+        return Ok(if anonymous { Security::allow_all() } else { Security::deny_all() });
+    };
+    let mut auth = config.auth.clone();
+    if anonymous {
+        let chains = std::iter::once(&mut auth.chain).chain(auth.listener_chains.values_mut());
+        for chain in chains {
+            if !chain.contains(&tern_auth::Method::Anonymous) {
+                chain.push(tern_auth::Method::Anonymous);
+            }
+        }
+        if !config.acl_default_explicit {
+            auth.acl_default = tern_auth::AclPolicy::Allow;
+        }
+    }
+    let started = tern_auth::start(&auth, directory).await.context("cannot start authentication")?;
+    let chain: Vec<&str> = auth.chain.iter().map(|m| m.as_str()).collect();
+    info!(chain = ?chain, acl_default = ?auth.acl_default, "authentication ready");
+    Ok(Security { authenticator: started.authenticator, authorizer: started.authorizer })
+}
+
+/// Opens the configured store, or `None` when persistence is off.
+async fn open_store(config: &config::Config) -> Result<Option<std::sync::Arc<tern_store::Db>>> {
+    let url = &config.database.url;
+    if url == config::NO_DATABASE {
+        warn!("database.url = \"none\": sessions, queued and retained messages are kept in memory only");
+        return Ok(None);
+    }
+    let db = tern_store::connect(url, &config.database).await.with_context(|| {
+        format!("cannot open the database {} (key database.url)", tern_store::redact_url(url))
+    })?;
+    info!(database = %tern_store::redact_url(url), backend = db.backend_name(), "database ready");
+    Ok(Some(std::sync::Arc::new(db)))
 }
 
 fn init_logging(filter: &str) {
@@ -109,8 +223,15 @@ async fn run(config: config::Config) -> Result<()> {
     // mean a graceful shutdown, not the default action (death).
     let mut signals = Signals::install()?;
     let anonymous = config.anonymous_allowed();
-    let security = if anonymous { Security::allow_all() } else { Security::deny_all() };
-    let broker = Broker::new(config.broker(), security);
+    let db = open_store(&config).await?;
+    let directory = db.clone().map(|d| d as std::sync::Arc<dyn tern_broker::store::DirectoryStore>);
+    let security = security(&config, directory).await?;
+    let broker = match db {
+        Some(store) => Broker::with_store(config.broker(), security, store)
+            .await
+            .context("cannot load the broker state from the database")?,
+        None => Broker::new(config.broker(), security),
+    };
     if !config.listeners.is_empty() && config.mqtt_addr != config::Config::default().mqtt_addr {
         warn!("mqtt_addr {} is ignored: [[listeners]] is set", config.mqtt_addr);
     }
@@ -119,10 +240,7 @@ async fn run(config: config::Config) -> Result<()> {
     if anonymous {
         info!("anonymous clients allowed (allow_anonymous = {:?})", config.allow_anonymous);
     } else {
-        warn!(
-            "anonymous clients refused and no authentication backend is configured yet: \
-             every CONNECT is refused with 0x87 Not authorized"
-        );
+        info!("anonymous clients refused: devices authenticate per [auth] (see docs/security.md)");
     }
     broker.start();
     let acceptors = listeners.start(&broker);
