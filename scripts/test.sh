@@ -258,18 +258,29 @@ setup() {
 # services needed by the tests
 # ---------------------------------------------------------------------------------------------
 
-# >>> PostgreSQL 15 (a later issue) <<<
-# Start a throwaway PostgreSQL 15 cluster for the storage tests here: initdb into a temp dir
-# under $LOG_DIR, pg_ctl start on a free loopback port / unix socket as a non-root user,
-# export its URL for cargo and pytest, and stop it in stop_postgres (called from the EXIT trap,
-# so it also runs when a step fails). Name that variable without the TERN_ prefix (e.g.
-# TEST_DATABASE_URL): tern rejects unknown TERN_* variables as configuration errors.
+# PostgreSQL 15: a throwaway cluster (scripts/postgres.sh) for the storage story tests and the
+# durability tests, which FAIL in CI without it (they never skip). Its URL reaches the tests as
+# TERN_TEST_POSTGRES_URL; the test harnesses strip TERN_* before starting tern, and tern itself
+# ignores TERN_ variables outside its configuration namespace.
+PG_STARTED=0
 start_postgres() {
-  : # not needed yet
+  case " ${REQUESTED_STEPS[*]} " in
+    *" cargo "*) ;;
+    *) return 0 ;; # only the Rust tests use it
+  esac
+  say "starting a throwaway PostgreSQL 15 cluster"
+  local env
+  env="$("$ROOT/scripts/postgres.sh" start)" || die "could not start PostgreSQL (scripts/postgres.sh)"
+  eval "$env"
+  [ -n "${TERN_TEST_POSTGRES_URL:-}" ] || die "scripts/postgres.sh did not print TERN_TEST_POSTGRES_URL"
+  export TERN_TEST_POSTGRES_URL
+  PG_STARTED=1
 }
 
 stop_postgres() {
-  : # nothing started yet
+  if [ "$PG_STARTED" = 1 ]; then
+    "$ROOT/scripts/postgres.sh" stop >/dev/null 2>&1 || true
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -343,6 +354,7 @@ main() {
     esac
   done
   trap cleanup EXIT
+  REQUESTED_STEPS=("${steps[@]}")
 
   run_step setup setup
   start_postgres
