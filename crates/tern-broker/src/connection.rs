@@ -151,7 +151,9 @@ pub(crate) struct Conn {
     /// A subscriber whose full queue this connection's publishes wait for (backpressure).
     pub(crate) blocked_on: Option<Arc<Session>>,
     /// Cached authorization decisions and the authorizer version they belong to.
-    acl_cache: HashMap<(Action, Box<str>, QoS, bool), bool>,
+    /// Keyed by topic (looked up by `&str`, no allocation on a hit); per topic, one known bit
+    /// and one allowed bit for each (action, QoS, retain).
+    acl_cache: HashMap<Box<str>, AclBits>,
     acl_version: u64,
     /// Acknowledgements waiting for their store commit, in the order they must be sent.
     pub(crate) acks: VecDeque<DeferredAck>,
@@ -183,6 +185,23 @@ pub(crate) async fn run(
     }
     .instrument(span)
     .await;
+}
+
+/// Cached authorization decisions for one topic.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct AclBits {
+    known: u32,
+    allowed: u32,
+}
+
+/// The bit of an (action, QoS, retain) combination in [`AclBits`].
+fn acl_bit(action: Action, qos: QoS, retain: bool) -> u32 {
+    let a = match action {
+        Action::Publish => 0,
+        Action::Subscribe => 1,
+        Action::All => 2,
+    };
+    1 << (a * 6 + usize::from(qos.as_u8()) * 2 + usize::from(retain))
 }
 
 /// What woke the connection loop.
@@ -430,12 +449,18 @@ impl Conn {
             self.acl_cache.clear();
             self.acl_version = version;
         }
-        let key = (action, Box::<str>::from(topic), qos, retain);
-        if let Some(&d) = self.acl_cache.get(&key) {
-            return d;
+        let bit = acl_bit(action, qos, retain);
+        if let Some(bits) = self.acl_cache.get(topic)
+            && bits.known & bit != 0
+        {
+            return bits.allowed & bit != 0;
         }
         let d = authz.check(&self.principal, action, topic, qos, retain);
-        self.acl_cache.insert(key, d);
+        let bits = self.acl_cache.entry(topic.into()).or_default();
+        bits.known |= bit;
+        if d {
+            bits.allowed |= bit;
+        }
         d
     }
 
