@@ -10,7 +10,9 @@
 //!   scripts/postgres.sh start --durable      # fsync on: the figures must include it
 //!   TERN_TEST_POSTGRES_URL=... cargo bench -p tern-store --bench apply
 //! Env: TERN_BENCH_BACKENDS (default "sqlite-full,sqlite-normal,postgres"; postgres needs
-//!      TERN_TEST_POSTGRES_URL and is skipped without it), TERN_BENCH_BATCHES (default 200),
+//!      TERN_TEST_POSTGRES_URL and is skipped without it), TERN_BENCH_BATCHES (default 1000;
+//!      after 20 unmeasured warm-up batches that open the pool's connections and prepare the
+//!      statements, as a running broker has long done),
 //!      TERN_BENCH_BATCH (default 500), TERN_BENCH_PAYLOAD (bytes, default 100),
 //!      TERN_BENCH_RATE (messages/s to pace the writer at; default 0 = as fast as it goes: the
 //!      latency at saturation; a rate shows the latency at that load).
@@ -23,6 +25,9 @@ use tern_broker::store::{Store, StoreOp, StoredDelivery, StoredMessage, StoredSe
 use tern_store::{Db, SqliteSynchronous, StoreOptions};
 
 const SESSIONS: usize = 100;
+
+/// Batches applied before measuring.
+const WARMUP: usize = 20;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -39,7 +44,7 @@ struct Config {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let config = Config {
-        batches: env_usize("TERN_BENCH_BATCHES", 200),
+        batches: env_usize("TERN_BENCH_BATCHES", 1000),
         batch: env_usize("TERN_BENCH_BATCH", 500),
         payload: env_usize("TERN_BENCH_PAYLOAD", 100),
         rate: env_usize("TERN_BENCH_RATE", 0),
@@ -151,10 +156,16 @@ async fn run(db: &Db, backend: &str, workload: Workload, config: Config) -> Resu
     let mut ops_per_batch = 0;
     let interval =
         (config.rate > 0).then(|| Duration::from_secs_f64(config.batch as f64 / config.rate as f64));
-    let started = Instant::now();
-    for b in 0..config.batches {
-        if let Some(interval) = interval {
-            let due = started + interval * b as u32;
+    let mut started = Instant::now();
+    for b in 0..WARMUP + config.batches {
+        if b == WARMUP {
+            latencies.clear();
+            started = Instant::now();
+        }
+        if let Some(interval) = interval
+            && b >= WARMUP
+        {
+            let due = started + interval * (b - WARMUP) as u32;
             tokio::time::sleep_until(due.into()).await;
         }
         let mut ops = Vec::with_capacity(config.batch * 3);

@@ -15,15 +15,15 @@ pub struct StoreOptions {
     /// `sqlite://path/to/tern.db` (relative to the working directory), `sqlite:///abs/path.db`,
     /// `sqlite::memory:`, or `postgres://user:password@host:port/database`.
     pub url: String,
-    /// Most connections the pool opens.
+    /// Most connections the pool opens (at least 1; an in-memory SQLite database uses 1).
     pub max_connections: u32,
     /// Connections the pool keeps open even when idle.
     pub min_connections: u32,
     /// Seconds an operation waits for a pooled connection (including opening a new one) before
-    /// failing with `Unavailable`.
+    /// failing with `Unavailable` (at least 1).
     pub acquire_timeout: u64,
     /// Seconds `connect`/`migrate` wait for the first connection before failing with
-    /// `Unavailable`.
+    /// `Unavailable` (at least 1).
     pub connect_timeout: u64,
     /// Seconds an idle connection above `min_connections` is kept; 0 keeps it forever.
     pub idle_timeout: u64,
@@ -69,12 +69,14 @@ impl fmt::Debug for StoreOptions {
 }
 
 impl StoreOptions {
+    /// At least one second (0 would fail every call at once).
     pub(crate) fn acquire_timeout(&self) -> Duration {
-        Duration::from_secs(self.acquire_timeout)
+        Duration::from_secs(self.acquire_timeout.max(1))
     }
 
+    /// At least one second.
     pub(crate) fn connect_timeout(&self) -> Duration {
-        Duration::from_secs(self.connect_timeout)
+        Duration::from_secs(self.connect_timeout.max(1))
     }
 
     pub(crate) fn idle_timeout(&self) -> Option<Duration> {
