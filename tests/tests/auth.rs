@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -764,5 +765,214 @@ async fn scram_sha256_enhanced_authentication() -> Result<()> {
     other.properties.authentication_method = Some("SCRAM-SHA-1".into());
     other.properties.authentication_data = Some(b"n,,n=scram-user,r=abc".to_vec().into());
     expect_connack(addr, other, 0x8C, "unknown authentication method").await?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// 5. Mutual TLS: certificate identity -> device
+// ------------------------------------------------------------------------------------------
+
+mod pki {
+    use anyhow::Result;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+
+    pub(crate) struct Ca {
+        issuer: Issuer<'static, KeyPair>,
+        pub(crate) pem: String,
+    }
+
+    pub(crate) struct Leaf {
+        pub(crate) cert_pem: String,
+        pub(crate) key_pem: String,
+    }
+
+    pub(crate) fn ca(name: &str) -> Result<Ca> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Ca { pem: cert.pem(), issuer: Issuer::new(params, key) })
+    }
+
+    /// A server (SANs localhost, 127.0.0.1) or client certificate with common name `cn`.
+    pub(crate) fn leaf(ca: &Ca, cn: &str, server: bool) -> Result<Leaf> {
+        let sans = if server { vec!["localhost".to_string(), "127.0.0.1".to_string()] } else { Vec::new() };
+        let mut params = CertificateParams::new(sans)?;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.distinguished_name.push(DnType::OrganizationName, "Tern auth tests");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca.issuer)?;
+        Ok(Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
+/// Connects over TLS presenting `client`, sends `connect` and returns the CONNACK's decoded
+/// packet, or an error (a TLS failure, or a close before CONNACK).
+async fn tls_connack(
+    addr: SocketAddr,
+    ca_pem: &str,
+    client: &pki::Leaf,
+    connect: Connect,
+) -> Result<tern_protocol::ConnAck> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes())?)?;
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(client.cert_pem.as_bytes())?],
+                PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes())?,
+            )?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = tokio::time::timeout(
+        WAIT,
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(ServerName::try_from("localhost")?, tcp),
+    )
+    .await
+    .context("TLS handshake timed out")??;
+    let version = connect.protocol;
+    let mut out = bytes::BytesMut::new();
+    tern_protocol::encode(&Packet::Connect(Box::new(connect)), version, &mut out)?;
+    tls.write_all(&out).await?;
+    let mut buf = bytes::BytesMut::new();
+    let mut decoder = tern_protocol::Decoder::new_client(version, u32::MAX);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(p) = decoder.decode(&mut buf)? {
+            return match p {
+                Packet::ConnAck(a) => Ok(a),
+                other => bail!("expected CONNACK, got {other:?}"),
+            };
+        }
+        let n = tokio::time::timeout_at(deadline, tls.read_buf(&mut buf)).await.context("no CONNACK")??;
+        ensure!(n > 0, "connection closed before CONNACK");
+    }
+}
+
+#[tokio::test]
+async fn mtls_certificate_identity_maps_to_devices() -> Result<()> {
+    let site = Site::new("mtls")?;
+    let ca = pki::ca("Tern auth test CA")?;
+    let server = pki::leaf(&ca, "tern-server", true)?;
+    std::fs::write(site.path("ca.pem"), &ca.pem)?;
+    std::fs::write(site.path("server.pem"), &server.cert_pem)?;
+    std::fs::write(site.path("server.key"), &server.key_pem)?;
+    let sensor7 = pki::leaf(&ca, "sensor-7", false)?;
+    let sensor8 = pki::leaf(&ca, "sensor-8", false)?;
+    let sensor9 = pki::leaf(&ca, "sensor-9", false)?;
+    let sensor5 = pki::leaf(&ca, "sensor-5", false)?;
+
+    // "mtls": CN -> user name (the CONNECT's client id must be the device's).
+    site.tern(
+        &[
+            "device",
+            "add",
+            "--client-id",
+            "mtls-dev-7",
+            "--username",
+            "sensor-7",
+            "--cert-identity",
+            "sensor-7",
+        ],
+        None,
+    )?;
+    // "mtls-cid": CN -> client id (overrides the CONNECT's).
+    site.tern(&["device", "add", "--client-id", "sensor-9", "--cert-identity", "sensor-9"], None)?;
+    // A device whose pinned identity is not what its certificate says.
+    site.tern(
+        &[
+            "device",
+            "add",
+            "--client-id",
+            "mtls-dev-8",
+            "--username",
+            "sensor-8",
+            "--cert-identity",
+            "sensor-x",
+        ],
+        None,
+    )?;
+
+    let tls = |name: &str| {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\nkind = \"tls\"\nbind = \"127.0.0.1:0\"\ncert_file = \"{}\"\n\
+             key_file = \"{}\"\nca_file = \"{}\"\nclient_certs = \"required\"\n",
+            site.path("server.pem").display(),
+            site.path("server.key").display(),
+            site.path("ca.pem").display()
+        )
+    };
+    let top = format!(
+        "[[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n{}{}",
+        tls("mtls"),
+        tls("mtls-cid")
+    );
+    let auth = "chain = [\"password\"]\n\n[auth.listener_chains]\nmtls = [\"cert\"]\n\"mtls-cid\" = [\"cert\"]\n\n\
+                [auth.cert]\nidentity = \"cn\"\nmap_to = \"username\"\n\n\
+                [auth.cert.listeners.\"mtls-cid\"]\nidentity = \"cn\"\nmap_to = \"client_id\"\n";
+    let broker = site.broker(&top, auth);
+    let mtls = tern_test_support::config::listener_addr(&broker, "mtls", WAIT).await?;
+    let mtls_cid = tern_test_support::config::listener_addr(&broker, "mtls-cid", WAIT).await?;
+
+    // CN sensor-7 -> the device with user name sensor-7.
+    let ack = tls_connack(mtls, &ca.pem, &sensor7, connect_v5("mtls-dev-7")).await?;
+    ensure!(ack.reason_code == ReasonCode::Success, "sensor-7 by certificate: {ack:?}\n{}", broker.logs());
+    let ack = tls_connack(mtls, &ca.pem, &sensor7, connect_v311("mtls-dev-7")).await?;
+    ensure!(ack.reason_code == ReasonCode::Success, "sensor-7 by certificate, 3.1.1: {ack:?}");
+    // Same certificate, another client id: 0x87.
+    let ack = tls_connack(mtls, &ca.pem, &sensor7, connect_v5("someone-else")).await?;
+    ensure!(ack.reason_code == ReasonCode::NotAuthorized, "foreign client id: {ack:?}");
+    // Another CN: its device pins a different identity -> 0x87; a CN without device -> 0x87.
+    let ack = tls_connack(mtls, &ca.pem, &sensor8, connect_v5("mtls-dev-8")).await?;
+    ensure!(ack.reason_code == ReasonCode::NotAuthorized, "pinned identity differs: {ack:?}");
+    let ack = tls_connack(mtls, &ca.pem, &sensor5, connect_v5("sensor-5")).await?;
+    ensure!(ack.reason_code == ReasonCode::NotAuthorized, "a CN without any device: {ack:?}");
+    // Another device's certificate for mtls-dev-7's client id: 0x87.
+    let ack = tls_connack(mtls, &ca.pem, &sensor9, connect_v5("mtls-dev-7")).await?;
+    ensure!(ack.reason_code == ReasonCode::NotAuthorized, "sensor-9's certificate as mtls-dev-7: {ack:?}");
+    // No device has user name sensor-9, but the device named by the client id pins that
+    // identity: accepted (documented fallback).
+    let ack = tls_connack(mtls, &ca.pem, &sensor9, connect_v5("sensor-9")).await?;
+    ensure!(ack.reason_code == ReasonCode::Success, "pinned by client id: {ack:?}");
+    // A password does not help on a cert-only listener.
+    let ack = tls_connack(mtls, &ca.pem, &sensor8, v5("mtls-dev-7", Some("sensor-7"), "x")).await?;
+    ensure!(ack.reason_code == ReasonCode::NotAuthorized, "password on a cert-only listener: {ack:?}");
+
+    // CN -> client id on "mtls-cid": the broker assigns the device's client id.
+    let ack = tls_connack(mtls_cid, &ca.pem, &sensor9, connect_v5("whatever")).await?;
+    ensure!(ack.reason_code == ReasonCode::Success, "sensor-9 by certificate: {ack:?}");
+    ensure!(
+        ack.properties.assigned_client_identifier.as_deref() == Some("sensor-9"),
+        "Assigned Client Identifier expected: {ack:?}"
+    );
+    let ack = tls_connack(mtls_cid, &ca.pem, &sensor5, connect_v5("sensor-5")).await?;
+    ensure!(ack.reason_code == ReasonCode::NotAuthorized, "no device for CN sensor-5: {ack:?}");
+    // No device has client id sensor-7, but mtls-dev-7 (the CONNECT's) pins it: accepted.
+    let ack = tls_connack(mtls_cid, &ca.pem, &sensor7, connect_v5("mtls-dev-7")).await?;
+    ensure!(ack.reason_code == ReasonCode::Success, "pinned by client id: {ack:?}");
+    let ack = tls_connack(mtls_cid, &ca.pem, &sensor7, connect_v5("sensor-5")).await?;
+    ensure!(ack.reason_code == ReasonCode::NotAuthorized, "CN sensor-7 as client id sensor-5: {ack:?}");
+
+    // Disabled device: refused.
+    site.tern(&["device", "disable", "mtls-dev-7"], None)?;
+    let ack = tls_connack(mtls, &ca.pem, &sensor7, connect_v5("mtls-dev-7")).await?;
+    ensure!(ack.reason_code == ReasonCode::NotAuthorized, "disabled device: {ack:?}");
     Ok(())
 }
