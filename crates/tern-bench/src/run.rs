@@ -590,6 +590,14 @@ fn report(
     }
     let max_lag = pubs.iter().map(|p| p.max_lag_ns).max().unwrap_or(0);
     let lat = LatencySummary::from_ns(&hist);
+    // Publish -> acknowledgement (PUBACK, or PUBREC at QoS 2), QoS 1/2 only.
+    let ack_lat = (plan.kind != Kind::Sub && plan.qos != QoS::AtMostOnce).then(|| {
+        let mut h = new_histogram();
+        for a in pubs.iter().filter_map(|p| p.ack_latency.as_ref()) {
+            let _ = h.add(a);
+        }
+        LatencySummary::from_ns(&h)
+    });
 
     let connects: Vec<(u64, u64)> = subs
         .iter()
@@ -631,6 +639,9 @@ fn report(
             "target_rate": plan.rate, "acked": acked, "rejected": rejected,
             "window_timeouts": window_timeouts, "max_lag_ms": (max_lag as f64 / 1e4).round() / 100.0,
         });
+        if let Some(a) = &ack_lat {
+            json["ack_latency_us"] = serde_json::to_value(a).unwrap_or(Value::Null);
+        }
     }
     if plan.kind != Kind::Pub {
         json["delivery"] = json!({
@@ -696,6 +707,18 @@ fn report(
             fmt_count(sent_total),
             if plan.qos == QoS::AtMostOnce { String::new() } else { format!(", {} acked", fmt_count(acked)) }
         );
+        if let Some(a) = &ack_lat {
+            let _ = writeln!(
+                s,
+                "ack lat   p50 {}  p99 {}  p99.9 {}  max {}  (n={}, send -> {})",
+                fmt_us(a.p50),
+                fmt_us(a.p99),
+                fmt_us(a.p999),
+                fmt_us(a.max),
+                fmt_count(a.count),
+                if plan.qos == QoS::ExactlyOnce { "PUBREC" } else { "PUBACK" }
+            );
+        }
     }
     if plan.kind != Kind::Pub {
         let _ = writeln!(

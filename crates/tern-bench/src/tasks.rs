@@ -264,6 +264,9 @@ pub(crate) struct PubReport {
     pub(crate) window_forgiven: u64,
     pub(crate) max_lag_ns: u64,
     pub(crate) unexpected: u64,
+    /// QoS 1/2: send -> successful PUBACK (QoS 1) or PUBREC (QoS 2), in ns, for messages sent
+    /// after the warm-up.
+    pub(crate) ack_latency: Option<Histogram<u64>>,
 }
 
 /// Runs publisher `i`; failures are reported to `sh` and end the task.
@@ -321,6 +324,9 @@ async fn publisher_inner(
     let interval = (cfg.rate > 0.0).then(|| 1e9 * cfg.pubs() as f64 / cfg.rate);
     let offset = if cfg.rate > 0.0 { index as f64 * 1e9 / cfg.rate } else { 0.0 };
     let mut inflight = (!qos0).then(Inflight::new);
+    // Send time per packet id (QoS 1/2), for the acknowledgement latency.
+    let mut sent_at: Vec<u64> = if qos0 { Vec::new() } else { vec![0; usize::from(u16::MAX) + 1] };
+    let mut ack_hist = (!qos0).then(new_histogram);
     let limit = cfg.messages.map(|m| m.min(u64::from(MAX_SEQ)));
 
     let mut phase = *sh.phase.borrow();
@@ -373,6 +379,9 @@ async fn publisher_inner(
                     Some(f) => Some(f.alloc().expect("window <= 65535 leaves a free packet id")),
                     None => None,
                 };
+                if let Some(pid) = pid {
+                    sent_at[usize::from(pid)] = now;
+                }
                 tpl.push(&mut conn.wbuf, pid, now, publisher_id, seq as u32);
                 seq += 1;
                 n += 1;
@@ -432,6 +441,16 @@ async fn publisher_inner(
                 if n == 0 {
                     bail!("{id}: broker closed the connection");
                 }
+                let read_at = now_ns();
+                let warm_end = sh.warm_end_ns.load(Ordering::Relaxed);
+                let mut ack_latency = |pid: u16| {
+                    let sent = sent_at[usize::from(pid)];
+                    if sent >= warm_end
+                        && let Some(h) = ack_hist.as_mut()
+                    {
+                        h.record(read_at.saturating_sub(sent)).ok();
+                    }
+                };
                 while let Some(p) = conn.decode()? {
                     match p {
                         Packet::PubAck(r) => match inflight.as_mut() {
@@ -442,6 +461,7 @@ async fn publisher_inner(
                                     rep.first_reject.get_or_insert_with(|| format!("PUBACK {}", r.reason_code));
                                 } else {
                                     rep.acked += 1;
+                                    ack_latency(r.packet_id);
                                 }
                                 f.free(r.packet_id);
                             }
@@ -455,6 +475,7 @@ async fn publisher_inner(
                                     rep.first_reject.get_or_insert_with(|| format!("PUBREC {}", r.reason_code));
                                     f.free(r.packet_id);
                                 } else {
+                                    ack_latency(r.packet_id);
                                     f.release(r.packet_id);
                                     cfg.acks.push(&mut conn.wbuf, Ack::Pubrel, r.packet_id);
                                 }
@@ -499,6 +520,7 @@ async fn publisher_inner(
         slot.waiting.store(false, Ordering::Relaxed);
     }
     rep.sent = seq;
+    rep.ack_latency = ack_hist;
     conn.close(Duration::from_secs(1)).await;
     Ok(rep)
 }
