@@ -378,7 +378,11 @@ impl JwtVerifier {
             .get("exp")
             .and_then(Value::as_f64)
             .filter(|e| e.is_finite() && *e >= 0.0)
-            .map(|e| UNIX_EPOCH + Duration::from_secs_f64(e.min(1e11)));
+            .map(|e| UNIX_EPOCH + Duration::from_secs_f64(e.min(1e11)))
+            // The connection ends when CONNECT would stop accepting the token: `exp` plus the
+            // same leeway. Ending it at `exp` let a client be accepted again within the leeway
+            // and cut off again, in a loop.
+            .map(|t| t + Duration::from_secs(self.cfg.leeway_secs));
         let inline_acl = if self.cfg.acl_claim.is_empty() {
             None
         } else {

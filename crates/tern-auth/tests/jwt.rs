@@ -107,7 +107,9 @@ async fn hs256_claims_and_binding() {
     let p = principal(outcome(&auth, "dev-1", None, &hs(&with(base_claims(), &json!({"exp": exp})))).await);
     assert_eq!(p.client_id, "dev-1");
     assert_eq!(p.username, None, "no username_claim configured: the CONNECT user name is not vouched for");
-    assert_eq!(p.expires_at, Some(UNIX_EPOCH + Duration::from_secs(exp)));
+    // The connection ends at exp + leeway, when CONNECT stops accepting the token too.
+    let leeway = hs_config().jwt.leeway_secs;
+    assert_eq!(p.expires_at, Some(UNIX_EPOCH + Duration::from_secs(exp + leeway)));
     assert_eq!(p.inline_acl, None);
 
     let cases = [

@@ -2,6 +2,7 @@
 //! size limits) and [`WsStream`], which turns binary WebSocket messages into the plain byte
 //! stream the broker's connection task reads and writes.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -99,7 +100,12 @@ pub(crate) struct WsStream<S> {
     close_code: CloseCode,
     /// Whether our close frame was queued.
     close_sent: bool,
+    /// Deadline of the lingering close after an error close (see `poll_shutdown`).
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How long a refused peer's remaining input is drained after our close frame.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<S> WsStream<S> {
     /// Wraps an upgraded WebSocket.
@@ -110,6 +116,7 @@ impl<S> WsStream<S> {
             eof: false,
             close_code: CloseCode::Normal,
             close_sent: false,
+            linger: None,
         }
     }
 }
@@ -194,12 +201,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
             this.close_sent = true;
         }
         match ready!(inner.poll_flush(cx)) {
-            Ok(()) => Poll::Ready(Ok(())),
-            Err(
+            Ok(())
+            | Err(
                 tokio_tungstenite::tungstenite::Error::ConnectionClosed
                 | tokio_tungstenite::tungstenite::Error::AlreadyClosed,
-            ) => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(ws_error(e))),
+            ) => {}
+            Err(e) => return Poll::Ready(Err(ws_error(e))),
+        }
+        // Lingering close after refusing the peer (oversized or text message): discard what it
+        // is still sending, until it closes or LINGER passes. Closing a socket with unread
+        // input makes the kernel answer with a reset, and the peer, still writing the message
+        // we refused, would lose our close frame.
+        if this.close_code == CloseCode::Normal {
+            return Poll::Ready(Ok(()));
+        }
+        let deadline = this.linger.get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut scratch = [0u8; 2048];
+        loop {
+            let mut rb = ReadBuf::new(&mut scratch);
+            match ready!(Pin::new(this.inner.get_mut()).poll_read(cx, &mut rb)) {
+                Ok(()) if !rb.filled().is_empty() => {}
+                _ => return Poll::Ready(Ok(())),
+            }
         }
     }
 }
