@@ -116,13 +116,16 @@ pub trait Authenticator: Send + Sync + Debug + 'static {
     fn authenticate<'a>(&'a self, info: &'a ConnectInfo<'a>) -> AuthFuture<'a, AuthOutcome>;
 
     /// Starts enhanced authentication for `method` with the CONNECT's authentication data.
-    /// `Err(code)` refuses at once (0x8C Bad authentication method for unknown methods).
+    /// `Err(code)` refuses at once; by default every method is refused with 0x8C Bad
+    /// authentication method (MQTT-4.12.0-1 lets a server decline enhanced authentication).
     fn start_enhanced<'a>(
         &'a self,
-        method: &'a str,
-        data: &'a [u8],
-        info: &'a ConnectInfo<'a>,
-    ) -> AuthFuture<'a, EnhancedStart>;
+        _method: &'a str,
+        _data: &'a [u8],
+        _info: &'a ConnectInfo<'a>,
+    ) -> AuthFuture<'a, EnhancedStart> {
+        Box::pin(std::future::ready(Err(ReasonCode::BadAuthenticationMethod)))
+    }
 }
 
 /// An action subject to authorization.
@@ -187,15 +190,6 @@ impl Authenticator for AllowAll {
         };
         Box::pin(std::future::ready(AuthOutcome::Allow(p)))
     }
-
-    fn start_enhanced<'a>(
-        &'a self,
-        _method: &'a str,
-        _data: &'a [u8],
-        _info: &'a ConnectInfo<'a>,
-    ) -> AuthFuture<'a, EnhancedStart> {
-        Box::pin(std::future::ready(Err(ReasonCode::BadAuthenticationMethod)))
-    }
 }
 
 impl Authorizer for AllowAll {
@@ -220,14 +214,5 @@ pub struct DenyAll;
 impl Authenticator for DenyAll {
     fn authenticate<'a>(&'a self, _info: &'a ConnectInfo<'a>) -> AuthFuture<'a, AuthOutcome> {
         Box::pin(std::future::ready(AuthOutcome::Deny(ReasonCode::NotAuthorized)))
-    }
-
-    fn start_enhanced<'a>(
-        &'a self,
-        _method: &'a str,
-        _data: &'a [u8],
-        _info: &'a ConnectInfo<'a>,
-    ) -> AuthFuture<'a, EnhancedStart> {
-        Box::pin(std::future::ready(Err(ReasonCode::BadAuthenticationMethod)))
     }
 }
