@@ -7,8 +7,11 @@
 # after the message body and N deliveries are committed (group commit). P tern-bench publishers
 # (MQTT 5, window W each) publish as fast as their acknowledgements allow, or at --rate, for
 # --duration s after --warmup s. Reported: acknowledged msgs/s in the measured window, send ->
-# PUBACK latency (tern-bench `ack_latency_us`), broker CPU, and for PostgreSQL the commits and
-# WAL per second. Afterwards the stored deliveries are counted (must be acked x N).
+# PUBACK latency (tern-bench `ack_latency_us`), broker CPU, for PostgreSQL its CPU, commits/s,
+# messages per commit and mean WAL sync time (track_wal_io_timing), and the disk's writes and
+# cache flushes per second with their mean time (/proc/diskstats: the whole device, so other
+# work on the machine shows there too). Afterwards the stored deliveries are counted (must be
+# acked x N).
 #
 # Usage: bench/durable.sh [--backends "sqlite postgres"] [--subs 1] [--pubs 16] [--window 100]
 #                         [--size 64] [--rate 0] [--duration 10] [--warmup 2] [--perf]
