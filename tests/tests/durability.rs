@@ -927,6 +927,13 @@ impl OwnCluster {
 impl Drop for OwnCluster {
     fn drop(&mut self) {
         let _ = postgres_sh(&["clean"], &self.env());
+        // scripts/postgres.sh keeps its lock file beside the cluster directory.
+        if let Some((_, dir)) = self.env.iter().find(|(k, _)| k == "TERN_PG_DIR") {
+            let dir = Path::new(dir);
+            if let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) {
+                let _ = std::fs::remove_file(parent.join(format!(".{}.lock", name.to_string_lossy())));
+            }
+        }
     }
 }
 
