@@ -9,6 +9,7 @@
 #   RUMQTTD_ROOT        where `cargo install` puts rumqttd (default: /opt/rumqttd)
 #   RUMQTTD_CONN_DELAY_MS  rumqttd's next_connection_delay_ms (default: 1, as shipped)
 #   BENCH_WORK          scratch folder for configs and broker logs (default: /tmp/tern-bench-work)
+#   BENCH_QUIET_PATTERN, BENCH_QUIET_MAX, BENCH_QUIET_IGNORE (PIDs)  see wait_quiet
 #   BENCH_NICE          run brokers and the load generator at this nice value (e.g. -10) so
 #                       that other work on a shared machine disturbs the figures less (root only
 #                       for negative values; default: unchanged)
@@ -39,7 +40,8 @@ ensure_tern() {
         log "building tern (release)"
         (cd "$REPO_DIR" && cargo build --release -p tern-server) >&2 || return 1
     fi
-    [[ -x "$TERN_BIN" ]]
+    [[ -x "$TERN_BIN" ]] || return 1
+    TERN_BIN="$(realpath "$TERN_BIN")"  # the broker runs in a scratch directory
 }
 
 ensure_mosquitto() {
@@ -125,7 +127,8 @@ wait_port() {
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # start_broker NAME PORT CPUS MAXCONN: starts a fresh broker (taskset -c CPUS unless CPUS is
-# empty), waits until it listens, and sets BROKER_PID. Logs go to $BENCH_WORK/NAME-PORT.log.
+# empty), waits until it listens, and sets BROKER_PID (and BROKER_RUN_DIR for Tern). Logs go
+# to $BENCH_WORK/NAME-PORT.log.
 start_broker() {
     local name=$1 port=$2 cpus=$3 maxconn=${4:-100000} pin=() cfg logf
     [[ -n "${BENCH_NICE:-}" ]] && pin+=(nice -n "$BENCH_NICE")
@@ -134,7 +137,12 @@ start_broker() {
     logf="$BENCH_WORK/$name-$port.log"
     case "$name" in
         tern)
-            "${pin[@]}" "$TERN_BIN" serve --mqtt-addr "127.0.0.1:$port" > "$logf" 2>&1 &
+            # The default config keeps a SQLite store in data/ under the working directory:
+            # run each broker in a fresh scratch folder (removed by stop_broker), so runs
+            # start from an empty store and nothing lands in the caller's directory.
+            BROKER_RUN_DIR="$(mktemp -d "$BENCH_WORK/tern-$port.XXXXXX")"
+            (cd "$BROKER_RUN_DIR" && exec "${pin[@]}" "$TERN_BIN" serve --mqtt-addr "127.0.0.1:$port") \
+                > "$logf" 2>&1 &
             ;;
         mosquitto)
             cfg="$BENCH_WORK/mosquitto-$port.conf"
@@ -157,16 +165,55 @@ start_broker() {
     fi
 }
 
-# stop_broker PID: SIGTERM, then SIGKILL after 5 s.
+# stop_broker PID: SIGTERM, then SIGKILL after 5 s; then removes the broker's scratch
+# working directory (Tern's data/), if start_broker made one.
 stop_broker() {
     local pid=$1 i
-    kill "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
+    if kill "$pid" 2>/dev/null; then
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null || true
+    fi
+    if [[ -n "${BROKER_RUN_DIR:-}" ]]; then
+        rm -rf "$BROKER_RUN_DIR"
+        BROKER_RUN_DIR=""
+    fi
+    return 0
+}
+
+# wait_quiet: when BENCH_QUIET_PATTERN is set (an extended regex for pgrep -f, e.g.
+# 'tern-bench|durable.sh|cargo test|nextest'), waits until no process matches it, polling
+# every 20 s for at most BENCH_QUIET_MAX seconds (default 600), so other benchmarks or test
+# suites on a shared machine do not skew a run; then goes on regardless. Processes still there
+# after a full wait (e.g. a hung, idle test) are not waited for again. Sets QUIET_WAITED
+# (seconds waited, or "timeout:<s>").
+QUIET_IGNORE=" ${BENCH_QUIET_IGNORE:-} "  # PIDs not to wait for
+wait_quiet() {
+    local waited=0 max=${BENCH_QUIET_MAX:-600} busy pid
+    QUIET_WAITED=0
+    [[ -n "${BENCH_QUIET_PATTERN:-}" ]] || return 0
+    while true; do
+        busy=""
+        while read -r pid rest; do
+            [[ -z "$pid" || $pid == "$$" || $QUIET_IGNORE == *" $pid "* ]] && continue
+            busy+="$pid ${rest:0:120};"
+        done < <(pgrep -fa "$BENCH_QUIET_PATTERN" || true)
+        [[ -n "$busy" ]] || break
+        if ((waited >= max)); then
+            log "still busy after ${waited}s, running anyway (and not waiting for these again): $busy"
+            QUIET_IGNORE+="$(tr ';' '\n' <<< "$busy" | awk 'NF {printf "%s ", $1}')"
+            QUIET_WAITED="timeout:$waited"
+            return 0
+        fi
+        ((waited == 0)) && log "waiting for: $busy"
+        sleep 20
+        waited=$((waited + 20))
     done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    # shellcheck disable=SC2034 # read by run-matrix.sh
+    QUIET_WAITED=$waited
 }
 
 # raise_nofile: soft open-files limit to the hard limit; prints the result.

@@ -83,6 +83,7 @@ log "brokers: ${want[*]}; passes: $PASSES; open-files limit $NOFILE; results in 
     echo "duration: ${DURATION}s + warm-up ${WARMUP}s"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "nice: ${BENCH_NICE:-unchanged}"
+    echo "quiet pattern: ${BENCH_QUIET_PATTERN:-none}"
 } > "$ENV_FILE"
 
 port=19000
@@ -109,6 +110,7 @@ run_one() { # pass scenario broker args...
     elif [[ ${args[0]} == scenario ]]; then
         args+=(-d "$DURATION" --warmup "$WARMUP")
     fi
+    wait_quiet
     port=$((port + 10))
     if ! start_broker "$broker" "$port" "$bcpus" $((conns + 1000)); then
         printf '{"ok":false,"error":"broker did not start","labels":{"broker":"%s","scenario":"%s","pass":"%s"}}\n' \
@@ -118,7 +120,7 @@ run_one() { # pass scenario broker args...
     log "run $pass/$scen/$broker (pid $BROKER_PID, port $port): ${args[*]}"
     "${lcpus[@]}" "$TERN_BENCH" "${args[@]}" -p "$port" --broker-pid "$BROKER_PID" --interval 0 \
         --label "broker=$broker" --label "scenario=$scen" --label "pass=$pass" \
-        --label "load1_before=$(cut -d' ' -f1 /proc/loadavg)" \
+        --label "load1_before=$(cut -d' ' -f1 /proc/loadavg)" --label "waited_s=$QUIET_WAITED" \
         > "$dir/$broker.json" 2> "$dir/$broker.log" || rc=$?
     if ! kill -0 "$BROKER_PID" 2>/dev/null; then
         log "  broker $broker exited during the run"
