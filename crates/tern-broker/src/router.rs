@@ -205,8 +205,11 @@ impl Inner {
     /// connection; returns whether the session is congested (online, queue past the soft
     /// limit).
     pub(crate) fn deliver(&self, session: &Session, pending: Pending, sink: &mut OpSink) -> bool {
-        // What the store needs, taken before the queue owns the delivery (only with a store).
-        let record = sink.enabled.then(|| pending.clone());
+        // What the store needs, taken before the queue owns the delivery: only a delivery that
+        // can be durable (store on, QoS 1/2, persistent session; `enqueue` decides the same way)
+        // pays for the copy, so QoS 0 and clean-session fan-out stay clone-free.
+        let may_be_durable = sink.enabled && pending.qos != QoS::AtMostOnce && session.is_persistent();
+        let record = may_be_durable.then(|| pending.clone());
         let r = session.enqueue(pending, &self.config.limits, sink.enabled);
         sink.removed(session, &r.evicted);
         if r.outcome != EnqueueOutcome::Queued {
