@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use tern_protocol::{ByteStr, QoS, ReasonCode};
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Authenticator, Authorizer, Security};
 use crate::config::BrokerConfig;
-use crate::connection::ConnMeta;
-use crate::connection::io::BoxStream;
+use crate::connection::io::{BoxStream, Transport};
+use crate::connection::{Accepted, ConnMeta};
 use crate::message::Message;
 use crate::persist::Persister;
 use crate::session::Session;
@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) tasks: TaskTracker,
     pub(crate) started: Instant,
     pub(crate) next_session_id: AtomicU64,
+    /// Whether the keep-alive sweep task runs (started with the first connection).
+    sweeping: std::sync::atomic::AtomicBool,
     pub(crate) persister: Option<Arc<Persister>>,
     persist_stop: CancellationToken,
     persist_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -61,7 +63,6 @@ pub(crate) struct Attached {
     pub(crate) session: Arc<Session>,
     pub(crate) session_present: bool,
     pub(crate) generation: u64,
-    pub(crate) kick: oneshot::Receiver<ReasonCode>,
 }
 
 impl Broker {
@@ -106,6 +107,7 @@ impl Broker {
                 tasks: TaskTracker::new(),
                 started: Instant::now(),
                 next_session_id: AtomicU64::new(1),
+                sweeping: std::sync::atomic::AtomicBool::new(false),
                 persister,
                 persist_stop: CancellationToken::new(),
                 persist_tasks: Mutex::new(Vec::new()),
@@ -163,19 +165,32 @@ impl Broker {
         self.inner.shutdown.is_cancelled()
     }
 
+    /// Starts the keep-alive sweep with the first connection (it needs a runtime, which
+    /// `Broker::new` does not).
+    fn ensure_sweeping(&self) {
+        if !self.inner.sweeping.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            let weak = Arc::downgrade(&self.inner);
+            // Not on the task tracker: shutdown waits for connections, not for this; it
+            // ends at the next tick once shutdown began or the broker is gone.
+            tokio::spawn(Inner::keep_alive_sweep(weak));
+        }
+    }
+
     /// Serves one accepted TCP connection on a task of its own.
     pub fn accept_tcp(&self, stream: TcpStream, peer: SocketAddr, meta: ConnMeta) {
+        self.ensure_sweeping();
         let _ = stream.set_nodelay(true);
-        let (r, w) = crate::connection::io::split_tcp(stream);
-        let inner = self.inner.clone();
-        self.inner.tasks.spawn(crate::connection::run(inner, r, w, peer, meta));
+        let broker = self.inner.clone();
+        let accepted = Box::new(Accepted { broker, io: Transport::Tcp(stream), peer, meta });
+        self.inner.tasks.spawn(crate::connection::run(accepted));
     }
 
     /// Serves one connection over any byte stream (TLS, WebSocket) on a task of its own.
     pub fn accept_stream(&self, stream: BoxStream, peer: SocketAddr, meta: ConnMeta) {
-        let (r, w) = crate::connection::io::split_boxed(stream);
-        let inner = self.inner.clone();
-        self.inner.tasks.spawn(crate::connection::run(inner, r, w, peer, meta));
+        self.ensure_sweeping();
+        let broker = self.inner.clone();
+        let accepted = Box::new(Accepted { broker, io: Transport::Boxed(stream, false), peer, meta });
+        self.inner.tasks.spawn(crate::connection::run(accepted));
     }
 
     /// The task tracker that connection tasks run on; listeners spawn their own per-connection
@@ -201,12 +216,12 @@ impl Broker {
     /// every connection task has ended, or after `grace`; returns whether all ended in time.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.inner.shutdown.cancel();
-        // Connected sessions are told through their kick channel, so the connection loop
-        // needs no shutdown future of its own.
+        // Connected sessions are kicked, so the connection loop needs no shutdown future of
+        // its own.
         let sessions: Vec<Arc<Session>> = self.inner.sessions().values().cloned().collect();
         for s in sessions {
-            if let Some(kick) = s.lock().kick.take() {
-                let _ = kick.send(ReasonCode::ServerShuttingDown);
+            if s.is_online() {
+                s.kick_locked(&mut s.lock(), ReasonCode::ServerShuttingDown);
             }
         }
         self.inner.tasks.close();

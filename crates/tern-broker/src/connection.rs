@@ -6,17 +6,19 @@
 //! both are allocated for a burst and released when drained.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tern_protocol::{
     ByteStr, Decoder, Disconnect, LastWill, Packet, ProtocolVersion, QoS, ReasonCode, encode, encoded_len,
 };
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
-use tracing::{Instrument, debug, info_span};
+use tokio::sync::oneshot;
+use tracing::{Instrument, debug, debug_span, info_span};
 
 use crate::auth::{Action, CertIdentity, Principal};
 use crate::broker::Inner;
@@ -30,7 +32,7 @@ mod handlers;
 mod handshake;
 pub(crate) mod io;
 
-use io::{Reader, Writer};
+use io::Transport;
 
 /// Stop filling the write buffer from the queue past this many bytes until it drains.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
@@ -97,24 +99,26 @@ pub(crate) struct DeferredAck {
     pub(crate) then: Vec<Pending>,
 }
 
-/// Local counters flushed to the shared `Stats` in batches.
+/// Local counters flushed to the shared `Stats` after every event (so 32 bits suffice: one
+/// event reads at most `MAX_READ` bytes and fills at most `WRITE_HIGH_WATER`).
 #[derive(Debug, Default)]
 pub(crate) struct LocalStats {
-    msgs_in: u64,
-    msgs_out: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    expired: u64,
-    too_large: u64,
-    pub(crate) denied: u64,
+    msgs_in: u32,
+    msgs_out: u32,
+    bytes_in: u32,
+    bytes_out: u32,
+    expired: u32,
+    too_large: u32,
+    pub(crate) denied: u32,
 }
 
 /// Connection state after a successful CONNECT.
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) broker: Arc<Inner>,
-    reader: Reader,
-    writer: Writer,
+    io: Transport,
+    /// The client's address.
+    pub(crate) peer: SocketAddr,
     rbuf: BytesMut,
     pub(crate) wbuf: BytesMut,
     decoder: Decoder,
@@ -125,18 +129,25 @@ pub(crate) struct Conn {
     pub(crate) principal: Principal,
     /// Boxed: most clients have none, and the struct is large.
     pub(crate) will: Option<Box<LastWill>>,
-    keep_alive: Option<Duration>,
-    last_read: Instant,
-    /// Fires at most once per keep-alive period and re-arms from `last_read`, so reads never
-    /// touch the timer wheel.
-    keep_alive_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// How long the client may stay silent (1.5 times its Keep Alive), in ms; 0 = forever.
+    /// The broker's keep-alive sweep enforces it (see `Inner::keep_alive_sweep`).
+    keep_alive_ms: u32,
     /// Bytes to ask for on the next read: doubles while reads fill it, halves when they
     /// do not, so a busy publisher reads in big chunks and an idle one in small ones.
-    read_size: usize,
-    /// When the credentials expire (JWT `exp`): the connection is closed then.
-    auth_expiry: Option<Instant>,
+    read_size: u32,
+    /// Fires when the credentials expire (JWT `exp`): the connection is closed then.
+    auth_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the work before the next wait is done (see `poll_serve`).
+    armed: bool,
+    /// Whether the write buffer has room for queued messages.
+    want_queue: bool,
+    /// Whether queued messages wait for room that is now there.
+    queue_ready: bool,
+    /// The waker registered with the session for rings and kicks (re-registered only if
+    /// the task's waker changes).
+    waker: Option<std::task::Waker>,
     /// Outbound QoS 1/2 window: min(client Receive Maximum, mqtt.max_inflight).
-    pub(crate) out_window: usize,
+    pub(crate) out_window: u16,
     /// Largest packet the client accepts.
     pub(crate) client_max_packet: u32,
     /// Inbound topic aliases (index = alias - 1).
@@ -148,43 +159,83 @@ pub(crate) struct Conn {
     pub(crate) expiry_override: Option<u32>,
     /// Reason String for the closing DISCONNECT (MQTT 5), e.g. the violated rule.
     pub(crate) close_text: Option<String>,
-    /// A subscriber whose full queue this connection's publishes wait for (backpressure).
-    pub(crate) blocked_on: Option<Arc<Session>>,
-    /// Cached authorization decisions and the authorizer version they belong to.
-    /// Keyed by topic (looked up by `&str`, no allocation on a hit); per topic, one known bit
-    /// and one allowed bit for each (action, QoS, retain).
-    acl_cache: HashMap<Box<str>, AclBits>,
-    acl_version: u64,
+    /// The wait for a subscriber's full queue to drain, which this connection's reads pause
+    /// for (backpressure; boxed: it exists only then).
+    pub(crate) blocked: Option<SpaceWait>,
+    /// Cached authorization decisions (boxed and made on first use: most connections of a
+    /// permissive broker never need one).
+    acl_cache: Option<Box<AclCache>>,
     /// Acknowledgements waiting for their store commit, in the order they must be sent.
     pub(crate) acks: VecDeque<DeferredAck>,
-    kick: oneshot::Receiver<ReasonCode>,
     pub(crate) stats: LocalStats,
-    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The connection slot taken in the handshake (its permit was forgotten so the
+        // connection does not carry it).
+        self.broker.connection_slots.add_permits(1);
+    }
+}
+
+/// What a connection task starts from.
+pub(crate) struct Accepted {
+    pub(crate) broker: Arc<Inner>,
+    pub(crate) io: Transport,
+    pub(crate) peer: SocketAddr,
+    pub(crate) meta: ConnMeta,
 }
 
 /// Entry point of a connection task.
-pub(crate) async fn run(
-    broker: Arc<Inner>,
-    reader: Reader,
-    writer: Writer,
-    peer: SocketAddr,
-    meta: ConnMeta,
-) {
-    let span = info_span!("conn", %peer, listener = %meta.listener, client_id = tracing::field::Empty);
+///
+/// Takes its inputs boxed: an `async fn` keeps its arguments in its state for its whole
+/// life, and that state is a fixed cost of every idle connection.
+pub(crate) async fn run(accepted: Box<Accepted>) {
+    // The handshake logs at info level (refusals), so its span is on by default; it is
+    // boxed because its state is large and short-lived.
+    let span = info_span!("conn", peer = %accepted.peer, listener = %accepted.meta.listener);
+    let Some(mut conn) = Box::pin(handshake::handshake(accepted).instrument(span)).await else {
+        return;
+    };
+    // Serving logs at debug level only: an info-level span would cost every idle connection
+    // a few hundred bytes of span storage for nothing.
+    let span = debug_span!("conn", peer = %conn.peer, client_id = %conn.client_id);
     async move {
-        // Boxed: the handshake's state is large and short-lived; the task keeps only what
-        // serving needs for the connection's whole life.
-        let Some(conn) = Box::pin(handshake::handshake(broker, reader, writer, peer, meta)).await else {
-            return;
-        };
-        let mut conn = conn;
-        tracing::Span::current().record("client_id", &*conn.client_id);
         debug!(version = ?conn.version, "client connected");
-        let close = conn.serve().await;
+        let close = match conn.start() {
+            Some(close) => close,
+            None => std::future::poll_fn(|cx| conn.poll_serve(cx)).await,
+        };
         Box::pin(conn.finish(close)).await;
     }
     .instrument(span)
     .await;
+}
+
+/// A publisher's wait for a congested subscriber's queue to drain.
+pub(crate) struct SpaceWait(Pin<Box<dyn Future<Output = ()> + Send>>);
+
+impl SpaceWait {
+    /// Waits for `subscriber`'s queue to drain (or the longest backpressure wait).
+    pub(crate) fn new(subscriber: Arc<Session>) -> SpaceWait {
+        SpaceWait(Box::pin(async move { subscriber.wait_for_space().await }))
+    }
+}
+
+impl std::fmt::Debug for SpaceWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpaceWait")
+    }
+}
+
+/// Cached authorization decisions and the authorizer version they belong to.
+///
+/// Keyed by topic (looked up by `&str`, no allocation on a hit); per topic, one known bit
+/// and one allowed bit for each (action, QoS, retain).
+#[derive(Debug, Default)]
+pub(crate) struct AclCache {
+    map: HashMap<Box<str>, AclBits>,
+    version: u64,
 }
 
 /// Cached authorization decisions for one topic.
@@ -210,7 +261,6 @@ enum Event {
     Wrote(std::io::Result<usize>),
     Queue,
     Unblocked,
-    KeepAliveTimeout,
     AuthExpired,
     Kicked(ReasonCode),
     Committed(CommitResult),
@@ -228,90 +278,135 @@ impl Conn {
         encode(packet, self.version, &mut self.wbuf).is_ok()
     }
 
-    /// The main loop; returns why the connection ends.
-    async fn serve(&mut self) -> Close {
-        let session = self.session.clone();
-        if let Some(ka) = self.keep_alive {
-            self.keep_alive_timer = Some(Box::pin(tokio::time::sleep_until((self.last_read + ka).into())));
-        }
-        let mut auth_timer = self.auth_expiry.map(|t| Box::pin(tokio::time::sleep_until(t.into())));
-        if self.broker.shutdown.is_cancelled() {
-            // Shutdown began while this connection was being set up.
-            return Close::Server(ReasonCode::ServerShuttingDown);
-        }
+    /// Arms the timers before serving; returns a reason to close at once, if any.
+    fn start(&mut self) -> Option<Close> {
+        self.session.set_keep_alive(self.keep_alive_ms, self.broker.now_ms());
+        // Shutdown began while this connection was being set up.
+        self.broker.shutdown.is_cancelled().then_some(Close::Server(ReasonCode::ServerShuttingDown))
+    }
+
+    /// Serves the connection until it ends; returns why.
+    ///
+    /// A poll function rather than an `async` loop: the connection task then holds no loop
+    /// state of its own beyond `Conn`, whose size is a fixed cost of every idle connection.
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Close> {
         loop {
-            // Whether the queue still holds messages the write buffer had no room for: wake-ups
-            // coalesce, so no notification will come for them.
-            let mut more_queued = false;
-            if self.wbuf.len() < WRITE_HIGH_WATER {
-                more_queued = self.pump_queue();
+            if !self.armed {
+                if let Err(close) = self.prepare_wait() {
+                    return Poll::Ready(close);
+                }
+                self.armed = true;
             }
-            if let Err(close) = self.try_flush() {
-                return close;
-            }
-            self.flush_stats();
-            let want_queue = self.wbuf.len() < WRITE_HIGH_WATER;
-            let queue_ready = more_queued && want_queue;
-            let blocked = self.blocked_on.clone();
-            let waiting_commit = self.acks.front().is_some_and(|a| a.commit.is_some());
-            let event = tokio::select! {
-                r = self.reader.read(&mut self.rbuf, self.read_size), if blocked.is_none() => Event::Read(r),
-                () = wait_for_space(blocked.as_deref()), if blocked.is_some() => Event::Unblocked,
-                r = self.writer.write(&self.wbuf), if !self.wbuf.is_empty() => Event::Wrote(r),
-                () = session.notify.notified(), if want_queue && !queue_ready => Event::Queue,
-                () = std::future::ready(()), if queue_ready => Event::Queue,
-                () = timer_fired(self.keep_alive_timer.as_mut()) => Event::KeepAliveTimeout,
-                () = timer_fired(auth_timer.as_mut()) => Event::AuthExpired,
-                r = &mut self.kick => Event::Kicked(r.unwrap_or(ReasonCode::SessionTakenOver)),
-                r = wait_front_commit(&mut self.acks), if waiting_commit => Event::Committed(r),
-            };
-            match event {
-                Event::Read(Ok(0) | Err(_)) | Event::Wrote(Err(_)) => return Close::SocketClosed,
-                Event::Read(Ok(n)) => {
-                    self.stats.bytes_in += n as u64;
-                    self.read_size = if n >= self.read_size {
-                        (self.read_size * 2).min(io::MAX_READ)
-                    } else if n < self.read_size / 4 {
-                        (self.read_size / 2).max(io::MIN_READ)
-                    } else {
-                        self.read_size
-                    };
-                    self.last_read = Instant::now();
-                    if let Err(close) = self.handle_buffered() {
-                        return close;
-                    }
-                }
-                Event::Wrote(Ok(n)) => self.wrote(n),
-                Event::Queue => {}
-                Event::Unblocked => {
-                    self.blocked_on = None;
-                    // The client was sending; it was us who paused reading.
-                    self.last_read = Instant::now();
-                }
-                Event::KeepAliveTimeout => {
-                    let ka = self.keep_alive.unwrap_or_default();
-                    let due = self.last_read + ka;
-                    if Instant::now() >= due {
-                        return Close::Server(ReasonCode::KeepAliveTimeout);
-                    }
-                    if let Some(t) = self.keep_alive_timer.as_mut() {
-                        t.as_mut().reset(due.into());
-                    }
-                }
-                // The credentials' validity ended (e.g. JWT exp): 0xA0 Maximum connect time.
-                Event::AuthExpired => return Close::Server(ReasonCode::MaximumConnectTime),
-                Event::Kicked(code) => return Close::Server(code),
-                Event::Committed(r) => {
-                    if let Some(front) = self.acks.front_mut() {
-                        front.commit = None;
-                        front.result = Some(r);
-                    }
-                    if let Err(close) = self.drain_acks() {
-                        return close;
-                    }
-                }
+            let Poll::Ready(event) = self.poll_event(cx) else { return Poll::Pending };
+            self.armed = false;
+            if let Err(close) = self.on_event(event) {
+                return Poll::Ready(close);
             }
         }
+    }
+
+    /// The work between two events: move queued messages to the write buffer, write what
+    /// the socket takes, publish counters and decide what to wait for.
+    fn prepare_wait(&mut self) -> Result<(), Close> {
+        // Whether the queue still holds messages the write buffer had no room for: wake-ups
+        // coalesce, so no notification will come for them.
+        let mut more_queued = false;
+        if self.wbuf.len() < WRITE_HIGH_WATER {
+            more_queued = self.pump_queue();
+        }
+        self.try_flush()?;
+        self.flush_stats();
+        self.want_queue = self.wbuf.len() < WRITE_HIGH_WATER;
+        self.queue_ready = more_queued && self.want_queue;
+        Ok(())
+    }
+
+    /// Handles one event; `Err` ends the connection.
+    fn on_event(&mut self, event: Event) -> Result<(), Close> {
+        match event {
+            Event::Read(Ok(0) | Err(_)) | Event::Wrote(Err(_)) => return Err(Close::SocketClosed),
+            Event::Read(Ok(n)) => {
+                // A read is at most MAX_READ bytes.
+                let n = n as u32;
+                self.stats.bytes_in += n;
+                self.read_size = if n >= self.read_size {
+                    (self.read_size * 2).min(io::MAX_READ)
+                } else if n < self.read_size / 4 {
+                    (self.read_size / 2).max(io::MIN_READ)
+                } else {
+                    self.read_size
+                };
+                self.session.touch(self.broker.now_ms());
+                self.handle_buffered()?;
+            }
+            // A stream that takes nothing of a non-empty buffer is closed.
+            Event::Wrote(Ok(0)) if !self.wbuf.is_empty() => return Err(Close::SocketClosed),
+            Event::Wrote(Ok(n)) => self.wrote(n),
+            Event::Queue => {}
+            Event::Unblocked => {
+                self.blocked = None;
+                // The client was sending; it was us who paused reading.
+                self.session.touch(self.broker.now_ms());
+            }
+            // The credentials' validity ended (e.g. JWT exp): 0xA0 Maximum connect time.
+            Event::AuthExpired => return Err(Close::Server(ReasonCode::MaximumConnectTime)),
+            Event::Kicked(code) => return Err(Close::Server(code)),
+            Event::Committed(r) => {
+                if let Some(front) = self.acks.front_mut() {
+                    front.commit = None;
+                    front.result = Some(r);
+                }
+                self.drain_acks()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls every source the connection waits on and returns the first ready event.
+    ///
+    /// Hand-written rather than `select!` so the wait keeps no futures of its own: the
+    /// connection task's size is a fixed cost of every idle connection. Sources are polled
+    /// in a fixed order: terminal events first, then writes (they free memory) before reads
+    /// (they add to it).
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.session.register(self.generation, cx.waker());
+            self.waker = Some(cx.waker().clone());
+        }
+        // After registering: a kick that came before it found no waker to wake.
+        if let Some(code) = self.session.kicked(self.generation) {
+            return Poll::Ready(Event::Kicked(code));
+        }
+        if let Some(t) = &mut self.auth_timer
+            && t.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Event::AuthExpired);
+        }
+        if let Some(rx) = self.acks.front_mut().and_then(|a| a.commit.as_mut())
+            && let Poll::Ready(r) = Pin::new(rx).poll(cx)
+        {
+            let r = r.unwrap_or_else(|_| Err(StoreError::Unavailable("persister stopped".into())));
+            return Poll::Ready(Event::Committed(r));
+        }
+        if (!self.wbuf.is_empty() || self.io.needs_flush())
+            && let Poll::Ready(r) = self.io.poll_write(cx, &self.wbuf)
+        {
+            return Poll::Ready(Event::Wrote(r));
+        }
+        if self.queue_ready {
+            return Poll::Ready(Event::Queue);
+        }
+        if self.want_queue && self.session.poll_rung().is_ready() {
+            return Poll::Ready(Event::Queue);
+        }
+        if let Some(wait) = &mut self.blocked {
+            if wait.0.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Unblocked);
+            }
+        } else if let Poll::Ready(r) = self.io.poll_read(cx, &mut self.rbuf, self.read_size as usize) {
+            return Poll::Ready(Event::Read(r));
+        }
+        Poll::Pending
     }
 
     /// Sends `packet` once `commit` succeeds (or at once without one), after every earlier
@@ -408,7 +503,7 @@ impl Conn {
         if self.rbuf.is_empty() {
             // Idle connections keep no read buffer (payload slices keep their own storage).
             self.rbuf = BytesMut::new();
-        } else if self.rbuf.capacity() > KEEP_BUFFER_MAX && self.rbuf.len() < io::MIN_READ {
+        } else if self.rbuf.capacity() > KEEP_BUFFER_MAX && self.rbuf.len() < io::MIN_READ as usize {
             self.rbuf = BytesMut::from(&self.rbuf[..]);
         }
         Ok(())
@@ -416,7 +511,8 @@ impl Conn {
 
     /// Accounts for `n` bytes written from the front of the write buffer.
     fn wrote(&mut self, n: usize) {
-        self.stats.bytes_out += n as u64;
+        // A write is at most the write buffer, far below 4 GiB.
+        self.stats.bytes_out = self.stats.bytes_out.wrapping_add(n as u32);
         self.wbuf.advance(n);
         if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
             // Idle connections keep no write buffer.
@@ -427,7 +523,7 @@ impl Conn {
     /// Writes as much of the write buffer as the transport takes without waiting.
     fn try_flush(&mut self) -> Result<(), Close> {
         while !self.wbuf.is_empty() {
-            match self.writer.try_write(&self.wbuf) {
+            match self.io.try_write(&self.wbuf) {
                 Ok(0) => return Err(Close::SocketClosed),
                 Ok(n) => self.wrote(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -445,18 +541,19 @@ impl Conn {
             return true;
         }
         let version = authz.version();
-        if version != self.acl_version || self.acl_cache.len() >= ACL_CACHE_MAX {
-            self.acl_cache.clear();
-            self.acl_version = version;
+        let cache = self.acl_cache.get_or_insert_default();
+        if version != cache.version || cache.map.len() >= ACL_CACHE_MAX {
+            cache.map.clear();
+            cache.version = version;
         }
         let bit = acl_bit(action, qos, retain);
-        if let Some(bits) = self.acl_cache.get(topic)
+        if let Some(bits) = cache.map.get(topic)
             && bits.known & bit != 0
         {
             return bits.allowed & bit != 0;
         }
         let d = authz.check(&self.principal, action, topic, qos, retain);
-        let bits = self.acl_cache.entry(topic.into()).or_default();
+        let bits = cache.map.entry(topic.into()).or_default();
         bits.known |= bit;
         if d {
             bits.allowed |= bit;
@@ -467,13 +564,13 @@ impl Conn {
     fn flush_stats(&mut self) {
         let s = &self.broker.stats;
         let l = std::mem::take(&mut self.stats);
-        Stats::add(&s.messages_received, l.msgs_in);
-        Stats::add(&s.messages_sent, l.msgs_out);
-        Stats::add(&s.bytes_received, l.bytes_in);
-        Stats::add(&s.bytes_sent, l.bytes_out);
-        Stats::add(&s.messages_expired, l.expired);
-        Stats::add(&s.messages_dropped_too_large, l.too_large);
-        Stats::add(&s.publishes_denied, l.denied);
+        Stats::add(&s.messages_received, u64::from(l.msgs_in));
+        Stats::add(&s.messages_sent, u64::from(l.msgs_out));
+        Stats::add(&s.bytes_received, u64::from(l.bytes_in));
+        Stats::add(&s.bytes_sent, u64::from(l.bytes_out));
+        Stats::add(&s.messages_expired, u64::from(l.expired));
+        Stats::add(&s.messages_dropped_too_large, u64::from(l.too_large));
+        Stats::add(&s.publishes_denied, u64::from(l.denied));
     }
 
     pub(crate) fn count_in(&mut self) {
@@ -488,6 +585,8 @@ impl Conn {
         let mut st = session.lock();
         if st.generation != self.generation {
             // Taken over: the new connection owns the queue and resends what is in flight.
+            // This connection may have taken a ring meant for it: pass it on.
+            session.ring_locked(&st);
             return false;
         }
         let mut dropped = Vec::new();
@@ -496,7 +595,7 @@ impl Conn {
             let qos1or2 = front.qos != QoS::AtMostOnce;
             let packet_id = qos1or2.then(|| packet_id_for(front.seq));
             if qos1or2
-                && (st.inflight.len() >= self.out_window
+                && (st.inflight.len() >= usize::from(self.out_window)
                     || packet_id.is_some_and(|id| st.inflight.contains_key(&id)))
             {
                 // Window full, or (after 65535 deliveries) this id is still in flight.
@@ -567,7 +666,7 @@ impl Conn {
     }
 
     /// Sends what must be sent, closes the socket and detaches from the session.
-    async fn finish(mut self, close: Close) {
+    async fn finish(mut self: Box<Self>, close: Close) {
         // Acknowledgements whose commit is under way are still owed to a client that stays.
         if matches!(close, Close::Server(ReasonCode::ServerShuttingDown)) {
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -604,8 +703,8 @@ impl Conn {
         }
         let data = std::mem::take(&mut self.wbuf);
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            if self.writer.write_all(&data).await.is_ok() {
-                self.writer.shutdown().await;
+            if self.io.write_all(&data).await.is_ok() {
+                self.io.shutdown().await;
             }
         })
         .await;
@@ -623,21 +722,6 @@ async fn wait_front_commit(acks: &mut VecDeque<DeferredAck>) -> CommitResult {
     }
 }
 
-async fn wait_for_space(session: Option<&Session>) {
-    match session {
-        // Boxed: its timer is large and needed only under backpressure.
-        Some(s) => Box::pin(s.wait_for_space()).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn timer_fired(timer: Option<&mut Pin<Box<tokio::time::Sleep>>>) {
-    match timer {
-        Some(t) => t.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -651,15 +735,24 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, peer) = listener.accept().await.unwrap();
-        let (r, w) = io::split_tcp(server);
-        let fut = run(broker.inner.clone(), r, w, peer, ConnMeta::plain("tcp"));
+        let fut = run(Box::new(Accepted {
+            broker: broker.inner.clone(),
+            io: Transport::Tcp(server),
+            peer,
+            meta: ConnMeta::plain("tcp"),
+        }));
         let size = std::mem::size_of_val(&fut);
         eprintln!(
             "connection future: {size} bytes; Conn: {} bytes; Session: {} bytes",
             std::mem::size_of::<Conn>(),
             std::mem::size_of::<Session>()
         );
+
         drop((fut, client));
-        assert!(size < 4096, "connection future is {size} bytes");
+        // Everything else an idle connection holds is counted by tern-bench conn
+        // (docs/benchmarks.md); these catch a regression without running it.
+        assert!(size <= 256, "connection future is {size} bytes");
+        assert!(std::mem::size_of::<Conn>() <= 512, "Conn is {} bytes", std::mem::size_of::<Conn>());
+        assert!(std::mem::size_of::<Session>() <= 320, "Session is {} bytes", std::mem::size_of::<Session>());
     }
 }

@@ -9,7 +9,6 @@ use tern_protocol::topic::TopicFilter;
 use tern_protocol::{
     LastWill, ProtocolVersion, PublishProperties, QoS, ReasonCode, RetainHandling, SubscriptionOptions,
 };
-use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::broker::{Attached, Inner};
@@ -62,7 +61,42 @@ pub(crate) fn session_record(
     }
 }
 
+/// How often connections silent past their keep-alive limit are looked for.
+const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(500);
+
 impl Inner {
+    /// Milliseconds since the broker started (the keep-alive clock).
+    pub(crate) fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Closes connections that stay silent past 1.5 times their Keep Alive (MQTT-3.1.2-22)
+    /// with 0x8D. One task checks every connection, rather than one timer per connection:
+    /// a timer costs each idle connection memory, and every read would have to move it.
+    /// A connection is closed at most `KEEP_ALIVE_SWEEP` after its limit passed.
+    pub(crate) async fn keep_alive_sweep(inner: std::sync::Weak<Inner>) {
+        let mut tick = tokio::time::interval(KEEP_ALIVE_SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // Weak: a broker dropped without shutting down must not be kept alive by this.
+            let Some(inner) = inner.upgrade() else { return };
+            if inner.shutdown.is_cancelled() {
+                return;
+            }
+            let now = inner.now_ms();
+            let silent: Vec<Arc<Session>> =
+                inner.sessions().values().filter(|s| s.keep_alive_expired(now)).cloned().collect();
+            for s in silent {
+                let mut st = s.lock();
+                if s.is_online() && s.keep_alive_expired(now) {
+                    debug!(client_id = %s.client_id, "keep alive expired");
+                    s.kick_locked(&mut st, ReasonCode::KeepAliveTimeout);
+                }
+            }
+        }
+    }
+
     /// Attaches a new connection to the session of `client_id`, taking over any connection
     /// that holds it, and creating or discarding the session per Clean Start. The returned
     /// store operations must commit before CONNACK.
@@ -75,18 +109,21 @@ impl Inner {
     ) -> (Attached, Vec<StoreOp>) {
         let store = self.store().is_some();
         let mut ops = Vec::new();
-        let (tx, rx) = oneshot::channel();
         let mut sessions = self.sessions();
         if let Some(existing) = sessions.get(&client_id).cloned() {
             let mut st = existing.lock();
-            if let Some(kick) = st.kick.take() {
-                let _ = kick.send(ReasonCode::SessionTakenOver);
+            if existing.is_online() {
+                existing.kick_locked(&mut st, ReasonCode::SessionTakenOver);
             }
+            // The old connection's task must not be woken for the new one's messages.
+            st.waker = None;
+            st.kick = None;
             if !clean_start {
                 st.generation += 1;
+                // The new connection starts its own keep-alive clock once it serves.
+                existing.set_keep_alive(0, 0);
                 st.expiry_interval = expiry_interval;
                 st.protocol = protocol;
-                st.kick = Some(tx);
                 st.disconnected_at = None;
                 // Reconnecting before the will delay passed cancels the will (MQTT 3.1.3.2.2).
                 st.pending_will = None;
@@ -102,7 +139,7 @@ impl Inner {
                 drop(st);
                 existing.set_persistent(expiry_interval > 0);
                 existing.set_online(true);
-                let attached = Attached { session: existing, session_present: true, generation, kick: rx };
+                let attached = Attached { session: existing, session_present: true, generation };
                 return (attached, ops);
             }
             // The old connection must not treat the session as its own any more.
@@ -119,7 +156,6 @@ impl Inner {
             let mut st = session.lock();
             st.generation = 1;
             st.expiry_interval = expiry_interval;
-            st.kick = Some(tx);
             if store && expiry_interval > 0 {
                 ops.push(StoreOp::PutSession(session_record(&session, &st, None, None)));
             }
@@ -127,7 +163,7 @@ impl Inner {
         session.set_persistent(expiry_interval > 0);
         session.set_online(true);
         sessions.insert(client_id, session.clone());
-        (Attached { session, session_present: false, generation: 1, kick: rx }, ops)
+        (Attached { session, session_present: false, generation: 1 }, ops)
     }
 
     /// Called when a connection ends. Publishes or schedules the will, hands shared-subscription
@@ -142,6 +178,8 @@ impl Inner {
     ) {
         let mut st = session.lock();
         if st.generation != generation {
+            // The old connection may have taken a ring meant for its successor: pass it on.
+            session.ring_locked(&st);
             drop(st);
             // Taken over. If the new connection resumed the session, a will with a delay is
             // cancelled by that reconnect (MQTT 3.1.3.2.2); if it started clean, the session
@@ -157,6 +195,9 @@ impl Inner {
             st.expiry_interval = e;
         }
         st.kick = None;
+        // A waker keeps its task's memory alive: an offline session must not hold one.
+        st.waker = None;
+        session.set_keep_alive(0, 0);
         st.disconnected_at = Some(Instant::now());
         session.set_online(false);
         let expiry = st.expiry_interval;
@@ -266,7 +307,7 @@ impl Inner {
     pub(crate) fn end_session(&self, session: &Arc<Session>) -> Vec<StoreOp> {
         let (filters, will) = {
             let mut st = session.lock();
-            let filters: Vec<Box<str>> = st.subscriptions.drain().map(|(f, _)| f).collect();
+            let filters: Vec<Box<str>> = std::mem::take(&mut st.subscriptions).into_keys().collect();
             st.queue.clear();
             st.queued_bytes = 0;
             st.inflight.clear();

@@ -224,7 +224,6 @@ impl Inner {
             p.seq = r.seq;
             sink.delivery(session, &p);
         }
-        session.notify.notify_one();
         r.queue_len >= SOFT_QUEUE_LIMIT && session.is_online()
     }
 

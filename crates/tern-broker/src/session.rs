@@ -1,14 +1,14 @@
 //! Session state that outlives a connection: subscriptions, the outbound queue, QoS 1/2
 //! in-flight windows in both directions, and the pending will.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use std::time::Instant;
 
 use tern_protocol::{LastWill, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
 use crate::config::{LimitsConfig, QueueFullPolicy};
 use crate::message::Message;
@@ -110,18 +110,24 @@ pub(crate) struct SessionState {
     pub(crate) inflight: BTreeMap<u16, Inflight>,
     /// Last sequence number assigned to a delivery.
     pub(crate) last_seq: u64,
+    // B-trees rather than hash tables here: an empty one is smaller (no hasher state), and
+    // every session, idle or not, carries both.
     /// QoS 2 packet ids received and PUBREC'd, waiting for PUBREL.
-    pub(crate) inbound_qos2: HashSet<u16>,
+    pub(crate) inbound_qos2: BTreeSet<u16>,
     /// Subscriptions by the filter as sent (including any `$share/{group}/` prefix).
-    pub(crate) subscriptions: HashMap<Box<str>, StoredSub>,
+    pub(crate) subscriptions: BTreeMap<Box<str>, StoredSub>,
     /// Session Expiry Interval in seconds (u32::MAX = never).
     pub(crate) expiry_interval: u32,
     /// Incremented on every (re)connect; timers and old connections compare it.
     pub(crate) generation: u64,
-    /// Tells the connected connection, if any, to close (takeover, admin action).
-    pub(crate) kick: Option<oneshot::Sender<ReasonCode>>,
+    /// Why the connection of generation `Session::kick_gen` must close.
+    pub(crate) kick: Option<ReasonCode>,
     /// A will waiting for its delay to pass or the session to end.
     pub(crate) pending_will: Option<Box<LastWill>>,
+    /// The attached connection's task, woken by rings and kicks. Kept under the lock with
+    /// `generation` so only the current connection can register: an old one being taken
+    /// over must not steal the wake-ups of its successor.
+    pub(crate) waker: Option<std::task::Waker>,
     /// Protocol level of the last connection (decides how queued messages are encoded).
     pub(crate) protocol: ProtocolVersion,
     /// When the last connection ended, while offline.
@@ -166,8 +172,18 @@ pub struct Session {
     /// The client identifier.
     pub client_id: Arc<str>,
     pub(crate) state: std::sync::Mutex<SessionState>,
-    /// Wakes the connection's writer when the queue gains messages.
-    pub(crate) notify: Notify,
+    /// Set when the queue gains messages, cleared by the connection that takes them. An
+    /// atomic so a busy connection sees it without taking the lock.
+    rung: AtomicBool,
+    /// Set by a connection about to wait for `rung`: the next ring wakes it.
+    armed: AtomicBool,
+    /// The generation of the connection told to close (see `kick_locked`); 0 = none.
+    kick_gen: AtomicU64,
+    /// When the attached connection last received a packet, in ms since the broker started.
+    last_seen_ms: AtomicU64,
+    /// How long the attached connection may stay silent (1.5 times Keep Alive), in ms;
+    /// 0 = no limit.
+    keep_alive_ms: AtomicU32,
     /// Wakes publishers waiting for this session's queue to drain.
     pub(crate) space: Notify,
     /// Whether some publisher waits on `space`.
@@ -188,16 +204,21 @@ impl Session {
                 queued_bytes: 0,
                 inflight: BTreeMap::new(),
                 last_seq: 0,
-                inbound_qos2: HashSet::new(),
-                subscriptions: HashMap::new(),
+                inbound_qos2: BTreeSet::new(),
+                subscriptions: BTreeMap::new(),
                 expiry_interval: 0,
                 generation: 0,
                 kick: None,
+                waker: None,
                 pending_will: None,
                 protocol,
                 disconnected_at: None,
             }),
-            notify: Notify::new(),
+            rung: AtomicBool::new(false),
+            armed: AtomicBool::new(false),
+            kick_gen: AtomicU64::new(0),
+            last_seen_ms: AtomicU64::new(0),
+            keep_alive_ms: AtomicU32::new(0),
             space: Notify::new(),
             space_waiters: AtomicBool::new(false),
             online: AtomicBool::new(false),
@@ -307,7 +328,88 @@ impl Session {
         st.queued_bytes += cost;
         st.queue.push_back(p);
         result.queue_len = st.queue.len();
+        self.ring_locked(&st);
         result
+    }
+
+    /// Marks the queue as having news and wakes the connection if it waits for that.
+    pub(crate) fn ring_locked(&self, st: &SessionState) {
+        // SeqCst pairs with `poll_rung`: either this sees `armed`, or the connection sees
+        // `rung` after arming.
+        self.rung.store(true, Ordering::SeqCst);
+        if self.armed.swap(false, Ordering::SeqCst)
+            && let Some(w) = &st.waker
+        {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Ready once after each ring (rings while nobody waits coalesce into one). Lock-free:
+    /// the connection's waker is registered once (see `register`).
+    pub(crate) fn poll_rung(&self) -> std::task::Poll<()> {
+        if self.rung.swap(false, Ordering::SeqCst) {
+            return std::task::Poll::Ready(());
+        }
+        self.armed.store(true, Ordering::SeqCst);
+        if self.rung.swap(false, Ordering::SeqCst) {
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
+    }
+
+    /// Registers the task of the connection of `generation` for rings and kicks; ignored
+    /// if another connection has taken the session over.
+    pub(crate) fn register(&self, generation: u64, waker: &std::task::Waker) {
+        let mut st = self.lock();
+        if st.generation == generation {
+            st.waker = Some(waker.clone());
+        }
+    }
+
+    /// Tells the attached connection (of the current generation) to close with `code`.
+    pub(crate) fn kick_locked(&self, st: &mut SessionState, code: ReasonCode) {
+        st.kick = Some(code);
+        self.kick_gen.store(st.generation, Ordering::Release);
+        if let Some(w) = &st.waker {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Why the connection of `generation` must close, if it must.
+    pub(crate) fn kicked(&self, generation: u64) -> Option<ReasonCode> {
+        if self.kick_gen.load(Ordering::Acquire) != generation {
+            return None;
+        }
+        let st = self.lock();
+        // A takeover moves the generation on after kicking the old one.
+        Some(if st.generation == generation {
+            st.kick.unwrap_or(ReasonCode::UnspecifiedError)
+        } else {
+            ReasonCode::SessionTakenOver
+        })
+    }
+
+    /// Notes that the attached connection received data at `now_ms` (ms since the broker
+    /// started).
+    pub(crate) fn touch(&self, now_ms: u64) {
+        // Written only when it changes, so a busy connection does not keep dirtying the
+        // cache line publishers read.
+        if self.last_seen_ms.load(Ordering::Relaxed) != now_ms {
+            self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts keep-alive tracking for a newly attached connection.
+    pub(crate) fn set_keep_alive(&self, keep_alive_ms: u32, now_ms: u64) {
+        self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+        // Release: a sweep that sees the new limit sees the new start time too.
+        self.keep_alive_ms.store(keep_alive_ms, Ordering::Release);
+    }
+
+    /// Whether the attached connection has been silent past its keep-alive limit.
+    pub(crate) fn keep_alive_expired(&self, now_ms: u64) -> bool {
+        let limit = self.keep_alive_ms.load(Ordering::Acquire);
+        limit > 0 && now_ms >= self.last_seen_ms.load(Ordering::Relaxed) + u64::from(limit)
     }
 }
 

@@ -186,7 +186,7 @@ impl Conn {
         if let Some(congested) = published.congested
             && congested.id != self.session.id
         {
-            self.blocked_on = Some(congested);
+            self.blocked = Some(super::SpaceWait::new(congested));
         }
         let code = if published.delivered == 0 && self.version.is_v5() {
             ReasonCode::NoMatchingSubscribers

@@ -1,8 +1,6 @@
 //! The CONNECT handshake: protocol checks, authentication (including the MQTT 5 AUTH
 //! exchange), connection limits, session attach and CONNACK.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,15 +11,15 @@ use tern_protocol::{
 };
 use tracing::{debug, info, warn};
 
-use super::io::{Reader, Writer};
-use super::{Conn, ConnMeta, LocalStats};
+use super::io::Transport;
+use super::{Accepted, Conn, LocalStats};
 use crate::auth::{Action, AuthOutcome, AuthStep, ConnectInfo, Principal};
 use crate::broker::{Attached, Inner, max_qos};
 use crate::stats::Stats;
 
 /// Reads until one packet decodes, or the deadline passes / the stream ends (`Ok(None)`).
 async fn read_packet(
-    reader: &mut Reader,
+    io: &mut Transport,
     buf: &mut BytesMut,
     decoder: &mut Decoder,
     deadline: Instant,
@@ -30,7 +28,7 @@ async fn read_packet(
         if let Some(p) = decoder.decode(buf)? {
             return Ok(Some(p));
         }
-        match tokio::time::timeout_at(deadline.into(), reader.read(buf, super::io::MIN_READ)).await {
+        match tokio::time::timeout_at(deadline.into(), io.read(buf, super::io::MIN_READ as usize)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return Ok(None),
         }
@@ -38,14 +36,14 @@ async fn read_packet(
 }
 
 /// Sends a CONNACK refusing the connection.
-async fn refuse(writer: &mut Writer, version: ProtocolVersion, code: ReasonCode, broker: &Inner) {
+async fn refuse(io: &mut Transport, version: ProtocolVersion, code: ReasonCode, broker: &Inner) {
     Stats::add(&broker.stats.connections_refused, 1);
     let mut buf = BytesMut::new();
     let ack = ConnAck { session_present: false, reason_code: code, properties: ConnAckProperties::default() };
     if encode(&Packet::ConnAck(ack), version, &mut buf).is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            if writer.write_all(&buf).await.is_ok() {
-                writer.shutdown().await;
+            if io.write_all(&buf).await.is_ok() {
+                io.shutdown().await;
             }
         })
         .await;
@@ -71,14 +69,13 @@ fn own_will(mut w: tern_protocol::LastWill) -> Box<tern_protocol::LastWill> {
 /// Runs the MQTT 5 enhanced authentication exchange (AUTH packets) started by CONNECT.
 async fn enhanced_auth(
     broker: &Inner,
-    io: (&mut Reader, &mut Writer),
+    io: &mut Transport,
     buf: &mut BytesMut,
     decoder: &mut Decoder,
     deadline: Instant,
     connect: &Connect,
     info: &ConnectInfo<'_>,
 ) -> Result<(Principal, Option<Vec<u8>>), ReasonCode> {
-    let (reader, writer) = io;
     let Some(method) = connect.properties.authentication_method.as_ref() else {
         return Err(ReasonCode::BadAuthenticationMethod);
     };
@@ -100,8 +97,8 @@ async fn enhanced_auth(
                 let mut out = BytesMut::new();
                 encode(&Packet::Auth(auth), ProtocolVersion::V5, &mut out)
                     .map_err(|_| ReasonCode::ImplementationSpecificError)?;
-                writer.write_all(&out).await.map_err(|_| ReasonCode::UnspecifiedError)?;
-                let reply = read_packet(reader, buf, decoder, deadline).await;
+                io.write_all(&out).await.map_err(|_| ReasonCode::UnspecifiedError)?;
+                let reply = read_packet(io, buf, decoder, deadline).await;
                 let Ok(Some(Packet::Auth(a))) = reply else {
                     return Err(ReasonCode::ProtocolError);
                 };
@@ -119,25 +116,20 @@ async fn enhanced_auth(
 }
 
 /// The CONNECT handshake. Returns `None` when the connection was refused or dropped.
-pub(super) async fn handshake(
-    broker: Arc<Inner>,
-    mut reader: Reader,
-    mut writer: Writer,
-    peer: SocketAddr,
-    meta: ConnMeta,
-) -> Option<Conn> {
+pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
+    let Accepted { broker, mut io, peer, meta } = *accepted;
     let cfg = &broker.config.mqtt;
     let mut decoder = Decoder::new_server(cfg.max_packet_size);
     let mut rbuf = BytesMut::new();
     let deadline = Instant::now() + Duration::from_secs(u64::from(cfg.connect_timeout.max(1)));
-    let connect: Box<Connect> = match read_packet(&mut reader, &mut rbuf, &mut decoder, deadline).await {
+    let connect: Box<Connect> = match read_packet(&mut io, &mut rbuf, &mut decoder, deadline).await {
         Ok(Some(Packet::Connect(c))) => c,
         Ok(_) => return None,
         Err(DecodeError::UnsupportedProtocolVersion(level)) => {
             // MQTT-3.1.2-2: answer in the format the client most likely reads.
             let v = if level > 5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
             debug!(level, "unsupported protocol level");
-            refuse(&mut writer, v, ReasonCode::UnsupportedProtocolVersion, &broker).await;
+            refuse(&mut io, v, ReasonCode::UnsupportedProtocolVersion, &broker).await;
             return None;
         }
         Err(e) => {
@@ -154,13 +146,13 @@ pub(super) async fn handshake(
     }
 
     if broker.shutdown.is_cancelled() {
-        refuse(&mut writer, version, ReasonCode::ServerUnavailable, &broker).await;
+        refuse(&mut io, version, ReasonCode::ServerUnavailable, &broker).await;
         return None;
     }
     let Ok(permit) = broker.connection_slots.clone().try_acquire_owned() else {
         warn!(%peer, "connection limit reached, refusing");
         let code = if v5 { ReasonCode::QuotaExceeded } else { ReasonCode::ServerUnavailable };
-        refuse(&mut writer, version, code, &broker).await;
+        refuse(&mut io, version, code, &broker).await;
         return None;
     };
 
@@ -168,7 +160,7 @@ pub(super) async fn handshake(
     let requested_id: String = if connect.client_id.is_empty() {
         if !v5 && !connect.clean_start {
             // MQTT-3.1.3-8: an empty id needs Clean Session = 1.
-            refuse(&mut writer, version, ReasonCode::ClientIdentifierNotValid, &broker).await;
+            refuse(&mut io, version, ReasonCode::ClientIdentifierNotValid, &broker).await;
             return None;
         }
         let id = assign_client_id();
@@ -190,17 +182,7 @@ pub(super) async fn handshake(
     let mut auth_method = None;
     let mut auth_data = None;
     let principal = if let Some(method) = connect.properties.authentication_method.clone().filter(|_| v5) {
-        match enhanced_auth(
-            &broker,
-            (&mut reader, &mut writer),
-            &mut rbuf,
-            &mut decoder,
-            deadline,
-            &connect,
-            &info,
-        )
-        .await
-        {
+        match enhanced_auth(&broker, &mut io, &mut rbuf, &mut decoder, deadline, &connect, &info).await {
             Ok((p, data)) => {
                 auth_method = Some(method);
                 auth_data = data.map(Bytes::from);
@@ -208,7 +190,7 @@ pub(super) async fn handshake(
             }
             Err(code) => {
                 info!(client_id = %requested_id, %code, "enhanced authentication failed");
-                refuse(&mut writer, version, code, &broker).await;
+                refuse(&mut io, version, code, &broker).await;
                 return None;
             }
         }
@@ -217,7 +199,7 @@ pub(super) async fn handshake(
             AuthOutcome::Allow(p) => p,
             AuthOutcome::Deny(code) => {
                 info!(client_id = %requested_id, username = ?info.username, %code, "connection refused");
-                refuse(&mut writer, version, code, &broker).await;
+                refuse(&mut io, version, code, &broker).await;
                 return None;
             }
         }
@@ -227,7 +209,7 @@ pub(super) async fn handshake(
         && !broker.authorizer.check(&principal, Action::Publish, &w.topic, w.qos, w.retain)
     {
         info!(client_id = %requested_id, topic = %w.topic, "will topic not authorized");
-        refuse(&mut writer, version, ReasonCode::NotAuthorized, &broker).await;
+        refuse(&mut io, version, ReasonCode::NotAuthorized, &broker).await;
         return None;
     }
     // An authenticator may fix the client id (e.g. from a certificate).
@@ -257,10 +239,10 @@ pub(super) async fn handshake(
     if expiry > 0 && broker.store().is_some_and(|p| !p.is_available()) {
         // A persistent session needs the store, which is down (MQTT 5: 0x88).
         warn!(client_id = %client_id, "database unavailable: refusing a persistent session");
-        refuse(&mut writer, version, ReasonCode::ServerUnavailable, &broker).await;
+        refuse(&mut io, version, ReasonCode::ServerUnavailable, &broker).await;
         return None;
     }
-    let (Attached { session, session_present, generation, kick }, ops) =
+    let (Attached { session, session_present, generation }, ops) =
         broker.attach(client_id.clone(), connect.clean_start, expiry, version);
     if let Some(rx) = broker.store().and_then(|p| p.submit(ops, true)) {
         let limit = Duration::from_millis(broker.config.persistence.commit_timeout_ms + 1000);
@@ -268,7 +250,7 @@ pub(super) async fn handshake(
         if !matches!(committed, Ok(Ok(Ok(())))) {
             warn!(client_id = %client_id, "could not store the session: refusing the connection");
             broker.detach(&session, generation, None, None);
-            refuse(&mut writer, version, ReasonCode::ServerUnavailable, &broker).await;
+            refuse(&mut io, version, ReasonCode::ServerUnavailable, &broker).await;
             return None;
         }
     }
@@ -304,11 +286,16 @@ pub(super) async fn handshake(
         now + left
     });
     let connect = *connect;
-    let mut conn = Conn {
+    // The slot is given back when the `Conn` drops.
+    permit.forget();
+    // Boxed: the connection task holds it by pointer for the connection's whole life.
+    let mut conn = Box::new(Conn {
         broker: broker.clone(),
-        reader,
-        writer,
-        rbuf,
+        io,
+        peer,
+        // What the CONNECT left (a client may send more right behind it), or nothing: the
+        // read buffer is not kept for an idle connection.
+        rbuf: if rbuf.is_empty() { BytesMut::new() } else { rbuf },
         wbuf: BytesMut::new(),
         decoder,
         version,
@@ -317,26 +304,25 @@ pub(super) async fn handshake(
         client_id,
         principal,
         will: connect.will.map(own_will),
-        keep_alive: (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500)),
-        last_read: now,
-        keep_alive_timer: None,
+        keep_alive_ms: u32::from(keep_alive_secs) * 1500,
         read_size: super::io::MIN_READ,
-        auth_expiry,
-        out_window: usize::from(client_receive_max.min(cfg.max_inflight)),
+        auth_timer: auth_expiry.map(|t| Box::pin(tokio::time::sleep_until(t.into()))),
+        armed: false,
+        want_queue: true,
+        queue_ready: false,
+        waker: None,
+        out_window: client_receive_max.min(cfg.max_inflight),
         client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
         aliases: Vec::new(),
         problem_info: connect.properties.request_problem_information.unwrap_or(true),
         connect_expiry: expiry,
         expiry_override: None,
         close_text: None,
-        blocked_on: None,
-        acl_cache: HashMap::new(),
-        acl_version: 0,
+        blocked: None,
+        acl_cache: None,
         acks: std::collections::VecDeque::new(),
-        kick,
         stats: LocalStats::default(),
-        _permit: permit,
-    };
+    });
     conn.write_packet(&Packet::ConnAck(connack));
     Stats::add(&broker.stats.connections_total, 1);
     Stats::add(&broker.stats.clients_connected, 1);
