@@ -144,3 +144,35 @@ async fn retained_with_rumqttc_v311() -> Result<()> {
     ensure!(p.retain && p.payload == "v4-retained", "{p:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_subscription_matching_more_retained_messages_than_a_queue_holds_gets_them_all() -> Result<()> {
+    // Retained messages enter the subscriber's queue as it drains, so the queue limit (here
+    // 100) neither cuts them off nor is any of them sent twice.
+    let broker = spawn_broker(&[("TERN_LIMITS__MAX_QUEUED_MESSAGES", "100")]);
+    let mut publ = RawClient::connect_ok(broker.addr(), connect_v5("many-pub")).await?;
+    let topics: Vec<String> = (0..1000).map(|i| format!("many/{i}")).collect();
+    for t in &topics {
+        publ.publish(retained(t, QoS::AtLeastOnce, "v")).await?;
+    }
+    // One topic gets a newer value before anyone subscribes: only that one is delivered.
+    publ.publish(retained("many/7", QoS::AtLeastOnce, "newer")).await?;
+
+    let mut sub = RawClient::connect_ok(broker.addr(), connect_v5("many-sub")).await?;
+    sub.subscribe_to("many/#", QoS::AtLeastOnce).await?;
+    let got = sub.expect_exactly(1000).await?;
+    let mut seen: Vec<&str> = got.iter().map(|p| p.topic.as_str()).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    ensure!(seen.len() == 1000, "{} distinct topics of 1000", seen.len());
+    ensure!(got.iter().all(|p| p.retain), "every one carries RETAIN");
+    let seven: Vec<_> = got.iter().filter(|p| p.topic == "many/7").collect();
+    ensure!(seven.len() == 1 && seven[0].payload == "newer", "{seven:?}");
+
+    // At QoS 0 nothing waits for acknowledgements: the feeding must go on by itself.
+    let mut sub0 = RawClient::connect_ok(broker.addr(), connect_v5("many-sub0")).await?;
+    sub0.subscribe_to("many/#", QoS::AtMostOnce).await?;
+    let got0 = sub0.expect_exactly(1000).await?;
+    ensure!(got0.len() == 1000 && got0.iter().all(|p| p.qos == QoS::AtMostOnce), "{}", got0.len());
+    Ok(())
+}

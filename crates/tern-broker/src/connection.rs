@@ -24,7 +24,8 @@ use crate::auth::{Action, CertIdentity, Principal};
 use crate::broker::Inner;
 use crate::persist::CommitResult;
 use crate::router::OpSink;
-use crate::session::{Awaiting, Inflight, Pending, Session, packet_id_for};
+use crate::message::Message;
+use crate::session::{Awaiting, Inflight, Pending, RetainedBatch, Session, SubIds, packet_id_for};
 use crate::stats::Stats;
 use crate::store::StoreError;
 
@@ -38,6 +39,11 @@ use io::Transport;
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Buffers larger than this are released once empty even while busy.
 const KEEP_BUFFER_MAX: usize = 256 * 1024;
+/// Retained messages waiting since a SUBSCRIBE are fed into the queue when it is shorter
+/// than this...
+const RETAINED_FEED_BELOW: usize = 128;
+/// ...up to this length.
+const RETAINED_FEED_UP_TO: usize = 256;
 /// Cached authorization decisions per connection before the cache is cleared.
 const ACL_CACHE_MAX: usize = 1024;
 
@@ -94,9 +100,9 @@ pub(crate) struct DeferredAck {
     pub(crate) result: Option<CommitResult>,
     pub(crate) packet: Option<Packet>,
     pub(crate) on_fail: OnFail,
-    /// Deliveries to queue once the acknowledgement is written (retained messages follow
-    /// their SUBACK).
-    pub(crate) then: Vec<Pending>,
+    /// Retained messages to queue once the acknowledgement is written (they follow their
+    /// SUBACK).
+    pub(crate) then: Option<RetainedBatch>,
 }
 
 /// Local counters flushed to the shared `Stats` after every event (so 32 bits suffice: one
@@ -143,6 +149,9 @@ pub(crate) struct Conn {
     want_queue: bool,
     /// Whether queued messages wait for room that is now there.
     queue_ready: bool,
+    /// Whether the session has retained messages waiting to be queued (see
+    /// `feed_retained`).
+    pub(crate) retained_waiting: bool,
     /// The waker registered with the session for rings and kicks (re-registered only if
     /// the task's waker changes).
     waker: Option<std::task::Waker>,
@@ -314,6 +323,10 @@ impl Conn {
         if self.wbuf.len() < WRITE_HIGH_WATER {
             more_queued = self.pump_queue();
         }
+        // After pumping, when the queue is shortest; what it queues rings the loop round.
+        if self.retained_waiting {
+            self.feed_retained();
+        }
         self.try_flush()?;
         self.flush_stats();
         self.want_queue = self.wbuf.len() < WRITE_HIGH_WATER;
@@ -416,7 +429,7 @@ impl Conn {
         commit: Option<oneshot::Receiver<CommitResult>>,
         packet: Option<Packet>,
         on_fail: OnFail,
-        then: Vec<Pending>,
+        then: Option<RetainedBatch>,
     ) {
         if commit.is_none() && self.acks.is_empty() {
             if let Some(p) = &packet {
@@ -428,15 +441,77 @@ impl Conn {
         self.acks.push_back(DeferredAck { commit, result: None, packet, on_fail, then });
     }
 
-    fn queue_after(&mut self, then: Vec<Pending>) {
-        if then.is_empty() {
+    fn queue_after(&mut self, then: Option<RetainedBatch>) {
+        let Some(batch) = then else { return };
+        if batch.msgs.is_empty() {
             return;
         }
-        let mut sink = OpSink::new(self.broker.store().is_some());
-        for p in then {
-            let _ = self.broker.deliver(&self.session, p, &mut sink);
+        self.session.lock().retained_backlog.get_or_insert_default().push_back(batch);
+        self.retained_waiting = true;
+    }
+
+    /// Moves retained messages waiting since a SUBSCRIBE into the queue while it is short.
+    /// A message replaced or cleared since the SUBSCRIBE is skipped: its successor was
+    /// delivered live, and an older value must not arrive after a newer one.
+    fn feed_retained(&mut self) {
+        // Until something is queued (which rings the loop on) or nothing waits: a chunk of
+        // only superseded messages must not leave the rest stranded.
+        while self.retained_waiting && !self.feed_retained_chunk() {}
+    }
+
+    /// Feeds one chunk; returns whether it queued anything or the queue is long enough.
+    fn feed_retained_chunk(&mut self) -> bool {
+        let mut chunk = Vec::new();
+        let mut sub_id = None;
+        {
+            let mut st = self.session.lock();
+            let (queued, queued_bytes) = (st.queue.len(), st.queued_bytes);
+            let Some(backlog) = st.retained_backlog.as_mut() else {
+                self.retained_waiting = false;
+                return true;
+            };
+            // Within the queue limit too, so feeding never evicts or drops.
+            let up_to = RETAINED_FEED_UP_TO.min(self.broker.config.limits.max_queued_messages);
+            if queued >= RETAINED_FEED_BELOW.min(up_to.div_ceil(2)) {
+                return true;
+            }
+            if let Some(batch) = backlog.front_mut() {
+                sub_id = batch.sub_id;
+                let max_bytes = self.broker.config.limits.max_queued_bytes / 2;
+                let mut bytes = queued_bytes;
+                while chunk.len() < up_to - queued
+                    && let Some((msg, _)) = batch.msgs.front()
+                    && (chunk.is_empty() && queued == 0 || bytes + msg.cost() <= max_bytes)
+                {
+                    bytes += msg.cost();
+                    chunk.extend(batch.msgs.pop_front());
+                }
+                if batch.msgs.is_empty() {
+                    backlog.pop_front();
+                }
+            }
+            if backlog.is_empty() {
+                st.retained_backlog = None;
+                self.retained_waiting = false;
+            }
         }
-        self.broker.store_background(sink.ops);
+        if chunk.is_empty() {
+            // The queue's byte budget is used up: wait for it to drain.
+            return true;
+        }
+        let broker = self.broker.clone();
+        let current: Vec<(Arc<Message>, QoS)> = {
+            let retained = broker.retained.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            chunk.into_iter().filter(|(m, _)| retained.get(&m.topic).is_some_and(|c| Arc::ptr_eq(c, m))).collect()
+        };
+        let queued_any = !current.is_empty();
+        let mut sink = OpSink::new(broker.store().is_some());
+        for (msg, granted) in current {
+            let qos = msg.qos.min(granted);
+            let _ = broker.deliver(&self.session, Pending::new(msg, qos, true, SubIds::from_option(sub_id)), &mut sink);
+        }
+        broker.store_background(sink.ops);
+        queued_any
     }
 
     /// Sends every acknowledgement at the front of the queue whose commit has resolved.
@@ -481,6 +556,11 @@ impl Conn {
                     }
                 }
             }
+        }
+        if self.acks.is_empty() && self.acks.capacity() > 16 {
+            // A burst of acknowledgements waiting for commits grew it; an idle connection
+            // must not keep that (each slot is a whole packet).
+            self.acks = VecDeque::new();
         }
         Ok(())
     }

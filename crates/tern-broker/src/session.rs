@@ -69,6 +69,17 @@ impl Pending {
     }
 }
 
+/// Retained messages matched by one SUBSCRIBE, waiting to enter the queue: they are fed in
+/// as the queue drains, so a subscription matching many retained messages costs 16 bytes
+/// per message rather than a queued delivery each, and is never cut off by the queue limit.
+#[derive(Debug)]
+pub(crate) struct RetainedBatch {
+    /// Each message with the QoS granted to the filter that matched it.
+    pub(crate) msgs: VecDeque<(Arc<Message>, QoS)>,
+    /// The SUBSCRIBE's Subscription Identifier.
+    pub(crate) sub_id: Option<u32>,
+}
+
 /// The packet identifier of the delivery with sequence number `seq` (1..=65535).
 pub(crate) fn packet_id_for(seq: u64) -> u16 {
     (seq % 65_535) as u16 + 1
@@ -120,6 +131,8 @@ pub(crate) struct SessionState {
     pub(crate) expiry_interval: u32,
     /// Incremented on every (re)connect; timers and old connections compare it.
     pub(crate) generation: u64,
+    /// Retained messages still to be queued, oldest SUBSCRIBE first (boxed: usually none).
+    pub(crate) retained_backlog: Option<Box<VecDeque<RetainedBatch>>>,
     /// Why the connection of generation `Session::kick_gen` must close.
     pub(crate) kick: Option<ReasonCode>,
     /// A will waiting for its delay to pass or the session to end.
@@ -208,6 +221,7 @@ impl Session {
                 subscriptions: BTreeMap::new(),
                 expiry_interval: 0,
                 generation: 0,
+                retained_backlog: None,
                 kick: None,
                 waker: None,
                 pending_will: None,

@@ -15,7 +15,7 @@ use super::{Close, Conn, OnFail};
 use crate::auth::Action;
 use crate::broker::max_qos;
 use crate::message::Message;
-use crate::session::{Awaiting, Inflight, Pending, SubIds};
+use crate::session::{Awaiting, Inflight, RetainedBatch};
 use crate::stats::Stats;
 use crate::store::StoreOp;
 use crate::trie::SubEntry;
@@ -77,7 +77,7 @@ impl Conn {
             reply.properties.reason_string = Some(ByteStr::from_static(code.description()));
         }
         let packet = if p.qos == QoS::AtLeastOnce { Packet::PubAck(reply) } else { Packet::PubRec(reply) };
-        self.send_after(None, Some(packet), OnFail::Nothing, Vec::new());
+        self.send_after(None, Some(packet), OnFail::Nothing, None);
     }
 
     /// Whether this session's state goes to the store.
@@ -150,7 +150,7 @@ impl Conn {
             if st.inbound_qos2.contains(&id) {
                 // A resend before PUBREL: acknowledge again, deliver once (MQTT 4.3.3).
                 drop(st);
-                self.send_after(None, Some(Packet::PubRec(PubReply::new(id))), OnFail::Nothing, Vec::new());
+                self.send_after(None, Some(Packet::PubRec(PubReply::new(id))), OnFail::Nothing, None);
                 return Ok(());
             }
             if st.inbound_qos2.len() >= usize::from(cfg.mqtt.receive_maximum) {
@@ -178,7 +178,7 @@ impl Conn {
                     let reply = PubReply::with_reason(id, ReasonCode::UnspecifiedError);
                     let packet =
                         if qos == QoS::AtLeastOnce { Packet::PubAck(reply) } else { Packet::PubRec(reply) };
-                    self.send_after(None, Some(packet), OnFail::Nothing, Vec::new());
+                    self.send_after(None, Some(packet), OnFail::Nothing, None);
                 }
             }
             return Ok(());
@@ -199,12 +199,12 @@ impl Conn {
             (QoS::AtLeastOnce, Some(id)) => {
                 let on_fail = if v5 { OnFail::Send(Packet::PubAck(failed(id))) } else { OnFail::Nothing };
                 let ack = Packet::PubAck(PubReply::with_reason(id, code));
-                self.send_after(published.commit, Some(ack), on_fail, Vec::new());
+                self.send_after(published.commit, Some(ack), on_fail, None);
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 let on_fail = OnFail::ForgetInbound(id, v5.then(|| Packet::PubRec(failed(id))));
                 let ack = Packet::PubRec(PubReply::with_reason(id, code));
-                self.send_after(published.commit, Some(ack), on_fail, Vec::new());
+                self.send_after(published.commit, Some(ack), on_fail, None);
             }
             _ => {}
         }
@@ -260,7 +260,7 @@ impl Conn {
         if !self.version.is_v5() {
             reply.reason_code = ReasonCode::Success;
         }
-        self.send_after(commit, Some(Packet::PubRel(reply)), OnFail::Close, Vec::new());
+        self.send_after(commit, Some(Packet::PubRel(reply)), OnFail::Close, None);
     }
 
     fn on_pubrel(&mut self, r: &PubReply) {
@@ -276,7 +276,7 @@ impl Conn {
             commit = self.broker.store().and_then(|p| p.submit(vec![op], true));
         }
         let comp = Packet::PubComp(PubReply::with_reason(r.packet_id, code));
-        self.send_after(commit, Some(comp), OnFail::RestoreInbound(r.packet_id), Vec::new());
+        self.send_after(commit, Some(comp), OnFail::RestoreInbound(r.packet_id), None);
     }
 
     fn on_pubcomp(&mut self, r: &PubReply) {
@@ -302,7 +302,7 @@ impl Conn {
             let codes = vec![ReasonCode::UnspecifiedError; s.filters.len()];
             let ack =
                 SubAck { packet_id: s.packet_id, reason_codes: codes, properties: AckProperties::default() };
-            self.send_after(None, Some(Packet::SubAck(ack)), OnFail::Nothing, Vec::new());
+            self.send_after(None, Some(Packet::SubAck(ack)), OnFail::Nothing, None);
             return Ok(());
         }
         let mut ops = Vec::new();
@@ -357,12 +357,7 @@ impl Conn {
         }
         let ack =
             SubAck { packet_id: s.packet_id, reason_codes: codes, properties: AckProperties::default() };
-        let then = retained
-            .into_iter()
-            .map(|(msg, granted)| {
-                Pending::new(msg.clone(), msg.qos.min(granted), true, SubIds::from_option(sub_id))
-            })
-            .collect();
+        let then = Some(RetainedBatch { msgs: retained.into(), sub_id });
         let commit = broker.store().and_then(|p| p.submit(ops, true));
         self.send_after(commit, Some(Packet::SubAck(ack)), OnFail::Close, then);
         Ok(())
@@ -386,7 +381,7 @@ impl Conn {
         let ack =
             UnsubAck { packet_id: u.packet_id, reason_codes: codes, properties: AckProperties::default() };
         let commit = broker.store().and_then(|p| p.submit(ops, true));
-        self.send_after(commit, Some(Packet::UnsubAck(ack)), OnFail::Close, Vec::new());
+        self.send_after(commit, Some(Packet::UnsubAck(ack)), OnFail::Close, None);
     }
 
     /// A client DISCONNECT; returns how the connection closes.

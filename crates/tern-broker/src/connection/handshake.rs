@@ -311,6 +311,7 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         want_queue: true,
         queue_ready: false,
         waker: None,
+        retained_waiting: false,
         out_window: client_receive_max.min(cfg.max_inflight),
         client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
         aliases: Vec::new(),
@@ -327,6 +328,7 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
     Stats::add(&broker.stats.connections_total, 1);
     Stats::add(&broker.stats.clients_connected, 1);
     if session_present {
+        conn.retained_waiting = conn.session.lock().retained_backlog.is_some();
         conn.resend_inflight();
     }
     Some(conn)
