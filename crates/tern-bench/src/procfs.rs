@@ -99,7 +99,8 @@ pub(crate) struct BrokerUsage {
     pub(crate) rss_start_kib: Option<u64>,
     pub(crate) rss_end_kib: Option<u64>,
     pub(crate) rss_avg_kib: Option<u64>,
-    /// Highest of the sampled RSS and the kernel's high-water mark (VmHWM).
+    /// Highest of the sampled RSS and the kernel's high-water mark (VmHWM, reset when the
+    /// run starts where permitted).
     pub(crate) rss_peak_kib: Option<u64>,
 }
 
@@ -119,6 +120,12 @@ pub(crate) struct SelfUsage {
 
 impl Sampler {
     pub(crate) fn new(broker_pid: Option<u32>) -> Arc<Sampler> {
+        if let Some(pid) = broker_pid {
+            // Reset the broker's high-water mark (VmHWM), where permitted (same user or
+            // root): the peak should be that of this run, not of the broker's start-up
+            // (e.g. Tern's one 19 MiB argon2 hash that calibrates password checks).
+            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        }
         Arc::new(Sampler { broker: broker_pid.map(|p| p.to_string()), samples: Mutex::new(Vec::new()) })
     }
 

@@ -22,9 +22,9 @@ use tracing::{Instrument, debug, debug_span, info_span};
 
 use crate::auth::{Action, CertIdentity, Principal};
 use crate::broker::Inner;
+use crate::message::Message;
 use crate::persist::CommitResult;
 use crate::router::OpSink;
-use crate::message::Message;
 use crate::session::{Awaiting, Inflight, Pending, RetainedBatch, Session, SubIds, packet_id_for};
 use crate::stats::Stats;
 use crate::store::StoreError;
@@ -502,13 +502,20 @@ impl Conn {
         let broker = self.broker.clone();
         let current: Vec<(Arc<Message>, QoS)> = {
             let retained = broker.retained.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            chunk.into_iter().filter(|(m, _)| retained.get(&m.topic).is_some_and(|c| Arc::ptr_eq(c, m))).collect()
+            chunk
+                .into_iter()
+                .filter(|(m, _)| retained.get(&m.topic).is_some_and(|c| Arc::ptr_eq(c, m)))
+                .collect()
         };
         let queued_any = !current.is_empty();
         let mut sink = OpSink::new(broker.store().is_some());
         for (msg, granted) in current {
             let qos = msg.qos.min(granted);
-            let _ = broker.deliver(&self.session, Pending::new(msg, qos, true, SubIds::from_option(sub_id)), &mut sink);
+            let _ = broker.deliver(
+                &self.session,
+                Pending::new(msg, qos, true, SubIds::from_option(sub_id)),
+                &mut sink,
+            );
         }
         broker.store_background(sink.ops);
         queued_any
