@@ -13,6 +13,7 @@ use tern_protocol::ReasonCode;
 use crate::backoff::{Backoff, Verdict};
 use crate::cert::identity_field;
 use crate::config::{AuthConfig, CertMapTo, Method};
+use crate::device_ids::DeviceIds;
 use crate::error::AuthError;
 use crate::jwt::{JwtFailure, JwtVerifier, looks_like_jwt};
 use crate::password::{HashPool, random_bytes};
@@ -28,6 +29,8 @@ pub struct TernAuthenticator {
     jwt: Option<Arc<JwtVerifier>>,
     backoff: Arc<Backoff>,
     hashes: HashPool,
+    /// Remembered answers to "is this client id provisioned?" for anonymous CONNECTs.
+    device_ids: DeviceIds,
     /// Key for the fake SCRAM salts of unknown users (random per process).
     scram_secret: [u8; 32],
 }
@@ -77,6 +80,7 @@ impl TernAuthenticator {
             jwt,
             backoff: Arc::new(Backoff::new(config.backoff.clone())),
             hashes,
+            device_ids: DeviceIds::default(),
             scram_secret,
         })
     }
@@ -306,11 +310,11 @@ impl TernAuthenticator {
     /// is not vouched for), and a provisioned device's client id is refused so anonymous
     /// clients cannot take over a device's session or its client-id rules.
     async fn anonymous(&self, info: &ConnectInfo<'_>) -> Option<Result<Principal, Refusal>> {
-        Some(match self.store.device_by_client_id(info.client_id).await {
-            Ok(Some(_)) => {
+        Some(match self.device_ids.is_provisioned(&*self.store, info.client_id).await {
+            Ok(true) => {
                 Err((ReasonCode::NotAuthorized, "anonymous client uses a provisioned device's client id"))
             }
-            Ok(None) => Ok(Principal {
+            Ok(false) => Ok(Principal {
                 client_id: info.client_id.to_string(),
                 username: None,
                 expires_at: None,

@@ -12,6 +12,7 @@ mod authorizer;
 mod backoff;
 pub mod cert;
 pub mod config;
+mod device_ids;
 mod error;
 mod jwt;
 pub mod password;

@@ -115,6 +115,35 @@ async fn store_outage_refuses_with_server_unavailable() {
 }
 
 #[tokio::test]
+async fn anonymous_checks_are_remembered_until_the_directory_changes() {
+    let store = store_with_passwords().await;
+    let auth = TernAuthenticator::new(&config(&[Method::Anonymous]), store.clone()).await.unwrap();
+    allowed(auth.authenticate(&connect("late-device", None, None)).await);
+    // Provisioned meanwhile: seen once the directory's version is compared again (≤ 1 s).
+    let d = device("late-device", None);
+    tern_broker::store::DirectoryStore::add_device(&*store, &d).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        denied(&auth.authenticate(&connect("late-device", None, None)).await),
+        ReasonCode::NotAuthorized
+    );
+    // A client id seen before is answered from memory while the store is away; a new one
+    // needs the store.
+    allowed(auth.authenticate(&connect("regular", None, None)).await);
+    store.set_down(true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    allowed(auth.authenticate(&connect("regular", None, None)).await);
+    assert_eq!(
+        denied(&auth.authenticate(&connect("late-device", None, None)).await),
+        ReasonCode::NotAuthorized
+    );
+    assert_eq!(
+        denied(&auth.authenticate(&connect("newcomer", None, None)).await),
+        ReasonCode::ServerUnavailable
+    );
+}
+
+#[tokio::test]
 async fn backoff_delays_then_bans() {
     let store = store_with_passwords().await;
     let mut cfg = config(&[Method::Password]);
