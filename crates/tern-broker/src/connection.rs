@@ -18,7 +18,7 @@ use tern_protocol::{
     ByteStr, Decoder, Disconnect, LastWill, Packet, ProtocolVersion, QoS, ReasonCode, encode, encoded_len,
 };
 use tokio::sync::oneshot;
-use tracing::{Instrument, debug, debug_span, info_span};
+use tracing::{Instrument, debug, debug_span};
 
 use crate::auth::{Action, CertIdentity, Principal};
 use crate::broker::Inner;
@@ -200,9 +200,10 @@ pub(crate) struct Accepted {
 /// Takes its inputs boxed: an `async fn` keeps its arguments in its state for its whole
 /// life, and that state is a fixed cost of every idle connection.
 pub(crate) async fn run(accepted: Box<Accepted>) {
-    // The handshake logs at info level (refusals), so its span is on by default; it is
-    // boxed because its state is large and short-lived.
-    let span = info_span!("conn", peer = %accepted.peer, listener = %accepted.meta.listener);
+    // Debug-level like the served connection's: an enabled span costs every CONNECT an
+    // allocation and the formatting of its fields, so the handshake's own info and warn
+    // lines name the peer themselves. Boxed: its state is large and short-lived.
+    let span = debug_span!("conn", peer = %accepted.peer, listener = %accepted.meta.listener);
     let Some(mut conn) = Box::pin(handshake::handshake(accepted).instrument(span)).await else {
         return;
     };

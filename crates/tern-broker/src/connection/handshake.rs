@@ -150,7 +150,7 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         return None;
     }
     let Ok(permit) = broker.connection_slots.clone().try_acquire_owned() else {
-        warn!(%peer, "connection limit reached, refusing");
+        warn!(%peer, listener = %meta.listener, "connection limit reached, refusing");
         let code = if v5 { ReasonCode::QuotaExceeded } else { ReasonCode::ServerUnavailable };
         refuse(&mut io, version, code, &broker).await;
         return None;
@@ -189,7 +189,7 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
                 p
             }
             Err(code) => {
-                info!(client_id = %requested_id, %code, "enhanced authentication failed");
+                info!(%peer, listener = %meta.listener, client_id = %requested_id, %code, "enhanced authentication failed");
                 refuse(&mut io, version, code, &broker).await;
                 return None;
             }
@@ -198,7 +198,7 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         match broker.authenticator.authenticate(&info).await {
             AuthOutcome::Allow(p) => p,
             AuthOutcome::Deny(code) => {
-                info!(client_id = %requested_id, username = ?info.username, %code, "connection refused");
+                info!(%peer, listener = %meta.listener, client_id = %requested_id, username = ?info.username, %code, "connection refused");
                 refuse(&mut io, version, code, &broker).await;
                 return None;
             }
@@ -208,7 +208,7 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         && !broker.authorizer.is_permissive()
         && !broker.authorizer.check(&principal, Action::Publish, &w.topic, w.qos, w.retain)
     {
-        info!(client_id = %requested_id, topic = %w.topic, "will topic not authorized");
+        info!(%peer, client_id = %requested_id, topic = %w.topic, "will topic not authorized");
         refuse(&mut io, version, ReasonCode::NotAuthorized, &broker).await;
         return None;
     }
@@ -238,7 +238,7 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
 
     if expiry > 0 && broker.store().is_some_and(|p| !p.is_available()) {
         // A persistent session needs the store, which is down (MQTT 5: 0x88).
-        warn!(client_id = %client_id, "database unavailable: refusing a persistent session");
+        warn!(%peer, client_id = %client_id, "database unavailable: refusing a persistent session");
         refuse(&mut io, version, ReasonCode::ServerUnavailable, &broker).await;
         return None;
     }
@@ -248,7 +248,7 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         let limit = Duration::from_millis(broker.config.persistence.commit_timeout_ms + 1000);
         let committed = tokio::time::timeout(limit, rx).await;
         if !matches!(committed, Ok(Ok(Ok(())))) {
-            warn!(client_id = %client_id, "could not store the session: refusing the connection");
+            warn!(%peer, client_id = %client_id, "could not store the session: refusing the connection");
             broker.detach(&session, generation, None, None);
             refuse(&mut io, version, ReasonCode::ServerUnavailable, &broker).await;
             return None;

@@ -135,8 +135,13 @@ struct Listener {
 
 async fn accept_loop(socket: TcpListener, listener: Arc<Listener>, broker: Broker) {
     let shutdown = broker.shutdown_token();
+    // One wait for shutdown for the loop's whole life, not a new one per accepted connection.
+    let stopped = shutdown.cancelled();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
+            biased;
+            () = &mut stopped => break,
             r = socket.accept() => match r {
                 Ok((stream, peer)) => accept_one(&listener, &broker, stream, peer),
                 Err(e) => {
@@ -145,7 +150,6 @@ async fn accept_loop(socket: TcpListener, listener: Arc<Listener>, broker: Broke
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            () = shutdown.cancelled() => break,
         }
     }
     debug!(listener = %listener.spec.name, "listener closed");
