@@ -1,6 +1,6 @@
-//! One client connection: the CONNECT handshake, then a single task that selects over the
-//! transport, the session's queue notifications, keep alive, credential expiry, takeover and
-//! shutdown.
+//! One client connection: the CONNECT handshake, then a single task whose poll function
+//! (`Conn::poll_serve`) waits on the transport, the session's doorbell and kicks (takeover,
+//! shutdown, keep-alive expiry from the broker's sweep), credential expiry and store commits.
 //!
 //! On plain TCP, I/O is readiness-based so an idle connection holds no read or write buffer:
 //! both are allocated for a burst and released when drained.
