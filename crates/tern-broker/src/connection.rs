@@ -365,13 +365,7 @@ impl Conn {
             // The credentials' validity ended (e.g. JWT exp): 0xA0 Maximum connect time.
             Event::AuthExpired => return Err(Close::Server(ReasonCode::MaximumConnectTime)),
             Event::Kicked(code) => return Err(Close::Server(code)),
-            Event::Committed(r) => {
-                if let Some(front) = self.acks.front_mut() {
-                    front.commit = None;
-                    front.result = Some(r);
-                }
-                self.drain_acks()?;
-            }
+            Event::Committed(r) => self.front_committed(r)?,
         }
         Ok(())
     }
@@ -396,10 +390,7 @@ impl Conn {
         {
             return Poll::Ready(Event::AuthExpired);
         }
-        if let Some(rx) = self.acks.front_mut().and_then(|a| a.commit.as_mut())
-            && let Poll::Ready(r) = Pin::new(rx).poll(cx)
-        {
-            let r = r.unwrap_or_else(|_| Err(StoreError::Unavailable("persister stopped".into())));
+        if let Poll::Ready(r) = poll_front_commit(&mut self.acks, cx) {
             return Poll::Ready(Event::Committed(r));
         }
         if (!self.wbuf.is_empty() || self.io.needs_flush())
@@ -522,6 +513,16 @@ impl Conn {
         queued_any
     }
 
+    /// Records the result of the commit the front acknowledgement waited for, then sends what
+    /// can be sent.
+    fn front_committed(&mut self, r: CommitResult) -> Result<(), Close> {
+        if let Some(front) = self.acks.front_mut() {
+            front.commit = None;
+            front.result = Some(r);
+        }
+        self.drain_acks()
+    }
+
     /// Sends every acknowledgement at the front of the queue whose commit has resolved.
     fn drain_acks(&mut self) -> Result<(), Close> {
         while let Some(front) = self.acks.front_mut() {
@@ -530,9 +531,7 @@ impl Conn {
                 Some(rx) => match rx.try_recv() {
                     Ok(r) => r,
                     Err(oneshot::error::TryRecvError::Empty) => break,
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        Err(StoreError::Unavailable("persister stopped".into()))
-                    }
+                    Err(oneshot::error::TryRecvError::Closed) => persister_stopped(),
                 },
             };
             let Some(ack) = self.acks.pop_front() else { break };
@@ -760,11 +759,7 @@ impl Conn {
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 while self.acks.front().is_some_and(|a| a.commit.is_some()) {
                     let r = wait_front_commit(&mut self.acks).await;
-                    if let Some(front) = self.acks.front_mut() {
-                        front.commit = None;
-                        front.result = Some(r);
-                    }
-                    if self.drain_acks().is_err() {
+                    if self.front_committed(r).is_err() {
                         break;
                     }
                 }
@@ -804,10 +799,21 @@ impl Conn {
 
 /// Waits for the commit at the front of the acknowledgement queue.
 async fn wait_front_commit(acks: &mut VecDeque<DeferredAck>) -> CommitResult {
+    std::future::poll_fn(|cx| poll_front_commit(acks, cx)).await
+}
+
+/// Polls the commit the acknowledgement at the front of the queue waits for (pending if it
+/// waits for none).
+fn poll_front_commit(acks: &mut VecDeque<DeferredAck>, cx: &mut Context<'_>) -> Poll<CommitResult> {
     match acks.front_mut().and_then(|a| a.commit.as_mut()) {
-        Some(rx) => rx.await.unwrap_or_else(|_| Err(StoreError::Unavailable("persister stopped".into()))),
-        None => std::future::pending().await,
+        Some(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or_else(|_| persister_stopped())),
+        None => Poll::Pending,
     }
+}
+
+/// The result of a commit whose persister is gone.
+fn persister_stopped() -> CommitResult {
+    Err(StoreError::Unavailable("persister stopped".into()))
 }
 
 #[cfg(test)]

@@ -71,10 +71,8 @@ impl Transport {
     /// pending flush of a boxed stream (`Ready(Ok(0))` once flushed).
     pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         match self {
+            Transport::Tcp(_) if data.is_empty() => Poll::Pending,
             Transport::Tcp(s) => loop {
-                if data.is_empty() {
-                    return Poll::Pending;
-                }
                 ready!(s.poll_write_ready(cx))?;
                 match s.try_write(data) {
                     Ok(n) => return Poll::Ready(Ok(n)),
