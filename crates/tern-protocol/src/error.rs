@@ -25,6 +25,21 @@ pub enum DecodeError {
         /// The limit in force.
         max: u32,
     },
+    /// A property block is longer than the receiver's limit (an implementation limit, not a
+    /// spec rule; answered like an oversized packet).
+    #[error("properties of {size} bytes exceed the limit of {max}")]
+    PropertiesTooLarge {
+        /// Property Length of the block.
+        size: usize,
+        /// The limit in force.
+        max: u32,
+    },
+    /// A property block carries more user properties than the receiver's limit.
+    #[error("more than {max} user properties")]
+    TooManyUserProperties {
+        /// The limit in force.
+        max: u32,
+    },
     /// Packet type 0 (reserved) (MQTT-2.1.2).
     #[error("reserved packet type 0")]
     ReservedPacketType,
@@ -144,7 +159,9 @@ impl DecodeError {
     /// The reason code a server sends (in CONNACK or DISCONNECT) for this error.
     pub fn reason_code(&self) -> ReasonCode {
         match self {
-            DecodeError::PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
+            DecodeError::PacketTooLarge { .. }
+            | DecodeError::PropertiesTooLarge { .. }
+            | DecodeError::TooManyUserProperties { .. } => ReasonCode::PacketTooLarge,
             DecodeError::UnsupportedProtocolVersion(_) | DecodeError::InvalidProtocolName => {
                 ReasonCode::UnsupportedProtocolVersion
             }

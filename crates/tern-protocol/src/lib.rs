@@ -10,7 +10,7 @@ mod reason;
 pub mod topic;
 mod types;
 
-pub use codec::{Decoder, MAX_REMAINING_LENGTH, decode_packet, encode, encoded_len};
+pub use codec::{Decoder, MAX_REMAINING_LENGTH, PropertyLimits, decode_packet, encode, encoded_len};
 pub use error::{DecodeError, EncodeError};
 pub use reason::{PacketKind, ReasonCode};
 pub use types::*;

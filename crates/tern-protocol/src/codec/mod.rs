@@ -29,18 +29,46 @@ pub struct Decoder {
     version: Option<ProtocolVersion>,
     max_packet_size: u32,
     server_side: bool,
+    limits: PropertyLimits,
+}
+
+/// Limits on the MQTT 5 properties of one packet, checked while decoding so an oversized
+/// property block is refused before its values are allocated (decoded user properties take
+/// about 13 times their wire size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PropertyLimits {
+    /// User properties per property block.
+    pub max_user_properties: u32,
+    /// Bytes of one property block on the wire (its Property Length).
+    pub max_properties_size: u32,
+}
+
+impl PropertyLimits {
+    /// No limit beyond the packet size.
+    pub const UNLIMITED: PropertyLimits =
+        PropertyLimits { max_user_properties: u32::MAX, max_properties_size: u32::MAX };
 }
 
 impl Decoder {
     /// A server-side decoder: expects CONNECT first, rejects packets larger than
     /// `max_packet_size` bytes (whole packet, fixed header included).
     pub fn new_server(max_packet_size: u32) -> Decoder {
-        Decoder { version: None, max_packet_size, server_side: true }
+        Decoder { version: None, max_packet_size, server_side: true, limits: PropertyLimits::UNLIMITED }
+    }
+
+    /// Sets the limits on each packet's properties.
+    pub fn set_property_limits(&mut self, limits: PropertyLimits) {
+        self.limits = limits;
     }
 
     /// A client-side decoder for a connection at `version`.
     pub fn new_client(version: ProtocolVersion, max_packet_size: u32) -> Decoder {
-        Decoder { version: Some(version), max_packet_size, server_side: false }
+        Decoder {
+            version: Some(version),
+            max_packet_size,
+            server_side: false,
+            limits: PropertyLimits::UNLIMITED,
+        }
     }
 
     /// The protocol level, once known.
@@ -74,7 +102,7 @@ impl Decoder {
                 _ => {}
             }
         }
-        let packet = decode_frame(buf, &h, self.version, self.max_packet_size)?;
+        let packet = decode_frame(buf, &h, self.version, self.max_packet_size, self.limits)?;
         if let Some(Packet::Connect(c)) = &packet
             && self.server_side
         {
@@ -91,6 +119,7 @@ fn decode_frame(
     h: &header::FixedHeader,
     version: Option<ProtocolVersion>,
     max_packet_size: u32,
+    limits: PropertyLimits,
 ) -> Result<Option<Packet>, DecodeError> {
     if h.kind == PacketKind::Auth && version.is_some_and(|v| !v.is_v5()) {
         return Err(DecodeError::PacketTypeNotInVersion(PacketKind::Auth.type_id()));
@@ -104,7 +133,7 @@ fn decode_frame(
         return Ok(None);
     }
     let frame = buf.split_to(total).freeze();
-    let r = reader::Reader::new(frame, h.header_len);
+    let r = reader::Reader::new(frame, h.header_len).with_limits(limits);
     decode::body(h.kind, h.flags, version, r).map(Some)
 }
 
@@ -117,7 +146,7 @@ pub fn decode_packet(
     let Some(h) = header::parse(buf)? else {
         return Ok(None);
     };
-    decode_frame(buf, &h, Some(version), max_packet_size)
+    decode_frame(buf, &h, Some(version), max_packet_size, PropertyLimits::UNLIMITED)
 }
 
 /// Total encoded size of `packet` at `version`, fixed header included.

@@ -406,6 +406,11 @@ pub(super) fn read<P: Properties>(r: &mut Reader, ctx: Ctx) -> Result<P, DecodeE
     if len > r.remaining() {
         return Err(DecodeError::PropertyLengthOverflow);
     }
+    let limits = r.limits;
+    if len > limits.max_properties_size as usize {
+        return Err(DecodeError::PropertiesTooLarge { size: len, max: limits.max_properties_size });
+    }
+    let mut user_properties = 0u32;
     let outer_end = r.narrow(len);
     let mut seen = 0u64;
     while r.remaining() > 0 {
@@ -415,6 +420,12 @@ pub(super) fn read<P: Properties>(r: &mut Reader, ctx: Ctx) -> Result<P, DecodeE
         };
         if allowed & ctx.bit() == 0 {
             return Err(DecodeError::PropertyNotAllowed { id, kind: ctx.kind() });
+        }
+        if id == USER_PROPERTY {
+            user_properties += 1;
+            if user_properties > limits.max_user_properties {
+                return Err(DecodeError::TooManyUserProperties { max: limits.max_user_properties });
+            }
         }
         let repeatable =
             id == USER_PROPERTY || (id == SUBSCRIPTION_IDENTIFIER && ctx == Ctx::Packet(PacketKind::Publish));

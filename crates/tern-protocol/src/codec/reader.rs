@@ -12,6 +12,7 @@ pub(super) struct Reader {
     buf: Bytes,
     pos: usize,
     end: usize,
+    pub(super) limits: super::PropertyLimits,
 }
 
 impl Reader {
@@ -19,7 +20,14 @@ impl Reader {
     #[inline]
     pub(super) fn new(buf: Bytes, pos: usize) -> Reader {
         let end = buf.len();
-        Reader { buf, pos: pos.min(end), end }
+        Reader { buf, pos: pos.min(end), end, limits: super::PropertyLimits::UNLIMITED }
+    }
+
+    /// Applies limits on property blocks.
+    #[inline]
+    pub(super) fn with_limits(mut self, limits: super::PropertyLimits) -> Reader {
+        self.limits = limits;
+        self
     }
 
     /// Bytes left before the current end.
