@@ -146,6 +146,7 @@ async fn run(db: &Db, backend: &str, workload: Workload, config: Config) -> Resu
                 will: None,
                 will_at: None,
                 last_seq: 0,
+                owner: None,
             })
         })
         .collect();

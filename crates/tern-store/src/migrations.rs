@@ -16,12 +16,16 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 pub(crate) type Embedded = (i64, &'static str, &'static str);
 
 /// PostgreSQL migrations, in version order.
-pub(crate) const POSTGRES: &[Embedded] =
-    &[(1, "initial", include_str!("../../../migrations/postgres/0001_initial.sql"))];
+pub(crate) const POSTGRES: &[Embedded] = &[
+    (1, "initial", include_str!("../../../migrations/postgres/0001_initial.sql")),
+    (2, "session_owner", include_str!("../../../migrations/postgres/0002_session_owner.sql")),
+];
 
 /// SQLite migrations, in version order.
-pub(crate) const SQLITE: &[Embedded] =
-    &[(1, "initial", include_str!("../../../migrations/sqlite/0001_initial.sql"))];
+pub(crate) const SQLITE: &[Embedded] = &[
+    (1, "initial", include_str!("../../../migrations/sqlite/0001_initial.sql")),
+    (2, "session_owner", include_str!("../../../migrations/sqlite/0002_session_owner.sql")),
+];
 
 /// A `MigrationSource` over an embedded list.
 #[derive(Debug)]

@@ -155,6 +155,7 @@ mod tests {
             will: None,
             will_at: None,
             last_seq: 0,
+            owner: None,
         }
     }
 

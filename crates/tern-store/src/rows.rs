@@ -82,7 +82,7 @@ fn opt_narrow<T: TryFrom<i64>>(value: Option<i64>, what: &str) -> Result<Option<
 
 // Column lists: the SELECTs in `sql` name columns in exactly this order.
 
-/// `client_id, expiry_interval, protocol, disconnected_at, will, will_at, last_seq`
+/// `client_id, expiry_interval, protocol, disconnected_at, will, will_at, last_seq, owner`
 pub(crate) fn session(r: &impl RowGet) -> Result<StoredSession> {
     Ok(StoredSession {
         client_id: r.text(0)?,
@@ -92,6 +92,7 @@ pub(crate) fn session(r: &impl RowGet) -> Result<StoredSession> {
         will: r.opt_bytes(4)?,
         will_at: r.opt_int(5)?,
         last_seq: r.int(6)?,
+        owner: r.opt_text(7)?,
     })
 }
 

@@ -99,6 +99,7 @@ macro_rules! backend_fns {
                 .bind(s.will.as_deref())
                 .bind(s.will_at)
                 .bind(s.last_seq)
+                .bind(s.owner.as_deref())
                 .execute(&mut *conn)
                 .await
                 .map(drop)

@@ -6,11 +6,11 @@
 // Broker state: one statement per `StoreOp` kind.
 
 pub(crate) const PUT_SESSION: &str = "INSERT INTO sessions \
-     (client_id, expiry_interval, protocol, disconnected_at, will, will_at, last_seq) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     (client_id, expiry_interval, protocol, disconnected_at, will, will_at, last_seq, owner) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
      ON CONFLICT (client_id) DO UPDATE SET expiry_interval = excluded.expiry_interval, \
      protocol = excluded.protocol, disconnected_at = excluded.disconnected_at, will = excluded.will, \
-     will_at = excluded.will_at, last_seq = excluded.last_seq";
+     will_at = excluded.will_at, last_seq = excluded.last_seq, owner = excluded.owner";
 
 /// `DeleteSession` runs these four, in this order. (No foreign keys from the session's rows to
 /// `sessions`: an operation racing a session's deletion, e.g. a delivery routed to a session
@@ -57,7 +57,7 @@ pub(crate) const DELETE_RETAINED: &str = "DELETE FROM retained WHERE topic = $1"
 // load()
 
 pub(crate) const LOAD_SESSIONS: &str = "SELECT client_id, expiry_interval, protocol, disconnected_at, \
-     will, will_at, last_seq FROM sessions ORDER BY client_id";
+     will, will_at, last_seq, owner FROM sessions ORDER BY client_id";
 
 pub(crate) const LOAD_SUBSCRIPTIONS: &str =
     "SELECT client_id, filter, options, subscription_id FROM subscriptions ORDER BY client_id, filter";

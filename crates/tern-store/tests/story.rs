@@ -79,8 +79,10 @@ async fn snapshot_round_trip(t: &TestDb) {
         will: Some(vec![0, 1, 2, 255]),
         will_at: Some(1_700_000_200_000),
         last_seq: i64::MAX,
+        owner: Some("operator-ü".into()),
     };
     let plain = session("alpha");
+    assert_eq!(plain.owner, None, "an anonymous session");
     let big = StoredMessage {
         id: 7,
         topic: "plant/ü/temp".into(),
@@ -158,8 +160,13 @@ async fn upserts_and_idempotent_deletes(t: &TestDb) {
         ],
     )
     .await;
-    let updated =
-        StoredSession { last_seq: 42, disconnected_at: Some(5), will: Some(vec![9]), ..session("c") };
+    let updated = StoredSession {
+        last_seq: 42,
+        disconnected_at: Some(5),
+        will: Some(vec![9]),
+        owner: Some("user-c".into()),
+        ..session("c")
+    };
     let resubscribed =
         StoredSubscription { options: 2, subscription_id: Some(9), ..subscription("c", "x/#") };
     apply(
@@ -181,12 +188,15 @@ async fn upserts_and_idempotent_deletes(t: &TestDb) {
     )
     .await;
     let s = load(db).await;
-    assert_eq!(s.sessions, vec![updated], "PutSession replaces the row");
+    assert_eq!(s.sessions, vec![updated.clone()], "PutSession replaces the row");
     assert_eq!(s.subscriptions, vec![resubscribed], "PutSubscription replaces the row");
     assert_eq!(s.deliveries, vec![delivery("c", 1, 1)], "re-putting the session keeps its deliveries");
     assert_eq!(s.inbound, vec![("c".to_owned(), 5)]);
     assert_eq!(s.retained, vec![("r".to_owned(), 2)], "PutRetained replaces the entry");
     assert_eq!(s.messages, vec![message(1, "first"), message(2, "new retained")], "the first body wins");
+    apply(db, vec![StoreOp::PutSession(StoredSession { owner: None, ..updated.clone() })]).await;
+    assert_eq!(load(db).await.sessions[0].owner, None, "PutSession replaces the owner with None too");
+    apply(db, vec![StoreOp::PutSession(updated)]).await;
 
     apply(
         db,
@@ -406,9 +416,14 @@ async fn random_batches_match_the_model(t: &TestDb) {
                 _ => 11,
             };
             let op = match kind {
-                0 => {
-                    StoreOp::PutSession(StoredSession { last_seq: rng.below(100) as i64, ..session(&client) })
-                }
+                0 => StoreOp::PutSession(StoredSession {
+                    last_seq: rng.below(100) as i64,
+                    owner: match rng.below(3) {
+                        0 => None,
+                        n => Some(format!("user-{n}")),
+                    },
+                    ..session(&client)
+                }),
                 1 if rng.below(3) == 0 => StoreOp::DeleteSession { client_id: client },
                 2 => StoreOp::PutSubscription(StoredSubscription {
                     options: rng.below(3) as u8,
@@ -550,6 +565,63 @@ async fn reopen_and_migrate(t: &TestDb) {
     assert_eq!(second.load().await.expect("load"), expected);
     second.close().await;
     assert!(matches!(second.ping().await, Err(StoreError::Unavailable(_))), "a closed pool is unavailable");
+}
+
+// --- Schema upgrades (outside the chapter macro: the database starts at an older version) ---
+
+/// A database created by migration 0001 only, holding a session row, upgrades in place: the
+/// row keeps its values and gets no owner (anonymous), and an owner written afterwards sticks.
+async fn upgrade_from_0001(url: &str, backend: &str) {
+    let old = tempfile::tempdir().expect("temp dir");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations").join(backend);
+    std::fs::copy(source.join("0001_initial.sql"), old.path().join("0001_initial.sql")).expect("copy 0001");
+    let migrator = sqlx::migrate::Migrator::new(old.path()).await.expect("migrator of 0001");
+    let insert = "INSERT INTO sessions (client_id, expiry_interval, protocol, disconnected_at, will, \
+                  will_at, last_seq) VALUES ('old', 60, 4, 5, NULL, NULL, 9)";
+    if backend == "sqlite" {
+        use sqlx::{ConnectOptions, Connection};
+        let options: sqlx::sqlite::SqliteConnectOptions =
+            url.parse::<sqlx::sqlite::SqliteConnectOptions>().expect("url").create_if_missing(true);
+        let mut conn = options.connect().await.expect("connect");
+        migrator.run(&mut conn).await.expect("migrate to 0001");
+        sqlx::query(insert).execute(&mut conn).await.expect("insert");
+        conn.close().await.expect("close");
+    } else {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+        migrator.run(&mut conn).await.expect("migrate to 0001");
+        sqlx::query(insert).execute(&mut conn).await.expect("insert");
+        conn.close().await.expect("close");
+    }
+
+    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![2]);
+    let db = tern_store::connect(url, &support::options()).await.expect("connect");
+    let old_row = StoredSession {
+        expiry_interval: 60,
+        protocol: 4,
+        disconnected_at: Some(5),
+        last_seq: 9,
+        ..session("old")
+    };
+    assert_eq!(old_row.owner, None);
+    assert_eq!(load(&db).await.sessions, vec![old_row.clone()], "an existing row is anonymous");
+    let owned = StoredSession { owner: Some("fleet-7".into()), ..old_row };
+    apply(&db, vec![StoreOp::PutSession(owned.clone())]).await;
+    assert_eq!(load(&db).await.sessions, vec![owned]);
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_from_0001_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    upgrade_from_0001(&format!("sqlite://{}/tern.db", dir.path().display()), "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_from_0001_postgres() {
+    let (admin_url, name, url) = support::create_postgres_database().await;
+    upgrade_from_0001(&url, "postgres").await;
+    support::drop_postgres_database(&admin_url, &name).await;
 }
 
 // --- Directory ------------------------------------------------------------------------------

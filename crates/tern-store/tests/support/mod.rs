@@ -89,7 +89,7 @@ pub async fn create_postgres_database() -> (String, String, String) {
     (admin_url, name, url)
 }
 
-async fn drop_postgres_database(admin_url: &str, name: &str) {
+pub async fn drop_postgres_database(admin_url: &str, name: &str) {
     if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
             .execute(&mut admin)
@@ -175,6 +175,7 @@ pub fn session(client_id: &str) -> StoredSession {
         will: None,
         will_at: None,
         last_seq: 0,
+        owner: None,
     }
 }
 

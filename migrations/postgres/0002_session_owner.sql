@@ -1,0 +1,5 @@
+-- The user name of the principal that created a persistent session (NULL: anonymous). Only the
+-- same principal may resume the session. Rows written before this column existed get NULL.
+-- The SQLite twin is migrations/sqlite/0002_session_owner.sql.
+
+ALTER TABLE sessions ADD COLUMN owner TEXT;
