@@ -20,8 +20,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-# This script's own knobs are read once and unset: tern treats every TERN_* variable as
-# configuration, so they must not reach the broker processes that the tests start.
+# This script's own knobs are read once and unset, so the broker processes the tests start
+# never see them. tern refuses unknown TERN_* variables at start (naming the closest key), but
+# the names this script and the harnesses use are reserved for tooling and accepted: TERN_BIN,
+# TERN_BENCH and the prefixes TERN_TEST_, TERN_E2E_, TERN_PYTEST_, TERN_PG_, TERN_BENCH_
+# (crates/tern-server/src/config.rs; docs/configuration.md). Keep new knobs under them.
 KEEP_GOING="${TERN_TEST_KEEP_GOING:-0}"
 SKIP_SETUP="${TERN_TEST_SKIP_SETUP:-0}"
 TERN_BIN_OVERRIDE="${TERN_BIN:-}"
@@ -261,7 +264,7 @@ setup() {
 # PostgreSQL 15: a throwaway cluster (scripts/postgres.sh) for the storage story tests and the
 # durability tests, which FAIL in CI without it (they never skip). Its URL reaches the tests as
 # TERN_TEST_POSTGRES_URL; the test harnesses strip TERN_* before starting tern, and tern itself
-# ignores TERN_ variables outside its configuration namespace.
+# accepts (and ignores) TERN_TEST_* as a reserved tooling prefix.
 PG_STARTED=0
 start_postgres() {
   case " ${REQUESTED_STEPS[*]} " in

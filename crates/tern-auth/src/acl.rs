@@ -1,6 +1,13 @@
 //! The ACL engine: compiled rule sets indexed by selector, `%c`/`%u` placeholders expanded
-//! without allocating, topic-name matching for PUBLISH, filter inclusion (allow) and filter
-//! intersection (deny) for SUBSCRIBE, and the deny-wins evaluation.
+//! without allocating, topic-name matching for PUBLISH and for each delivered message, filter
+//! inclusion (allow and deny alike) for SUBSCRIBE, and the deny-wins evaluation.
+//!
+//! Subscribe-time and delivery-time rules: a SUBSCRIBE is granted when an allow rule *covers*
+//! the requested filter and refused when a deny rule covers it; a deny rule that only
+//! *intersects* the filter (`deny a/secret` against `a/#`) does not refuse it, it refuses
+//! each delivery of a message whose topic name it matches (`Request::kind` = `Name`).
+//! For a filter without wildcards, inclusion and name matching are the same test, so a
+//! subscribe check of a plain name and the delivery check of that name always agree.
 
 use std::collections::HashMap;
 
@@ -88,9 +95,11 @@ fn pat_eq(pat: &str, t: &str, ctx: &Ctx<'_>) -> bool {
         } else if let Some(tail) = p.strip_prefix("%u") {
             (ctx.username.unwrap_or(""), tail)
         } else {
-            // A literal run up to the next '%' (a lone '%' is literal).
-            let end = p[1..].find('%').map_or(p.len(), |i| i + 1);
-            (&p[..end], &p[end..])
+            // A literal run up to the next '%' after the first character (a lone '%' is
+            // literal). Searched by byte: '%' is ASCII, so its index is always a character
+            // boundary, whatever multi-byte characters surround it.
+            let end = p.bytes().skip(1).position(|b| b == b'%').map_or(p.len(), |i| i + 1);
+            p.split_at(end)
         };
         match rest.strip_prefix(value) {
             Some(r) => rest = r,
@@ -144,45 +153,24 @@ fn covers<'a>(rule: impl Iterator<Item = Lvl<'a>> + Clone, filter: &str, ctx: &C
     }
 }
 
-/// Whether some topic name is matched by both `rule` and the requested `filter` (a deny rule
-/// refuses every subscription that could receive a topic it forbids).
-fn intersects<'a>(rule: impl Iterator<Item = Lvl<'a>> + Clone, filter: &str, ctx: &Ctx<'_>) -> bool {
-    let rule_wild = starts_with_wildcard(rule.clone());
-    let filter_wild = filter.starts_with('+') || filter.starts_with('#');
-    if (filter.starts_with('$') && rule_wild) || (filter_wild && rule_starts_with_dollar(rule.clone(), ctx)) {
-        return false;
-    }
-    let mut r = rule;
-    let mut f = filter.split('/');
-    loop {
-        match (r.next(), f.next()) {
-            (Some(Lvl::Hash), _) | (_, Some("#")) | (None, None) => return true,
-            (Some(_), Some("+")) | (Some(Lvl::Plus), Some(_)) => {}
-            (Some(Lvl::Lit(l)), Some(x)) if l == x => {}
-            (Some(Lvl::Pat(p)), Some(x)) if pat_eq(p, x, ctx) => {}
-            _ => return false,
-        }
-    }
-}
-
-fn rule_starts_with_dollar<'a>(mut rule: impl Iterator<Item = Lvl<'a>>, ctx: &Ctx<'_>) -> bool {
-    match rule.next() {
-        Some(Lvl::Lit(l)) => l.starts_with('$'),
-        Some(Lvl::Pat(p)) => {
-            p.starts_with('$')
-                || (p.starts_with("%c") && ctx.client_id.starts_with('$'))
-                || (p.starts_with("%u") && ctx.username.is_some_and(|u| u.starts_with('$')))
-        }
-        _ => false,
-    }
+/// What the topic of a request is, and so how a rule's filter is compared with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TopicKind {
+    /// A topic name (PUBLISH, or a message about to be delivered): the rule matches it.
+    Name,
+    /// A topic filter (SUBSCRIBE): the rule must cover it (filter inclusion).
+    Filter,
 }
 
 /// One access request.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Request<'a> {
+    /// `Publish` or `Subscribe` (a delivery is decided by the subscribe rules).
     pub(crate) action: Action,
-    /// A topic name (publish) or a filter without any `$share/{group}/` prefix (subscribe).
+    /// A topic name, or a filter taken verbatim (the broker has removed any
+    /// `$share/{group}/` prefix; it is not parsed again here).
     pub(crate) topic: &'a str,
+    pub(crate) kind: TopicKind,
     pub(crate) qos: u8,
     pub(crate) retain: bool,
 }
@@ -234,19 +222,17 @@ fn rule_hit<'a>(
     if unsafe_value {
         return if core.allow { Hit::None } else { Hit::Deny };
     }
-    if !core.allow {
-        let hit = match req.action {
-            Action::Subscribe => intersects(levels, req.topic, ctx),
-            _ => matches_name(levels, req.topic, ctx),
-        };
-        return if hit { Hit::Deny } else { Hit::None };
-    }
-    let hit = match req.action {
-        Action::Subscribe => covers(levels, req.topic, ctx),
-        _ => matches_name(levels, req.topic, ctx),
+    // Allow and deny rules alike: a name is matched, a filter must be covered (a deny rule
+    // that only intersects a filter leaves it to the delivery-time check of each name).
+    let hit = match req.kind {
+        TopicKind::Name => matches_name(levels, req.topic, ctx),
+        TopicKind::Filter => covers(levels, req.topic, ctx),
     };
     if !hit {
         return Hit::None;
+    }
+    if !core.allow {
+        return Hit::Deny;
     }
     let qos_ok = core.max_qos.is_none_or(|m| req.qos <= m);
     let retain_ok = !(req.retain && core.allow_retain == Some(false));
@@ -484,24 +470,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn filter_intersection() {
-        for (rule, req, i) in [
-            ("a/secret", "a/+", true),
-            ("a/secret", "#", true),
-            ("a/secret", "a/public", false),
-            ("a/+/x", "a/b/+", true),
-            ("a/b", "a/b/c", false),
-            ("a", "a/#", true),
-            ("a/#", "a", true),
-            ("$SYS/#", "#", false),
-            ("#", "$SYS/x", false),
-            ("+/x", "y/#", true),
-        ] {
-            assert_eq!(intersects(lv(rule), req, &CTX), i, "{rule} meets {req}");
-        }
-    }
-
     fn rule(perm: Permission, action: AclAction, topic: &str) -> AclRule {
         AclRule {
             id: 0,
@@ -515,8 +483,15 @@ mod tests {
         }
     }
 
+    /// A PUBLISH of a name or a SUBSCRIBE of a filter.
     fn req(action: Action, topic: &str) -> Request<'_> {
-        Request { action, topic, qos: 0, retain: false }
+        let kind = if action == Action::Subscribe { TopicKind::Filter } else { TopicKind::Name };
+        Request { action, topic, kind, qos: 0, retain: false }
+    }
+
+    /// The delivery of a message published on `name`.
+    fn recv(name: &str) -> Request<'_> {
+        Request { action: Action::Subscribe, topic: name, kind: TopicKind::Name, qos: 0, retain: false }
     }
 
     #[test]
@@ -533,10 +508,23 @@ mod tests {
         let ctx = Ctx::new("c", None);
         assert_eq!(set.evaluate(&req(Action::Publish, "a/secret"), &ctx), Decision::Allow);
         assert_eq!(set.evaluate(&req(Action::Subscribe, "a/secret"), &ctx), Decision::Deny);
-        assert_eq!(set.evaluate(&req(Action::Subscribe, "a/#"), &ctx), Decision::Deny);
+        // The deny rule only intersects `a/#` and `a/+`: granted, the denied topic is refused
+        // at delivery.
+        assert_eq!(set.evaluate(&req(Action::Subscribe, "a/#"), &ctx), Decision::Allow);
+        assert_eq!(set.evaluate(&req(Action::Subscribe, "a/+"), &ctx), Decision::Allow);
+        assert_eq!(set.evaluate(&recv("a/secret"), &ctx), Decision::Deny);
+        assert_eq!(set.evaluate(&recv("a/public"), &ctx), Decision::Allow);
+        assert_eq!(set.evaluate(&recv("a/secret/x"), &ctx), Decision::Allow);
         assert_eq!(set.evaluate(&req(Action::Subscribe, "a/public"), &ctx), Decision::Allow);
         assert_eq!(set.evaluate(&req(Action::Publish, "b"), &ctx), Decision::NoMatch);
-        let p = |qos, retain| Request { action: Action::Publish, topic: "lim/x", qos, retain };
+        assert_eq!(set.evaluate(&recv("b"), &ctx), Decision::NoMatch);
+        let p = |qos, retain| Request {
+            action: Action::Publish,
+            topic: "lim/x",
+            kind: TopicKind::Name,
+            qos,
+            retain,
+        };
         assert_eq!(set.evaluate(&p(1, false), &ctx), Decision::Allow);
         assert_eq!(set.evaluate(&p(2, false), &ctx), Decision::Deny);
         assert_eq!(set.evaluate(&p(0, true), &ctx), Decision::Deny);
@@ -566,6 +554,204 @@ mod tests {
         );
         // No user name: %u rules do not apply.
         assert_eq!(set.evaluate(&req(Action::Publish, "x/q"), &Ctx::new("c", None)), Decision::Allow);
+    }
+
+    #[test]
+    fn deny_rules_refuse_a_subscription_only_when_they_cover_it() {
+        let set = RuleSet::compile(&[
+            rule(Permission::Deny, AclAction::Subscribe, "test/nosubscribe"),
+            rule(Permission::Deny, AclAction::All, "plant/+/secret/#"),
+        ])
+        .unwrap();
+        let ctx = Ctx::new("c", None);
+        let sub = |f| set.evaluate(&req(Action::Subscribe, f), &ctx);
+        for f in ["#", "test/#", "test/+", "+/nosubscribe", "plant/#", "plant/+/+/x", "plant/a/#"] {
+            assert_eq!(sub(f), Decision::NoMatch, "{f} is only intersected");
+        }
+        for f in ["test/nosubscribe", "plant/a/secret/#", "plant/+/secret/#", "plant/+/secret/x/+"] {
+            assert_eq!(sub(f), Decision::Deny, "{f} is covered");
+        }
+        assert_eq!(set.evaluate(&recv("test/nosubscribe"), &ctx), Decision::Deny);
+        assert_eq!(set.evaluate(&recv("plant/a/secret"), &ctx), Decision::Deny);
+        assert_eq!(set.evaluate(&recv("plant/a/public"), &ctx), Decision::NoMatch);
+    }
+
+    #[test]
+    fn a_plain_name_gets_the_same_answer_at_subscribe_and_delivery() {
+        // The broker caches one bit per (topic, action, qos): check(Subscribe, name) and
+        // may_receive(name) share it, so they must agree.
+        let mut limited = rule(Permission::Allow, AclAction::Subscribe, "lim/+");
+        limited.max_qos = Some(1);
+        let set = RuleSet::compile(&[
+            rule(Permission::Allow, AclAction::All, "a/#"),
+            rule(Permission::Deny, AclAction::Subscribe, "a/secret/+"),
+            rule(Permission::Allow, AclAction::Subscribe, "d/%c/#"),
+            rule(Permission::Deny, AclAction::Subscribe, "u/%u"),
+            rule(Permission::Allow, AclAction::Subscribe, "$SYS/#"),
+            limited,
+        ])
+        .unwrap();
+        for ctx in [Ctx::new("dev1", Some("alice")), Ctx::new("a+b", Some("x/y")), Ctx::new("c", None)] {
+            for name in [
+                "a",
+                "a/b",
+                "a/secret/x",
+                "a/secret",
+                "d/dev1/t",
+                "d/dev2",
+                "u/alice",
+                "u/bob",
+                "$SYS/x",
+                "$share/g/a",
+                "lim/1",
+                "lim/1/2",
+                "x",
+            ] {
+                for qos in 0..=2 {
+                    let filter = Request { qos, ..req(Action::Subscribe, name) };
+                    let delivery = Request { qos, ..recv(name) };
+                    assert_eq!(set.evaluate(&filter, &ctx), set.evaluate(&delivery, &ctx), "{name} {qos}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn multi_byte_characters_next_to_placeholders() {
+        // Pattern levels that start or end with a multi-byte character around %c / %u used to
+        // slice inside a character and panic.
+        let ctx = Ctx::new("dev1", Some("ålice"));
+        for (rule, name, m) in [
+            ("d/é%c", "d/édev1", true),
+            ("d/é%c", "d/dev1", false),
+            ("d/%cé", "d/dev1é", true),
+            ("d/%cé", "d/dev1", false),
+            ("d/é%cü%u€", "d/édev1üålice€", true),
+            ("d/%u", "d/ålice", true),
+            ("d/€%", "d/€%", true),
+            ("d/%€%c", "d/%€dev1", true),
+            ("d/%%c", "d/%dev1", true),
+        ] {
+            assert_eq!(matches_name(lv(rule), name, &ctx), m, "{rule} vs {name}");
+            assert_eq!(covers(lv(rule), name, &ctx), m, "{rule} covers {name}");
+        }
+        let set = RuleSet::compile(&[
+            rule(Permission::Allow, AclAction::All, "é%c/#"),
+            rule(Permission::Deny, AclAction::All, "%cé/%u"),
+        ])
+        .unwrap();
+        let ctx = Ctx::new("ü", Some("😀"));
+        assert_eq!(set.evaluate(&req(Action::Publish, "éü/x"), &ctx), Decision::Allow);
+        assert_eq!(set.evaluate(&req(Action::Subscribe, "éü/+"), &ctx), Decision::Allow);
+        assert_eq!(set.evaluate(&recv("üé/😀"), &ctx), Decision::Deny);
+        assert_eq!(set.evaluate(&req(Action::Publish, "é/x"), &ctx), Decision::NoMatch);
+    }
+
+    mod random {
+        //! Random rule levels, topics, client ids and user names (multi-byte characters,
+        //! placeholders, wildcards, separators): evaluation never panics.
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Short strings over an alphabet rich in troublemakers.
+        fn piece() -> impl Strategy<Value = String> {
+            let atom = prop_oneof![
+                Just("%c".to_string()),
+                Just("%u".to_string()),
+                Just("%".to_string()),
+                Just("+".to_string()),
+                Just("#".to_string()),
+                Just("/".to_string()),
+                Just("$".to_string()),
+                Just("é".to_string()),
+                Just("€".to_string()),
+                Just("😀".to_string()),
+                "[a-c]{1,2}",
+                any::<char>().prop_map(|c| c.to_string()),
+            ];
+            prop::collection::vec(atom, 0..6).prop_map(|v| v.concat())
+        }
+
+        /// A rule filter made of random levels (compiled or refused, like a stored rule).
+        fn rule_topic() -> impl Strategy<Value = String> {
+            prop::collection::vec(piece(), 1..5).prop_map(|v| v.join("/"))
+        }
+
+        fn acl_rule(topic: String, allow: bool, action: u8) -> AclRule {
+            AclRule {
+                id: 1,
+                client_id: None,
+                username: None,
+                permission: if allow { Permission::Allow } else { Permission::Deny },
+                action: match action % 3 {
+                    0 => AclAction::Publish,
+                    1 => AclAction::Subscribe,
+                    _ => AclAction::All,
+                },
+                topic,
+                max_qos: Some(action % 3),
+                allow_retain: None,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn evaluation_never_panics(
+                rules in prop::collection::vec((rule_topic(), any::<bool>(), any::<u8>()), 1..4),
+                topic in piece().prop_flat_map(|a| piece().prop_map(move |b| format!("{a}/{b}"))),
+                client_id in piece(),
+                username in prop::option::of(piece()),
+                qos in 0u8..3,
+            ) {
+                let ctx = Ctx::new(&client_id, username.as_deref());
+                // The raw matchers, on any level text (even what compilation would refuse).
+                for (t, _, _) in &rules {
+                    let _ = matches_name(t.split('/').map(level_of), &topic, &ctx);
+                    let _ = covers(t.split('/').map(level_of), &topic, &ctx);
+                    let _ = pat_eq(t, &topic, &ctx);
+                }
+                let stored: Vec<AclRule> =
+                    rules.iter().map(|(t, allow, a)| acl_rule(t.clone(), *allow, *a)).collect();
+                let inline: Vec<InlineAclRule> = rules
+                    .iter()
+                    .map(|(t, allow, a)| InlineAclRule {
+                        allow: *allow,
+                        action: [Action::Publish, Action::Subscribe, Action::All][usize::from(*a % 3)],
+                        topic: t.clone(),
+                        max_qos: None,
+                        retain: None,
+                    })
+                    .collect();
+                let set = stored
+                    .iter()
+                    .filter(|r| validate_rule_topic(&r.topic).is_ok())
+                    .cloned()
+                    .collect::<Vec<_>>();
+                let set = RuleSet::compile(&set).expect("valid rules compile");
+                for (action, kind) in [
+                    (Action::Publish, TopicKind::Name),
+                    (Action::Subscribe, TopicKind::Filter),
+                    (Action::Subscribe, TopicKind::Name),
+                ] {
+                    let req = Request { action, topic: &topic, kind, qos, retain: qos == 1 };
+                    let _ = set.evaluate(&req, &ctx);
+                    let _ = evaluate_inline(&inline, &req, &ctx);
+                }
+                // A name is a filter without wildcards: subscribe and delivery checks agree.
+                if !topic.contains(['+', '#']) {
+                    let filter = Request {
+                        action: Action::Subscribe, topic: &topic, kind: TopicKind::Filter, qos, retain: false,
+                    };
+                    let name = Request { kind: TopicKind::Name, ..filter };
+                    prop_assert_eq!(set.evaluate(&filter, &ctx), set.evaluate(&name, &ctx));
+                    prop_assert_eq!(evaluate_inline(&inline, &filter, &ctx), evaluate_inline(&inline, &name, &ctx));
+                }
+            }
+        }
     }
 
     #[test]

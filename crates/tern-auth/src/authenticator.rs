@@ -3,8 +3,15 @@
 //!
 //! A method that does not apply to a CONNECT (no password, a password that is not a JWT, no
 //! certificate) passes to the next one; a method that applies decides, success or refusal.
+//!
+//! Every principal a credential vouches for has a non-empty user name naming who it is (ACL
+//! `%u`, and the owner of the sessions it creates): the device's user name, or its client id
+//! when it has none (password, SCRAM, certificate `client_id` mapping); the certificate
+//! identity (`username` / `both` mapping); the JWT user name claim, else its subject, else the
+//! client id the token is bound to. Only anonymous principals have none.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tern_broker::auth::{AuthFuture, AuthOutcome, Authenticator, ConnectInfo, EnhancedStart, Principal};
 use tern_broker::store::{Device, DirectoryStore, StoreError};
@@ -14,6 +21,7 @@ use crate::backoff::{Backoff, Verdict};
 use crate::cert::identity_field;
 use crate::config::{AuthConfig, CertMapTo, Method};
 use crate::device_ids::DeviceIds;
+use crate::directory_cache::{CachedDevice, DirectoryCache, Lookup};
 use crate::error::AuthError;
 use crate::jwt::{JwtFailure, JwtVerifier, looks_like_jwt};
 use crate::password::{HashPool, random_bytes};
@@ -31,6 +39,8 @@ pub struct TernAuthenticator {
     hashes: HashPool,
     /// Remembered answers to "is this client id provisioned?" for anonymous CONNECTs.
     device_ids: DeviceIds,
+    /// Device records of successful password logins, for when the store is unreachable.
+    directory: DirectoryCache,
     /// Key for the fake SCRAM salts of unknown users (random per process).
     scram_secret: [u8; 32],
 }
@@ -80,7 +90,11 @@ impl TernAuthenticator {
             jwt,
             backoff: Arc::new(Backoff::new(config.backoff.clone())),
             hashes,
-            device_ids: DeviceIds::default(),
+            device_ids: DeviceIds::new(config.device_id_cache_bytes),
+            directory: DirectoryCache::new(
+                config.directory_cache_bytes,
+                Duration::from_secs(config.directory_cache_ttl_secs),
+            ),
             scram_secret,
         })
     }
@@ -161,6 +175,8 @@ impl TernAuthenticator {
 
     /// Password method: applies when a password is present (unless it is a JWT and `jwt` is
     /// also in the chain). The device is found by user name, or by client id without one.
+    /// Every answer of the store updates the directory cache; while the store is unavailable
+    /// the cache answers for devices seen before.
     async fn password(
         &self,
         info: &ConnectInfo<'_>,
@@ -170,21 +186,81 @@ impl TernAuthenticator {
         if jwt_in_chain && looks_like_jwt(pw) {
             return None;
         }
-        let lookup = match info.username {
-            Some(u) => self.store.device_by_username(u).await,
-            None => self.store.device_by_client_id(info.client_id).await,
+        let (key, lookup) = match info.username {
+            Some(u) => (Lookup::Username(u.into()), self.store.device_by_username(u).await),
+            None => (
+                Lookup::ClientId(info.client_id.into()),
+                self.store.device_by_client_id(info.client_id).await,
+            ),
         };
         let device = match lookup {
             Ok(d) => d,
+            Err(e @ StoreError::Unavailable(_)) => {
+                return Some(self.password_from_cache(&key, pw, info, &e).await);
+            }
             Err(e) => return Some(Err(store_failure(&e))),
         };
         // Always one argon2 verification: against the dummy hash for an unknown device.
         let phc = device.as_ref().and_then(|d| d.password_hash.clone());
         if !self.hashes.verify(phc, pw.to_vec()).await {
+            // The store has spoken: a remembered record (an older password, a removed
+            // device) must not answer during a later outage.
+            self.directory.forget(&key);
             return Some(Err((ReasonCode::BadUserNameOrPassword, "wrong password or unknown device")));
         }
         let device = device.expect("a hash was verified, so the device exists");
-        Some(device_principal(device, info.client_id))
+        let principal = device_principal(&device, info.client_id);
+        match (&principal, device.password_hash) {
+            (Ok(_), Some(hash)) => self.directory.remember(
+                key,
+                CachedDevice {
+                    client_id: device.client_id.into(),
+                    username: device.username.map(Into::into),
+                    password_hash: hash.into(),
+                },
+                Instant::now(),
+            ),
+            _ => self.directory.forget(&key),
+        }
+        Some(principal)
+    }
+
+    /// The password method while the store is unavailable: the remembered record of a device
+    /// that logged in before (confirmed by the store within `directory_cache_ttl_secs`), or
+    /// 0x88 Server unavailable as without a cache.
+    async fn password_from_cache(
+        &self,
+        key: &Lookup,
+        pw: &[u8],
+        info: &ConnectInfo<'_>,
+        error: &StoreError,
+    ) -> Result<Principal, Refusal> {
+        let Some(cached) = self.directory.get(key, Instant::now()) else {
+            return Err(store_failure(error));
+        };
+        if !self.hashes.verify(Some(cached.password_hash.into()), pw.to_vec()).await {
+            // Kept: the store did not say anything, and wrong guesses must not evict the
+            // real device's record.
+            return Err((
+                ReasonCode::BadUserNameOrPassword,
+                "wrong password (checked against the directory cache)",
+            ));
+        }
+        if &*cached.client_id != info.client_id {
+            return Err((ReasonCode::NotAuthorized, "client id is not the device's"));
+        }
+        tracing::warn!(
+            peer = %info.peer,
+            client_id = info.client_id,
+            error = %error,
+            "directory store unavailable: password verified against the directory cache"
+        );
+        Ok(Principal {
+            client_id: info.client_id.to_string(),
+            username: Some(device_identity(cached.username.as_deref(), &cached.client_id)),
+            expires_at: None,
+            inline_acl: None,
+        })
     }
 
     async fn jwt(&self, info: &ConnectInfo<'_>) -> Option<Result<Principal, Refusal>> {
@@ -218,16 +294,22 @@ impl TernAuthenticator {
         if !cfg.client_id_claim.is_empty() && claim(&cfg.client_id_claim) != Some(info.client_id) {
             return Err((ReasonCode::NotAuthorized, "token is not bound to this client id"));
         }
+        // The principal's user name comes from the verified token, never from the CONNECT:
+        // the user name claim, else the subject, else the client id the token is bound to
+        // (validation requires one of the two bindings).
         let username = if cfg.username_claim.is_empty() {
-            None
+            match claim("sub") {
+                Some(sub) if !sub.is_empty() => sub.to_string(),
+                _ => info.client_id.to_string(),
+            }
         } else {
-            let Some(u) = claim(&cfg.username_claim) else {
+            let Some(u) = claim(&cfg.username_claim).filter(|u| !u.is_empty()) else {
                 return Err((ReasonCode::NotAuthorized, "token lacks the user name claim"));
             };
             if info.username.is_some_and(|sent| sent != u) {
                 return Err((ReasonCode::NotAuthorized, "token is not bound to this user name"));
             }
-            Some(u.to_string())
+            u.to_string()
         };
         if cfg.require_device {
             match self.store.device_by_client_id(info.client_id).await {
@@ -239,7 +321,7 @@ impl TernAuthenticator {
         }
         Ok(Principal {
             client_id: info.client_id.to_string(),
-            username,
+            username: Some(username),
             expires_at: if cfg.disconnect_on_expiry { vt.expires_at } else { None },
             inline_acl: vt.inline_acl,
         })
@@ -256,7 +338,7 @@ impl TernAuthenticator {
         info: &ConnectInfo<'_>,
     ) -> Result<Principal, Refusal> {
         let mapping = self.cfg.cert.mapping(info.listener);
-        let Some(identity) = identity_field(cert, mapping.identity) else {
+        let Some(identity) = identity_field(cert, mapping.identity).filter(|i| !i.is_empty()) else {
             return Err((ReasonCode::NotAuthorized, "certificate lacks the mapped identity field"));
         };
         let by_identity = match mapping.map_to {
@@ -281,8 +363,8 @@ impl TernAuthenticator {
         }
         Ok(match mapping.map_to {
             CertMapTo::ClientId => Principal {
+                username: Some(device_identity(device.username.as_deref(), &device.client_id)),
                 client_id: device.client_id,
-                username: device.username,
                 expires_at: None,
                 inline_acl: None,
             },
@@ -358,8 +440,18 @@ impl TernAuthenticator {
     }
 }
 
+/// The user name of a device's principal: the device's own, or its client id when it has
+/// none, so that every device principal is named (ACL `%u`, session ownership) by a stable,
+/// non-empty value from the directory, whichever method verified it.
+pub(crate) fn device_identity(username: Option<&str>, client_id: &str) -> String {
+    match username {
+        Some(u) if !u.is_empty() => u.to_string(),
+        _ => client_id.to_string(),
+    }
+}
+
 /// The principal for a device whose password was verified.
-fn device_principal(device: Device, client_id: &str) -> Result<Principal, Refusal> {
+fn device_principal(device: &Device, client_id: &str) -> Result<Principal, Refusal> {
     if !device.enabled {
         return Err((ReasonCode::NotAuthorized, "device disabled"));
     }
@@ -367,8 +459,8 @@ fn device_principal(device: Device, client_id: &str) -> Result<Principal, Refusa
         return Err((ReasonCode::NotAuthorized, "client id is not the device's"));
     }
     Ok(Principal {
-        client_id: device.client_id,
-        username: device.username,
+        client_id: device.client_id.clone(),
+        username: Some(device_identity(device.username.as_deref(), &device.client_id)),
         expires_at: None,
         inline_acl: None,
     })

@@ -1,6 +1,10 @@
 //! [`AclAuthorizer`]: the broker's `Authorizer` over the directory store's ACL rules, held in
 //! memory and swapped atomically when the store's directory version changes. A failed reload
 //! keeps the last good rules; until the first load succeeds every check is refused.
+//!
+//! SUBSCRIBE is decided by filter inclusion (an allow rule must cover the filter, a deny rule
+//! refuses it only when it covers it too); deny rules that merely intersect a granted filter
+//! are enforced per delivered message by [`Authorizer::may_receive`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,9 +14,9 @@ use arc_swap::ArcSwapOption;
 use tern_broker::auth::{Action, Authorizer, Principal};
 use tern_broker::store::DirectoryStore;
 use tern_protocol::QoS;
-use tern_protocol::topic::TopicFilter;
+use tern_protocol::topic::validate_topic_filter;
 
-use crate::acl::{Ctx, Decision, Request, RuleSet, evaluate_inline};
+use crate::acl::{Ctx, Decision, Request, RuleSet, TopicKind, evaluate_inline};
 use crate::config::{AclPolicy, AuthConfig};
 use crate::error::AuthError;
 
@@ -141,33 +145,40 @@ impl AclAuthorizer {
     }
 
     /// The decision for one request, by inline rules, stored rules, then the default policy.
-    fn decide(&self, principal: &Principal, action: Action, topic: &str, qos: QoS, retain: bool) -> bool {
+    /// Allocation-free.
+    fn decide(&self, principal: &Principal, req: &Request<'_>) -> bool {
         let guard = self.rules.load();
         let Some(rules) = guard.as_deref() else {
             return false;
         };
-        let topic = match action {
-            Action::Subscribe => match TopicFilter::parse(topic) {
-                Ok(f) => f.filter,
-                Err(_) => return false,
-            },
-            Action::Publish => topic,
-            Action::All => return false,
-        };
-        let req = Request { action, topic, qos: qos.as_u8(), retain: retain && action == Action::Publish };
         let ctx = Ctx::new(&principal.client_id, principal.username.as_deref());
         if let Some(inline) = principal.inline_acl.as_deref() {
-            match evaluate_inline(inline, &req, &ctx) {
+            match evaluate_inline(inline, req, &ctx) {
                 Decision::Allow => return true,
                 Decision::Deny => return false,
                 Decision::NoMatch => {}
             }
         }
-        match rules.evaluate(&req, &ctx) {
+        match rules.evaluate(req, &ctx) {
             Decision::Allow => true,
             Decision::Deny => false,
             Decision::NoMatch => self.default == AclPolicy::Allow,
         }
+    }
+
+    /// A PUBLISH or SUBSCRIBE request. A subscribe filter is taken verbatim: the broker has
+    /// already removed any `$share/{group}/` prefix, and parsing one again would check
+    /// `$share/g/$share/h/x` as `x` while it is routed as `$share/h/x`.
+    fn request(action: Action, topic: &str, qos: QoS, retain: bool) -> Option<Request<'_>> {
+        let kind = match action {
+            Action::Publish => TopicKind::Name,
+            Action::Subscribe => {
+                validate_topic_filter(topic).ok()?;
+                TopicKind::Filter
+            }
+            Action::All => return None,
+        };
+        Some(Request { action, topic, kind, qos: qos.as_u8(), retain: retain && action == Action::Publish })
     }
 }
 
@@ -177,7 +188,8 @@ impl Authorizer for AclAuthorizer {
     }
 
     fn check(&self, principal: &Principal, action: Action, topic: &str, qos: QoS, retain: bool) -> bool {
-        let allowed = self.decide(principal, action, topic, qos, retain);
+        let allowed =
+            Self::request(action, topic, qos, retain).is_some_and(|req| self.decide(principal, &req));
         if !allowed {
             tracing::debug!(
                 client_id = %principal.client_id,
@@ -187,6 +199,32 @@ impl Authorizer for AclAuthorizer {
                 qos = qos.as_u8(),
                 retain,
                 "ACL denied"
+            );
+        }
+        allowed
+    }
+
+    /// The subscribe rules applied to the topic name of a message about to be delivered at
+    /// `qos` (name matching; for a name without wildcards this is exactly what
+    /// `check(Subscribe, name)` answers, so both may share the broker's decision cache).
+    /// Inline rules first, then stored rules, then the default policy; no allocation, and
+    /// the name is never parsed as a filter (a name like `$share/x` stays what it is).
+    fn may_receive(&self, principal: &Principal, topic: &str, qos: QoS) -> bool {
+        let req = Request {
+            action: Action::Subscribe,
+            topic,
+            kind: TopicKind::Name,
+            qos: qos.as_u8(),
+            retain: false,
+        };
+        let allowed = self.decide(principal, &req);
+        if !allowed {
+            tracing::debug!(
+                client_id = %principal.client_id,
+                username = principal.username.as_deref().unwrap_or(""),
+                topic,
+                qos = qos.as_u8(),
+                "ACL denied delivery"
             );
         }
         allowed

@@ -287,6 +287,16 @@ pub struct AuthConfig {
     pub enhanced_methods: Vec<String>,
     /// Most argon2id verifications running at once (0 = one per CPU core).
     pub max_concurrent_hashes: usize,
+    /// Bytes of device records (client id, user name, argon2id hash; never a password)
+    /// remembered after successful password logins, used only while the directory store is
+    /// unreachable (0 = off).
+    pub directory_cache_bytes: usize,
+    /// Seconds a remembered device record stays usable after the store last confirmed it
+    /// (the staleness bound of outage-time answers; 0 = off).
+    pub directory_cache_ttl_secs: u64,
+    /// Bytes of remembered answers to "is this client id a provisioned device's?" (the
+    /// anonymous method's check; 0 = ask the store every time).
+    pub device_id_cache_bytes: usize,
     /// JWT settings (used when `jwt` is in a chain).
     pub jwt: JwtConfig,
     /// Client certificate mapping (used when `cert` is in a chain).
@@ -307,6 +317,9 @@ impl Default for AuthConfig {
             listener_chains: BTreeMap::new(),
             enhanced_methods: vec![SCRAM_SHA_256.to_string()],
             max_concurrent_hashes: 0,
+            directory_cache_bytes: 4 << 20,
+            directory_cache_ttl_secs: 86_400,
+            device_id_cache_bytes: 8 << 20,
             jwt: JwtConfig::default(),
             cert: CertConfig::default(),
             backoff: BackoffConfig::default(),

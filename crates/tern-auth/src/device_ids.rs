@@ -5,7 +5,7 @@
 //! connect rate. The answers are now remembered and all forgotten whenever the directory's
 //! version changes (checked at most once per `RECHECK`, by the connect that finds the
 //! check due), so a device provisioned or removed is seen within about that time, like
-//! ACL changes.
+//! ACL changes. The memory is bounded in bytes, client ids included.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -15,9 +15,14 @@ use tern_broker::store::{DirectoryStore, StoreError};
 
 /// How often the directory's version is compared.
 const RECHECK: Duration = Duration::from_secs(1);
-/// Answers kept at most; past this the memory is started afresh (anonymous clients choose
-/// their ids, so the set must be bounded).
-const MAX_ENTRIES: usize = 100_000;
+/// Bytes an answer is accounted for besides its client id: the boxed key, the flag and the
+/// hash table's slot and control byte, rounded up.
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<(Box<str>, bool)>() + 16;
+
+/// Bytes one remembered answer is accounted for.
+fn entry_bytes(client_id: &str) -> usize {
+    ENTRY_OVERHEAD + client_id.len()
+}
 
 #[derive(Debug, Default)]
 struct State {
@@ -29,15 +34,25 @@ struct State {
     /// stored after it.
     epoch: u64,
     known: HashMap<Box<str>, bool>,
+    /// Bytes `known` is accounted for (see [`entry_bytes`]).
+    bytes: usize,
 }
 
-/// Remembered answers to "is this client id a provisioned device's?".
-#[derive(Debug, Default)]
+/// Remembered answers to "is this client id a provisioned device's?", bounded in bytes
+/// (`auth.device_id_cache_bytes`): anonymous clients choose their ids, so past the budget
+/// the memory is started afresh.
+#[derive(Debug)]
 pub(crate) struct DeviceIds {
+    max_bytes: usize,
     state: Mutex<State>,
 }
 
 impl DeviceIds {
+    /// Remembers at most about `max_bytes` of answers (0: remember nothing, ask every time).
+    pub(crate) fn new(max_bytes: usize) -> DeviceIds {
+        DeviceIds { max_bytes, state: Mutex::new(State::default()) }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -64,6 +79,7 @@ impl DeviceIds {
                     if st.version != Some(v) {
                         st.version = Some(v);
                         st.known.clear();
+                        st.bytes = 0;
                         st.epoch += 1;
                     }
                 }
@@ -87,12 +103,119 @@ impl DeviceIds {
         };
         let provisioned = store.device_by_client_id(client_id).await?.is_some();
         let mut st = self.lock();
-        if st.epoch == epoch && st.version.is_some() {
-            if st.known.len() >= MAX_ENTRIES {
+        let bytes = entry_bytes(client_id);
+        if st.epoch == epoch && st.version.is_some() && bytes <= self.max_bytes {
+            if st.bytes + bytes > self.max_bytes {
                 st.known.clear();
+                st.bytes = 0;
             }
-            st.known.insert(client_id.into(), provisioned);
+            if st.known.insert(client_id.into(), provisioned).is_none() {
+                st.bytes += bytes;
+            }
         }
         Ok(provisioned)
+    }
+
+    /// Answers held and the bytes they are accounted for.
+    #[cfg(test)]
+    fn usage(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.known.len(), st.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tern_broker::store::{AclRule, AdminUser, AuditEntry, Device, StoreFuture};
+
+    use super::*;
+
+    /// A directory where only `dev-*` client ids are provisioned, counting lookups.
+    #[derive(Debug, Default)]
+    struct Dir {
+        lookups: AtomicUsize,
+    }
+
+    impl DirectoryStore for Dir {
+        fn device_by_client_id<'a>(&'a self, client_id: &'a str) -> StoreFuture<'a, Option<Device>> {
+            self.lookups.fetch_add(1, Ordering::Relaxed);
+            let d = client_id.starts_with("dev-").then(|| Device {
+                client_id: client_id.into(),
+                username: None,
+                password_hash: None,
+                scram_verifier: None,
+                cert_identity: None,
+                enabled: true,
+                created_at: 0,
+            });
+            Box::pin(std::future::ready(Ok(d)))
+        }
+        fn directory_version(&self) -> StoreFuture<'_, i64> {
+            Box::pin(std::future::ready(Ok(1)))
+        }
+        fn add_device<'a>(&'a self, _: &'a Device) -> StoreFuture<'a, ()> {
+            unimplemented!()
+        }
+        fn update_device<'a>(&'a self, _: &'a Device) -> StoreFuture<'a, ()> {
+            unimplemented!()
+        }
+        fn remove_device<'a>(&'a self, _: &'a str) -> StoreFuture<'a, bool> {
+            unimplemented!()
+        }
+        fn device_by_username<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<Device>> {
+            unimplemented!()
+        }
+        fn list_devices(&self) -> StoreFuture<'_, Vec<Device>> {
+            unimplemented!()
+        }
+        fn add_acl_rule<'a>(&'a self, _: &'a AclRule) -> StoreFuture<'a, i64> {
+            unimplemented!()
+        }
+        fn remove_acl_rule(&self, _: i64) -> StoreFuture<'_, bool> {
+            unimplemented!()
+        }
+        fn list_acl_rules(&self) -> StoreFuture<'_, Vec<AclRule>> {
+            unimplemented!()
+        }
+        fn put_admin_user<'a>(&'a self, _: &'a AdminUser) -> StoreFuture<'a, ()> {
+            unimplemented!()
+        }
+        fn admin_user<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<AdminUser>> {
+            unimplemented!()
+        }
+        fn append_audit<'a>(&'a self, _: &'a AuditEntry) -> StoreFuture<'a, i64> {
+            unimplemented!()
+        }
+        fn recent_audit(&self, _: u32) -> StoreFuture<'_, Vec<AuditEntry>> {
+            unimplemented!()
+        }
+    }
+
+    #[tokio::test]
+    async fn bounded_in_bytes_and_started_afresh_when_full() {
+        let budget = 10 * entry_bytes("anon-00");
+        let ids = DeviceIds::new(budget);
+        let dir = Dir::default();
+        for i in 0..10 {
+            assert!(!ids.is_provisioned(&dir, &format!("anon-{i:02}")).await.unwrap());
+        }
+        assert!(ids.is_provisioned(&dir, "dev-1").await.is_ok_and(|p| p));
+        assert_eq!(ids.usage().0, 1, "the eleventh answer started the memory afresh");
+        assert!(ids.usage().1 <= budget);
+        for _ in 0..3 {
+            assert!(ids.is_provisioned(&dir, "dev-1").await.unwrap());
+        }
+        assert_eq!(dir.lookups.load(Ordering::Relaxed), 11, "remembered answers");
+        // Long client ids cost more: fewer fit.
+        let long = "x".repeat(entry_bytes("anon-00") * 3);
+        assert!(!ids.is_provisioned(&dir, &long).await.unwrap());
+        assert!(ids.usage().1 <= budget);
+        // An id larger than the whole budget is answered but not remembered.
+        let huge = "y".repeat(budget);
+        assert!(!ids.is_provisioned(&dir, &huge).await.unwrap());
+        assert!(!ids.is_provisioned(&dir, &huge).await.unwrap());
+        assert!(ids.usage().1 <= budget);
     }
 }

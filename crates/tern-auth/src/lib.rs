@@ -13,6 +13,7 @@ mod backoff;
 pub mod cert;
 pub mod config;
 mod device_ids;
+mod directory_cache;
 mod error;
 mod jwt;
 pub mod password;

@@ -284,7 +284,10 @@ impl ScramServer {
         }
         let principal = Principal {
             client_id: device.client_id.clone(),
-            username: device.username.clone(),
+            username: Some(crate::authenticator::device_identity(
+                device.username.as_deref(),
+                &device.client_id,
+            )),
             expires_at: None,
             inline_acl: None,
         };

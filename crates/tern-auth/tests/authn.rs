@@ -64,9 +64,10 @@ async fn passwords_right_wrong_unknown_disabled() {
     assert_eq!(p.username.as_deref(), Some("alice"));
     assert_eq!(p.expires_at, None);
 
-    // Without a user name the device is found by client id.
+    // Without a user name the device is found by client id; a device without a user name
+    // is named by its client id (never by what the CONNECT claims).
     let p = allowed(auth.authenticate(&connect("sensor-2", None, Some(b"s3cret"))).await);
-    assert_eq!(p.username, None);
+    assert_eq!(p.username.as_deref(), Some("sensor-2"));
 
     let bad = ReasonCode::BadUserNameOrPassword;
     assert_eq!(denied(&auth.authenticate(&connect("sensor-1", Some("alice"), Some(b"wrong"))).await), bad);
@@ -112,6 +113,105 @@ async fn store_outage_refuses_with_server_unavailable() {
     assert_eq!(denied(&o), ReasonCode::ServerUnavailable);
     let o = auth.authenticate(&connect("anon", None, None)).await;
     assert_eq!(denied(&o), ReasonCode::ServerUnavailable);
+}
+
+/// An authenticator over `store` with the directory cache configured.
+async fn cached_auth(store: &Arc<MemStore>, bytes: usize, ttl_secs: u64) -> TernAuthenticator {
+    let mut cfg = config(&[Method::Password]);
+    cfg.directory_cache_bytes = bytes;
+    cfg.directory_cache_ttl_secs = ttl_secs;
+    TernAuthenticator::new(&cfg, store.clone()).await.unwrap()
+}
+
+#[tokio::test]
+async fn devices_seen_before_keep_authenticating_during_an_outage() {
+    use tern_broker::store::DirectoryStore as _;
+    let store = store_with_passwords().await;
+    let auth = cached_auth(&store, 1 << 20, 3600).await;
+    let login = |cid: &'static str, user: Option<&'static str>, pw: &'static [u8]| {
+        let auth = &auth;
+        async move { auth.authenticate(&connect(cid, user, Some(pw))).await }
+    };
+    let (bad, na, unavailable) =
+        (ReasonCode::BadUserNameOrPassword, ReasonCode::NotAuthorized, ReasonCode::ServerUnavailable);
+    // Seen while the store is up: by user name, and by client id.
+    allowed(login("sensor-1", Some("alice"), b"s3cret").await);
+    allowed(login("sensor-2", None, b"s3cret").await);
+
+    store.set_down(true);
+    let p = allowed(login("sensor-1", Some("alice"), b"s3cret").await);
+    assert_eq!((p.client_id.as_str(), p.username.as_deref()), ("sensor-1", Some("alice")));
+    let p = allowed(login("sensor-2", None, b"s3cret").await);
+    assert_eq!((p.client_id.as_str(), p.username.as_deref()), ("sensor-2", Some("sensor-2")));
+    // The remembered hash is verified like the stored one.
+    assert_eq!(denied(&login("sensor-1", Some("alice"), b"wrong").await), bad);
+    assert_eq!(denied(&login("sensor-2", Some("alice"), b"s3cret").await), na, "another device's client id");
+    // Never seen (or only by the other lookup): the store is needed.
+    assert_eq!(denied(&login("sensor-off", Some("bob"), b"s3cret").await), unavailable);
+    assert_eq!(denied(&login("sensor-1", None, b"s3cret").await), unavailable);
+    // Wrong guesses during the outage do not evict the real device.
+    allowed(login("sensor-1", Some("alice"), b"s3cret").await);
+
+    // Back: the store wins. Disabled, then refused during the next outage too.
+    store.set_down(false);
+    let mut d = store.raw_devices().into_iter().find(|d| d.client_id == "sensor-1").unwrap();
+    d.enabled = false;
+    store.update_device(&d).await.unwrap();
+    assert_eq!(denied(&login("sensor-1", Some("alice"), b"s3cret").await), na);
+    // A new password: the old one is refused by the store, and then not remembered.
+    let mut d2 = store.raw_devices().into_iter().find(|d| d.client_id == "sensor-2").unwrap();
+    d2.password_hash = Some(tokio::task::spawn_blocking(|| hash_password("n3w")).await.unwrap());
+    store.update_device(&d2).await.unwrap();
+    assert_eq!(denied(&login("sensor-2", None, b"s3cret").await), bad);
+    store.set_down(true);
+    assert_eq!(
+        denied(&login("sensor-1", Some("alice"), b"s3cret").await),
+        unavailable,
+        "disabled: forgotten"
+    );
+    assert_eq!(denied(&login("sensor-2", None, b"s3cret").await), unavailable, "old password: forgotten");
+    assert_eq!(denied(&login("sensor-2", None, b"n3w").await), unavailable, "new one not seen yet");
+    store.set_down(false);
+    allowed(login("sensor-2", None, b"n3w").await);
+    // Removed: the store's "unknown" forgets it as well.
+    store.remove_device("sensor-2").await.unwrap();
+    assert_eq!(denied(&login("sensor-2", None, b"n3w").await), bad);
+    store.set_down(true);
+    assert_eq!(denied(&login("sensor-2", None, b"n3w").await), unavailable);
+}
+
+#[tokio::test]
+async fn directory_cache_entries_expire_and_can_be_turned_off() {
+    let store = store_with_passwords().await;
+    let unavailable = ReasonCode::ServerUnavailable;
+    // TTL: an entry the store has not confirmed for directory_cache_ttl_secs is not used.
+    let auth = cached_auth(&store, 1 << 20, 1).await;
+    allowed(auth.authenticate(&connect("sensor-1", Some("alice"), Some(b"s3cret"))).await);
+    store.set_down(true);
+    allowed(auth.authenticate(&connect("sensor-1", Some("alice"), Some(b"s3cret"))).await);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        denied(&auth.authenticate(&connect("sensor-1", Some("alice"), Some(b"s3cret"))).await),
+        unavailable
+    );
+    // 0 bytes: off.
+    store.set_down(false);
+    let off = cached_auth(&store, 0, 3600).await;
+    allowed(off.authenticate(&connect("sensor-1", Some("alice"), Some(b"s3cret"))).await);
+    store.set_down(true);
+    assert_eq!(
+        denied(&off.authenticate(&connect("sensor-1", Some("alice"), Some(b"s3cret"))).await),
+        unavailable
+    );
+    // A budget too small for one record: nothing is remembered, nothing breaks.
+    store.set_down(false);
+    let tiny = cached_auth(&store, 64, 3600).await;
+    allowed(tiny.authenticate(&connect("sensor-1", Some("alice"), Some(b"s3cret"))).await);
+    store.set_down(true);
+    assert_eq!(
+        denied(&tiny.authenticate(&connect("sensor-1", Some("alice"), Some(b"s3cret"))).await),
+        unavailable
+    );
 }
 
 #[tokio::test]
@@ -279,6 +379,7 @@ async fn certificate_mapping_per_listener() {
     // client id names a device pinned to it.
     let p = allowed(auth.authenticate(&connect_tls("pinned", "fp", &id)).await);
     assert_eq!(p.client_id, "pinned");
+    assert_eq!(p.username.as_deref(), Some("pinned"), "a device without a user name: its client id");
     assert_eq!(
         denied(&auth.authenticate(&connect_tls("sensor-7", "fp", &id)).await),
         ReasonCode::NotAuthorized
@@ -399,6 +500,9 @@ async fn scram_store() -> Arc<MemStore> {
     let mut d = device("meter-1", Some("user"));
     d.scram_verifier = Some(v.clone());
     store.add_device(&d).await.unwrap();
+    let mut anonymous_name = device("meter-2", None);
+    anonymous_name.scram_verifier = Some(v.clone());
+    store.add_device(&anonymous_name).await.unwrap();
     let mut off = device("meter-off", Some("off,user"));
     off.scram_verifier = Some(v);
     off.enabled = false;
@@ -429,6 +533,13 @@ async fn scram_full_exchange_and_failures() {
     match scram_exchange(&auth, "meter-1", "user", "pencil").await {
         AuthStep::Success(p, Some(_)) => {
             assert_eq!((p.client_id.as_str(), p.username.as_deref()), ("meter-1", Some("user")));
+        }
+        other => panic!("expected success, got {other:?}"),
+    }
+    // A device without a user name (SCRAM name = its client id) is named by its client id.
+    match scram_exchange(&auth, "meter-2", "meter-2", "pencil").await {
+        AuthStep::Success(p, Some(_)) => {
+            assert_eq!((p.client_id.as_str(), p.username.as_deref()), ("meter-2", Some("meter-2")));
         }
         other => panic!("expected success, got {other:?}"),
     }

@@ -1,6 +1,7 @@
 //! Authorization through the broker's `Authorizer` port: stored ACL rules with placeholders,
-//! deny precedence, subscribe filter inclusion, QoS / retain limits, default policy, reloads,
-//! cache versioning and failure handling (never fail open).
+//! deny precedence, subscribe filter inclusion (allow and deny), delivery-time checks
+//! (`may_receive`), QoS / retain limits, default policy, reloads, cache versioning and failure
+//! handling (never fail open).
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use common::MemStore;
 use tern_auth::{AclAuthorizer, AclPolicy, AuthConfig};
-use tern_broker::auth::{Action, Authorizer, Principal};
+use tern_broker::auth::{Action, Authorizer, InlineAclRule, Principal};
 use tern_broker::store::{AclAction, AclRule, DirectoryStore as _, Permission};
 use tern_protocol::QoS;
 
@@ -66,6 +67,10 @@ fn subscribe(a: &AclAuthorizer, p: &Principal, filter: &str) -> bool {
     a.check(p, Action::Subscribe, filter, Q1, false)
 }
 
+fn receive(a: &AclAuthorizer, p: &Principal, topic: &str) -> bool {
+    a.may_receive(p, topic, Q1)
+}
+
 #[tokio::test]
 async fn placeholders_select_own_topics_only() {
     let (_, a) = authorizer(
@@ -115,10 +120,13 @@ async fn deny_overrides_allow_and_selectors() {
     let anyone = who("x", None);
     assert!(publish(&a, &anyone, "plant/line1"));
     assert!(!publish(&a, &anyone, "plant/secret/key"));
-    assert!(!subscribe(&a, &anyone, "plant/secret/+"));
-    // A subscription that could receive a denied topic is refused (deny intersects).
-    assert!(!subscribe(&a, &anyone, "plant/#"));
-    assert!(!subscribe(&a, &anyone, "+/secret/x"), "wildcard level meeting a denied topic");
+    assert!(!subscribe(&a, &anyone, "plant/secret/+"), "covered by the deny rule");
+    // A subscription that merely could receive a denied topic is granted; the denied topics
+    // are refused at delivery.
+    assert!(subscribe(&a, &anyone, "plant/#"));
+    assert!(!subscribe(&a, &anyone, "+/secret/x"), "not covered by the allow rule plant/#");
+    assert!(receive(&a, &anyone, "plant/line1"));
+    assert!(!receive(&a, &anyone, "plant/secret/key"));
     assert!(subscribe(&a, &anyone, "plant/line1/#"));
     // Selector rules.
     assert!(!publish(&a, &who("y", Some("alice")), "plant/valves/1"));
@@ -157,13 +165,138 @@ async fn subscribe_filter_inclusion() {
     assert!(!subscribe(&a, &p, "b/#"), "b/+ does not cover b/#");
     assert!(!subscribe(&a, &p, "#"));
     assert!(!subscribe(&a, &p, "+/x"));
-    // Shared subscriptions are checked by their filter.
-    assert!(subscribe(&a, &p, "$share/g1/a/x"));
-    assert!(!subscribe(&a, &p, "$share/g1/c/x"));
+    // The broker passes shared subscriptions' filters without the $share/{group}/ prefix; the
+    // authorizer takes what it is given verbatim and does not strip a prefix again.
+    assert!(subscribe(&a, &p, "a/x"));
+    assert!(!subscribe(&a, &p, "$share/g1/a/x"), "a $-filter: not covered by a/#");
     // Subscribe rules do not grant publish.
     assert!(!publish(&a, &p, "a/x"));
     // Invalid filters are refused.
     assert!(!subscribe(&a, &p, "a/#/x"));
+}
+
+#[tokio::test]
+async fn broad_subscriptions_with_a_deny_rule_and_default_allow() {
+    // The reported case: one deny rule, default allow, a subscription to `#`.
+    let (_, a) = authorizer(vec![deny(AclAction::Subscribe, "test/nosubscribe")], AclPolicy::Allow).await;
+    let p = who("c", None);
+    assert!(subscribe(&a, &p, "#"), "the deny rule only intersects #");
+    assert!(subscribe(&a, &p, "test/#"));
+    assert!(subscribe(&a, &p, "test/+"));
+    assert!(!subscribe(&a, &p, "test/nosubscribe"), "exactly the denied filter");
+    assert!(!receive(&a, &p, "test/nosubscribe"), "refused per delivery");
+    assert!(receive(&a, &p, "test/other"));
+    assert!(receive(&a, &p, "test/nosubscribe/deeper"));
+    // Deny rules with wildcards refuse the filters they cover.
+    let (_, a) = authorizer(vec![deny(AclAction::All, "plant/+/secret/#")], AclPolicy::Allow).await;
+    assert!(!subscribe(&a, &p, "plant/+/secret/#"));
+    assert!(!subscribe(&a, &p, "plant/7/secret/+"));
+    assert!(!subscribe(&a, &p, "plant/7/secret"));
+    assert!(subscribe(&a, &p, "plant/#"));
+    assert!(subscribe(&a, &p, "plant/+/+"));
+    assert!(!receive(&a, &p, "plant/7/secret"));
+    assert!(!receive(&a, &p, "plant/7/secret/key"));
+    assert!(receive(&a, &p, "plant/7/public"));
+    assert!(!publish(&a, &p, "plant/7/secret/key"), "action all: publish is denied too");
+}
+
+#[tokio::test]
+async fn broad_subscriptions_with_default_deny() {
+    let (_, a) = authorizer(vec![allow(AclAction::Subscribe, "sensors/#")], AclPolicy::Deny).await;
+    let p = who("c", None);
+    assert!(!subscribe(&a, &p, "#"), "no allow rule covers #");
+    assert!(!subscribe(&a, &p, "+/+/t"));
+    assert!(subscribe(&a, &p, "sensors/+/t"));
+    assert!(subscribe(&a, &p, "sensors/#"));
+    assert!(receive(&a, &p, "sensors/1/t"));
+    assert!(!receive(&a, &p, "actuators/1/t"), "default deny at delivery too");
+}
+
+#[tokio::test]
+async fn delivery_checks_match_names_and_agree_with_subscribe_checks() {
+    let mut limited = allow(AclAction::Subscribe, "meters/#");
+    limited.max_qos = Some(1);
+    let mut own = allow(AclAction::Subscribe, "d/%c/#");
+    own.username = Some("alice".into());
+    let (_, a) = authorizer(
+        vec![
+            limited,
+            own,
+            allow(AclAction::Subscribe, "$share/#"),
+            deny(AclAction::Subscribe, "meters/private/+"),
+            allow(AclAction::Publish, "pub/#"),
+        ],
+        AclPolicy::Deny,
+    )
+    .await;
+    let alice = who("dev-1", Some("alice"));
+    // max_qos applies to the QoS of the delivery.
+    assert!(a.may_receive(&alice, "meters/1", Q0));
+    assert!(a.may_receive(&alice, "meters/1", Q1));
+    assert!(!a.may_receive(&alice, "meters/1", Q2));
+    assert!(!a.may_receive(&alice, "meters/private/1", Q0));
+    // Placeholders and selectors.
+    assert!(receive(&a, &alice, "d/dev-1/x"));
+    assert!(!receive(&a, &alice, "d/dev-2/x"));
+    assert!(!receive(&a, &who("dev-1", Some("bob")), "d/dev-1/x"));
+    // Publish rules do not let anyone receive.
+    assert!(!receive(&a, &alice, "pub/x"));
+    // A topic name is never parsed as a filter: `$share/...` stays a name.
+    assert!(receive(&a, &alice, "$share/g/x"));
+    assert!(!receive(&a, &alice, "g/x"));
+    // The broker caches one bit per (topic, action, QoS) for both questions: they agree on
+    // every plain name.
+    for p in [alice.clone(), who("dev-1", None), who("+", Some("a/b"))] {
+        for name in ["meters/1", "meters/private/1", "d/dev-1/x", "d/+/x", "$share/g/x", "pub/x", "x"] {
+            for q in [Q0, Q1, Q2] {
+                if name.contains('+') {
+                    continue;
+                }
+                assert_eq!(
+                    a.check(&p, Action::Subscribe, name, q, false),
+                    a.may_receive(&p, name, q),
+                    "{name} at {q:?} for {p:?}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn share_prefix_is_not_parsed_twice() {
+    // The broker routes `$share/g/$share/h/x` in group g as `$share/h/x` and asks about that;
+    // the authorizer must check `$share/h/x`, not `x`.
+    let (_, a) = authorizer(vec![allow(AclAction::Subscribe, "x")], AclPolicy::Deny).await;
+    let p = who("c", None);
+    assert!(subscribe(&a, &p, "x"));
+    assert!(!subscribe(&a, &p, "$share/h/x"));
+    let (_, a) = authorizer(vec![deny(AclAction::Subscribe, "x")], AclPolicy::Allow).await;
+    assert!(!subscribe(&a, &p, "x"));
+    assert!(subscribe(&a, &p, "$share/h/x"), "not the denied filter x");
+}
+
+#[tokio::test]
+async fn inline_rules_at_subscribe_and_delivery() {
+    let (_, a) = authorizer(vec![deny(AclAction::Subscribe, "fleet/#")], AclPolicy::Deny).await;
+    let rule = |allow: bool, topic: &str| InlineAclRule {
+        allow,
+        action: Action::Subscribe,
+        topic: topic.into(),
+        max_qos: None,
+        retain: None,
+    };
+    let mut p = who("dev-1", Some("alice"));
+    p.inline_acl = Some(Arc::from(vec![rule(true, "#"), rule(false, "secret/+")]));
+    // Inline rules come first: their allow of # decides before the stored deny of fleet/#.
+    assert!(subscribe(&a, &p, "#"), "the inline deny only intersects #");
+    assert!(subscribe(&a, &p, "fleet/x"));
+    assert!(!subscribe(&a, &p, "secret/+"), "covered by the inline deny");
+    assert!(!receive(&a, &p, "secret/key"));
+    assert!(receive(&a, &p, "fleet/1"));
+    // Without inline rules the stored ones decide.
+    let plain = who("dev-1", Some("alice"));
+    assert!(!subscribe(&a, &plain, "#"));
+    assert!(!receive(&a, &plain, "fleet/1"));
 }
 
 #[tokio::test]
@@ -248,6 +381,7 @@ async fn first_load_failure_denies_everything_until_a_load_succeeds() {
     assert!(!a.is_loaded());
     assert!(!publish(&a, &p, "x"), "even with default allow, nothing is granted before a load");
     assert!(!subscribe(&a, &p, "x"));
+    assert!(!receive(&a, &p, "x"));
     let v0 = a.version();
     store.set_down(false);
     // The background poll recovers.

@@ -106,7 +106,17 @@ async fn hs256_claims_and_binding() {
     let exp = now() + 600;
     let p = principal(outcome(&auth, "dev-1", None, &hs(&with(base_claims(), &json!({"exp": exp})))).await);
     assert_eq!(p.client_id, "dev-1");
-    assert_eq!(p.username, None, "no username_claim configured: the CONNECT user name is not vouched for");
+    assert_eq!(p.username.as_deref(), Some("alice"), "no username_claim configured: the subject names it");
+    // The CONNECT's user name is not vouched for by the token: never the principal's.
+    let p = principal(outcome(&auth, "dev-1", Some("mallory"), &hs(&base_claims())).await);
+    assert_eq!(p.username.as_deref(), Some("alice"));
+    // No subject either (or an empty one): the client id the token is bound to.
+    for sub in [json!(null), json!("")] {
+        let p = principal(
+            outcome(&auth, "dev-1", Some("mallory"), &hs(&with(base_claims(), &json!({"sub": sub})))).await,
+        );
+        assert_eq!(p.username.as_deref(), Some("dev-1"));
+    }
     // The connection ends at exp + leeway, when CONNECT stops accepting the token too.
     let leeway = hs_config().jwt.leeway_secs;
     assert_eq!(p.expires_at, Some(UNIX_EPOCH + Duration::from_secs(exp + leeway)));
@@ -163,6 +173,11 @@ async fn username_claim_expiry_option_and_required_device() {
     let p = principal(outcome(&auth, "dev-1", None, &token).await);
     assert_eq!(p.username.as_deref(), Some("alice"), "the claim supplies the user name");
     assert_eq!(outcome(&auth, "dev-1", Some("bob"), &token).await, NOT_AUTHORIZED);
+    // The claim is required and must name someone.
+    for sub in [json!(null), json!("")] {
+        let t = hs(&with(base_claims(), &json!({"sub": sub})));
+        assert_eq!(outcome(&auth, "dev-1", None, &t).await, NOT_AUTHORIZED, "sub = {sub}");
+    }
     let mut d = device("dev-1", None);
     d.enabled = false;
     store.update_device(&d).await.unwrap();
@@ -221,8 +236,15 @@ async fn inline_acl_claim_is_checked_before_stored_rules() {
     assert!(!authz.check(&p, Action::Publish, "dev/dev-1/up", q1, true), "inline retain limit");
     assert!(authz.check(&p, Action::Subscribe, "dev/dev-1/down/cmd", q1, false));
     assert!(authz.check(&p, Action::Subscribe, "dev/dev-1/down/cmd/+", q1, false));
-    assert!(!authz.check(&p, Action::Subscribe, "dev/dev-1/down/+", q1, false), "could receive down/secret");
+    // The inline deny rule only intersects down/+: granted, and down/secret is refused per
+    // delivery; subscribing exactly to the denied topic is refused.
+    assert!(authz.check(&p, Action::Subscribe, "dev/dev-1/down/+", q1, false));
+    assert!(authz.may_receive(&p, "dev/dev-1/down/cmd", q1));
+    assert!(!authz.may_receive(&p, "dev/dev-1/down/secret", q1));
     assert!(!authz.check(&p, Action::Subscribe, "dev/dev-1/down/secret", q1, false));
+    // Inline rules decide before the stored allow-all, at delivery too.
+    assert!(!authz.may_receive(&p, "dev/dev-1/down/secret", QoS::AtMostOnce));
+    assert!(authz.may_receive(&p, "elsewhere", q1), "no inline rule: the stored allow-all");
     // No inline rule matches: the stored allow-all decides.
     assert!(authz.check(&p, Action::Publish, "elsewhere", q1, false));
 }

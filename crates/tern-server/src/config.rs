@@ -1,6 +1,12 @@
 //! Configuration: built-in defaults, then the TOML file, then `TERN_*` environment variables
 //! (`__` separates nesting levels), then command-line flags.
+//!
+//! Every `TERN_*` variable must be a configuration key (the list is derived from the config
+//! structs themselves), one the binary reads directly (`TERN_CONFIG`), or one reserved for
+//! Tern's own tooling; anything else stops the start with the closest valid name, so that
+//! `TERN_DATABASE_URL` (for `TERN_DATABASE__URL`) is never silently ignored.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -142,12 +148,130 @@ pub(crate) const DEFAULT_DATABASE_URL: &str = "sqlite://data/tern.db";
 /// `database.url` that turns persistence off (everything in memory, lost on restart).
 pub(crate) const NO_DATABASE: &str = "none";
 
-/// Top-level keys that the default configuration does not serialize (empty lists, unset
-/// options) but that environment variables may still set.
-const EXTRA_TOP_LEVEL: &[&str] = &["listeners"];
+/// `TERN_*` variables the binary reads itself, outside the configuration (clap `env =`).
+const BINARY_ENV: &[&str] = &["TERN_CONFIG"];
 
-/// Environment variables with the `TERN_` prefix that are not configuration keys.
-const NON_CONFIG_ENV: &[&str] = &["TERN_CONFIG", "TERN_BIN"];
+/// `TERN_*` names reserved for Tern's tooling (test harnesses, `scripts/`, `bench/`), which
+/// may be set in the environment a broker is started from: accepted and ignored. No
+/// configuration key may take one of these names (a unit test keeps it so).
+const TOOLING_ENV: &[&str] = &["TERN_BIN", "TERN_BENCH"];
+
+/// Prefixes of `TERN_*` names reserved for Tern's tooling, like [`TOOLING_ENV`]:
+/// `TERN_TEST_*` (scripts/test.sh, e.g. `TERN_TEST_POSTGRES_URL`), `TERN_E2E_*`
+/// (tern-test-support), `TERN_PYTEST_*` (tests/python), `TERN_PG_*` (scripts/postgres.sh),
+/// `TERN_BENCH_*` (bench/).
+const TOOLING_PREFIXES: &[&str] = &["TERN_TEST_", "TERN_E2E_", "TERN_PYTEST_", "TERN_PG_", "TERN_BENCH_"];
+
+/// Whether a `TERN_*` name is read outside the configuration (by the binary or by tooling).
+fn is_non_config_env(name: &str) -> bool {
+    BINARY_ENV.contains(&name)
+        || TOOLING_ENV.contains(&name)
+        || TOOLING_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// The configuration keys, as environment variable paths, derived from the config structs:
+/// the default configuration serialized to JSON (where unset options are `null`, not left
+/// out), walked. A table that is empty by default is a map with free keys
+/// (`auth.listener_chains`, `auth.cert.listeners`): anything below it is accepted here and
+/// checked when the configuration is deserialized.
+#[derive(Debug)]
+struct EnvKeys {
+    /// Paths of keys (values), lower case: `["mqtt", "max_packet_size"]`.
+    leaves: Vec<Vec<String>>,
+    /// Paths of sections (tables with fixed keys).
+    sections: Vec<Vec<String>>,
+    /// Paths of maps with free keys.
+    maps: Vec<Vec<String>>,
+}
+
+impl EnvKeys {
+    fn of_default_config() -> Result<EnvKeys> {
+        let value = serde_json::to_value(Config::default()).context("cannot list configuration keys")?;
+        let mut keys = EnvKeys { leaves: Vec::new(), sections: Vec::new(), maps: Vec::new() };
+        keys.walk(&mut Vec::new(), &value);
+        Ok(keys)
+    }
+
+    fn walk(&mut self, path: &mut Vec<String>, value: &serde_json::Value) {
+        match value {
+            serde_json::Value::Object(m) if m.is_empty() && !path.is_empty() => self.maps.push(path.clone()),
+            serde_json::Value::Object(m) => {
+                if !path.is_empty() {
+                    self.sections.push(path.clone());
+                }
+                for (k, v) in m {
+                    path.push(k.clone());
+                    self.walk(path, v);
+                    path.pop();
+                }
+            }
+            _ => self.leaves.push(path.clone()),
+        }
+    }
+
+    /// Every valid configuration variable name (`TERN_MQTT__MAX_PACKET_SIZE`, ...).
+    fn env_names(&self) -> impl Iterator<Item = String> + '_ {
+        self.leaves.iter().chain(&self.maps).map(|p| env_name(p))
+    }
+
+    /// Checks one variable's key path; `Err` says why it is refused.
+    fn check(&self, name: &str, path: &[String]) -> Result<(), String> {
+        if self.leaves.iter().any(|l| l == path)
+            || self.maps.iter().any(|m| path.len() > m.len() && path.starts_with(m))
+        {
+            return Ok(());
+        }
+        if self.sections.iter().chain(&self.maps).any(|s| s == path) {
+            return Err(format!(
+                "environment variable {name} names the section [{}], not a key: set {name}__<KEY>",
+                path.join(".")
+            ));
+        }
+        let mut msg = format!("unknown environment variable {name}");
+        match closest(name, self.env_names()) {
+            Some(best) => {
+                let _ = write!(msg, "; did you mean {best}?");
+            }
+            None => msg.push_str(
+                " (every TERN_* variable must be a configuration key: TERN_<KEY> or TERN_<SECTION>__<KEY>; see docs/configuration.md)",
+            ),
+        }
+        Err(msg)
+    }
+}
+
+/// The environment variable of a key path.
+fn env_name(path: &[String]) -> String {
+    format!("TERN_{}", path.join("__").to_ascii_uppercase())
+}
+
+/// The candidate closest to `name` by edit distance (case-insensitive), if close enough to be
+/// a plausible typo: at most a third of the name's length after `TERN_`, and at least 3.
+fn closest(name: &str, candidates: impl Iterator<Item = String>) -> Option<String> {
+    let name = name.to_ascii_uppercase();
+    let limit = (name.len().saturating_sub("TERN_".len()) / 3).max(3);
+    candidates
+        .map(|c| (edit_distance(&name, &c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)))
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        cur[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
 
 /// Loads the configuration from an optional file and the given environment.
 pub(crate) fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Config> {
@@ -159,23 +283,30 @@ pub(crate) fn load(file: Option<&Path>, env: impl Iterator<Item = (String, Strin
         }
         None => toml::Table::new(),
     };
-    let mut env: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with("TERN_")).collect();
+    let mut env: Vec<(String, String)> =
+        env.filter(|(k, _)| k.starts_with("TERN_") && !is_non_config_env(k)).collect();
     env.sort();
-    // Top-level names of the configuration: a TERN_ variable naming none of them belongs to
-    // something else (test harnesses, scripts) and is ignored; one naming a section must be
-    // a valid key of it, so typos fail loudly.
-    let known = toml::Table::try_from(Config::default()).context("cannot list configuration keys")?;
+    // Every remaining TERN_ variable must name a configuration key: typos fail loudly, with
+    // the closest valid name, instead of leaving a default silently in force.
+    let keys = EnvKeys::of_default_config()?;
+    let mut refused = Vec::new();
+    let mut accepted = Vec::new();
     for (key, value) in env {
-        if NON_CONFIG_ENV.contains(&key.as_str()) {
-            continue;
-        }
         let path: Vec<String> = key["TERN_".len()..].split("__").map(str::to_ascii_lowercase).collect();
-        if !known.contains_key(&path[0]) && !EXTRA_TOP_LEVEL.contains(&path[0].as_str()) {
-            continue;
-        }
         if path.iter().any(String::is_empty) {
-            bail!("environment variable {key}: empty key segment");
+            refused.push(format!("environment variable {key}: empty key segment"));
+        } else if let Err(why) = keys.check(&key, &path) {
+            refused.push(why);
+        } else {
+            accepted.push((key, path, value));
         }
+    }
+    match refused.as_slice() {
+        [] => {}
+        [one] => bail!("{one}"),
+        many => bail!("{} invalid TERN_* environment variables:\n  {}", many.len(), many.join("\n  ")),
+    }
+    for (key, path, value) in accepted {
         set_path(&mut table, &path, parse_env_value(&value))
             .with_context(|| format!("environment variable {key}"))?;
     }
@@ -267,10 +398,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
-        // Variables outside the configuration's namespace are someone else's.
-        assert!(load(None, env(&[("TERN_TEST_POSTGRES_URL", "postgres://x")])).is_ok());
         let e = load(None, env(&[("TERN_MQTT__NO_SUCH_KEY", "1")])).unwrap_err();
-        assert!(format!("{e:#}").contains("no_such_key"), "{e:#}");
+        assert!(format!("{e:#}").contains("TERN_MQTT__NO_SUCH_KEY"), "{e:#}");
         let e = load(None, env(&[("TERN_MQTT__RECEIVE_MAXIMUM", "0")])).unwrap_err();
         assert!(format!("{e:#}").contains("receive_maximum"), "{e:#}");
         let e = load(None, env(&[("TERN_MQTT__MAX_QOS", "3")])).unwrap_err();
@@ -279,6 +408,116 @@ mod tests {
         assert!(format!("{e:#}").contains("expected \"auto\", true or false"), "{e:#}");
         let e = load(Some(Path::new("/nonexistent/tern.toml")), env(&[])).unwrap_err();
         assert!(format!("{e:#}").contains("cannot read config file"), "{e:#}");
+    }
+
+    #[test]
+    fn unknown_tern_variables_are_refused_with_the_closest_name() {
+        let err = |pairs: &[(&str, &str)]| format!("{:#}", load(None, env(pairs)).unwrap_err());
+        assert_eq!(
+            err(&[("TERN_DATABASE_URL", "postgres://u:p@db/tern")]),
+            "unknown environment variable TERN_DATABASE_URL; did you mean TERN_DATABASE__URL?"
+        );
+        for (typo, meant) in [
+            ("TERN_MQTT_MAX_PACKET_SIZE", "TERN_MQTT__MAX_PACKET_SIZE"),
+            ("TERN_MQTT__MAX_PAKET_SIZE", "TERN_MQTT__MAX_PACKET_SIZE"),
+            ("TERN_SYS_INTERVAL", "TERN_SYS__INTERVAL"),
+            ("TERN_LOGG", "TERN_LOG"),
+            ("TERN_ALLOW_ANONYMUS", "TERN_ALLOW_ANONYMOUS"),
+            ("TERN_AUTH__JWT_SECRET", "TERN_AUTH__JWT__SECRET"),
+            ("TERN_AUTH__ACL_DEFAULTS", "TERN_AUTH__ACL_DEFAULT"),
+            ("TERN_DATABASE__MAX_CONNECTION", "TERN_DATABASE__MAX_CONNECTIONS"),
+        ] {
+            let e = err(&[(typo, "1")]);
+            assert!(e.ends_with(&format!("did you mean {meant}?")), "{typo}: {e}");
+        }
+        // Far from every key: no suggestion, a pointer to the documentation.
+        let e = err(&[("TERN_SOMETHING_ELSE_ENTIRELY", "1")]);
+        assert!(e.starts_with("unknown environment variable TERN_SOMETHING_ELSE_ENTIRELY (every"), "{e}");
+        assert!(!e.contains("did you mean"), "{e}");
+        // Every offender is named at once.
+        let e = err(&[("TERN_DATABASE_URL", "x"), ("TERN_MQTT", "1"), ("TERN_MQTT__", "1")]);
+        assert!(e.starts_with("3 invalid TERN_* environment variables:\n  "), "{e}");
+        assert!(e.contains("TERN_DATABASE_URL; did you mean TERN_DATABASE__URL?"), "{e}");
+        assert!(e.contains("TERN_MQTT names the section [mqtt], not a key"), "{e}");
+        assert!(e.contains("TERN_MQTT__: empty key segment"), "{e}");
+        // Nothing is applied when something is refused; valid names next to it do not help.
+        assert!(load(None, env(&[("TERN_SYS__INTERVAL", "1"), ("TERN_SYS_INTERVAL", "2")])).is_err());
+    }
+
+    #[test]
+    fn every_key_has_a_variable_and_tooling_names_are_not_configuration() {
+        let keys = EnvKeys::of_default_config().unwrap();
+        let names: Vec<String> = keys.env_names().collect();
+        // Derived from the structs: options unset by default and nested sections are there.
+        for n in [
+            "TERN_MQTT_ADDR",
+            "TERN_LOG",
+            "TERN_DATABASE__URL",
+            "TERN_AUTH__JWT__SECRET",
+            "TERN_AUTH__JWT__JWKS_URL",
+            "TERN_AUTH__BACKOFF__BAN_AFTER",
+            "TERN_AUTH__DIRECTORY_CACHE_BYTES",
+            "TERN_PERSISTENCE__BATCH_MAX_OPS",
+            "TERN_LISTENERS",
+        ] {
+            assert!(names.iter().any(|k| k == n), "{n} missing from {names:?}");
+        }
+        // Free-keyed maps accept entries (checked later by deserialization).
+        let c = load(None, env(&[("TERN_AUTH__CERT__LISTENERS__MTLS__IDENTITY", "sha256")])).unwrap();
+        assert_eq!(c.auth.cert.mapping("mtls").identity, tern_auth::CertField::Sha256);
+        let e = load(None, env(&[("TERN_AUTH__CERT__LISTENERS__MTLS__IDENTITI", "sha256")])).unwrap_err();
+        assert!(format!("{e:#}").contains("identiti"), "{e:#}");
+        // The binary's own and the tooling's variables are accepted and never configuration.
+        let tooling = [
+            ("TERN_CONFIG", "/nonexistent-but-not-read-here.toml"),
+            ("TERN_BIN", "/x/tern"),
+            ("TERN_BENCH", "/x/tern-bench"),
+            ("TERN_BENCH_RATE", "1000"),
+            ("TERN_TEST_POSTGRES_URL", "postgres://x"),
+            ("TERN_TEST_KEEP_GOING", "1"),
+            ("TERN_TEST_SKIP_SETUP", "1"),
+            ("TERN_E2E_LOG", "debug"),
+            ("TERN_E2E_NO_BUILD", "1"),
+            ("TERN_PYTEST_BROKER", "mosquitto"),
+            ("TERN_PG_DIR", "/tmp/pg"),
+        ];
+        assert_eq!(load(None, env(&tooling)).unwrap(), Config::default());
+        for n in &names {
+            assert!(!is_non_config_env(n), "configuration key {n} collides with a reserved tooling name");
+        }
+    }
+
+    #[test]
+    fn every_variable_the_command_line_reads_is_accepted() {
+        // clap `env = "TERN_…"` attributes (e.g. TERN_CONFIG for --config) must stay valid.
+        fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    out.push(env.to_string_lossy().into_owned());
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, out);
+            }
+        }
+        let mut names = Vec::new();
+        walk(&<crate::Cli as clap::CommandFactory>::command(), &mut names);
+        assert!(names.iter().any(|n| n == "TERN_CONFIG"), "{names:?}");
+        for n in names.iter().filter(|n| n.starts_with("TERN_")) {
+            assert!(
+                BINARY_ENV.contains(&n.as_str()),
+                "{n} is read by the command line: add it to BINARY_ENV"
+            );
+        }
+    }
+
+    #[test]
+    fn edit_distance_basics() {
+        assert_eq!(edit_distance("", ""), 0);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("TERN_DATABASE_URL", "TERN_DATABASE__URL"), 1);
+        assert_eq!(edit_distance("é", "e"), 1);
     }
 
     #[test]
