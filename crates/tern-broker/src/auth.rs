@@ -56,7 +56,10 @@ pub struct ConnectInfo<'a> {
 pub struct Principal {
     /// Client id the connection uses (an authenticator may set it, e.g. from a certificate).
     pub client_id: String,
-    /// User name ACL placeholders (`%u`) and rules refer to.
+    /// User name ACL placeholders (`%u`) and rules refer to. Also the identity a session
+    /// belongs to: a CONNECT may resume a session only with the same user name (anonymous
+    /// principals have none), so authenticators map every method to one (device user name,
+    /// JWT subject, certificate identity).
     pub username: Option<String>,
     /// When the credentials stop being valid (JWT `exp`); the connection is closed then.
     pub expires_at: Option<SystemTime>,
@@ -146,7 +149,20 @@ pub trait Authorizer: Send + Sync + Debug + 'static {
 
     /// Whether `principal` may perform `action` on `topic` (a name for Publish, a filter for
     /// Subscribe) at `qos`, with `retain` (publish only).
+    ///
+    /// A Subscribe filter arrives without its `$share/{group}/` prefix: the broker parses
+    /// that prefix once, where it parses the SUBSCRIBE, for routing and ACL alike.
+    /// Implementations take the filter verbatim and never strip a share prefix again (for
+    /// `$share/g/$share/h/x` they are asked about `$share/h/x`, the filter that is routed).
     fn check(&self, principal: &Principal, action: Action, topic: &str, qos: QoS, retain: bool) -> bool;
+
+    /// Whether `principal` may receive a message published on topic name `topic` at `qos`
+    /// (checked on every delivery, so subscriptions follow rule changes and deny rules that
+    /// only part of a broad filter hits). By default the subscribe rules decide, with the
+    /// topic name taken as a filter without wildcards.
+    fn may_receive(&self, principal: &Principal, topic: &str, qos: QoS) -> bool {
+        self.check(principal, Action::Subscribe, topic, qos, false)
+    }
 
     /// True only for an authorizer that allows everything, so connections can skip the
     /// per-publish lookup entirely.
@@ -176,15 +192,18 @@ impl Security {
     }
 }
 
-/// Accepts every client: the loopback-only default run and tests.
+/// Accepts every client as anonymous: the run without a database, and tests.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AllowAll;
 
 impl Authenticator for AllowAll {
     fn authenticate<'a>(&'a self, info: &'a ConnectInfo<'a>) -> AuthFuture<'a, AuthOutcome> {
+        // Anonymous: a user name the client sends is not verified, so it names no
+        // principal (sessions of anonymous clients belong to "anonymous", whatever name
+        // they send).
         let p = Principal {
             client_id: info.client_id.to_string(),
-            username: info.username.map(str::to_string),
+            username: None,
             expires_at: None,
             inline_acl: None,
         };

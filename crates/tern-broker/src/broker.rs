@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use tern_protocol::{ByteStr, QoS, ReasonCode};
+use tern_protocol::{QoS, ReasonCode};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,7 @@ pub(crate) struct Inner {
     pub(crate) authorizer: Arc<dyn Authorizer>,
     pub(crate) sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     pub(crate) subs: RwLock<SubscriptionTree>,
-    pub(crate) retained: RwLock<HashMap<ByteStr, Arc<Message>>>,
+    pub(crate) retained: RwLock<crate::retained::RetainedStore>,
     pub(crate) stats: Stats,
     pub(crate) connection_slots: Arc<Semaphore>,
     pub(crate) shutdown: CancellationToken,
@@ -100,7 +100,7 @@ impl Broker {
                 authorizer: security.authorizer,
                 sessions: Mutex::new(HashMap::new()),
                 subs: RwLock::new(SubscriptionTree::default()),
-                retained: RwLock::new(HashMap::new()),
+                retained: RwLock::new(crate::retained::RetainedStore::default()),
                 stats: Stats::default(),
                 connection_slots: slots,
                 shutdown: CancellationToken::new(),
@@ -153,6 +153,11 @@ impl Broker {
     /// Number of retained messages.
     pub fn retained_count(&self) -> usize {
         self.inner.retained.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Memory the retained messages take, as counted against `limits.max_retained_bytes`.
+    pub fn retained_bytes(&self) -> usize {
+        self.inner.retained.read().unwrap_or_else(PoisonError::into_inner).bytes()
     }
 
     /// A token cancelled when the broker shuts down.
@@ -255,8 +260,8 @@ impl Inner {
         lock(&self.sessions)
     }
 
-    /// The persister, when a store is configured.
-    pub(crate) fn store(&self) -> Option<&Arc<Persister>> {
+    /// The persister (group commit in front of the store), when a store is configured.
+    pub(crate) fn persister(&self) -> Option<&Arc<Persister>> {
         self.persister.as_ref()
     }
 

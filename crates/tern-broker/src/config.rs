@@ -30,10 +30,23 @@ pub struct MqttConfig {
     pub max_inflight: u16,
     /// Topic aliases a client may use towards the broker (0 disables them).
     pub topic_alias_maximum: u16,
+    /// Topic aliases the broker uses towards an MQTT 5 client that accepts them (at most the
+    /// client's Topic Alias Maximum): its busiest topics are sent as a 2-byte alias after
+    /// their first message. 0 disables them.
+    pub max_outbound_topic_aliases: u16,
     /// Keep alive imposed on clients in seconds; 0 accepts the client's own value.
     pub server_keep_alive: u16,
-    /// Upper bound on a session's expiry interval, in seconds.
+    /// Largest Keep Alive an MQTT 5 client may use, in seconds: one asking more (or 0, no
+    /// keep alive) is told this value as Server Keep Alive. 3.x clients cannot be told, so
+    /// their own value always stands (Mosquitto's `max_keepalive`).
+    pub max_keepalive: u16,
+    /// Upper bound on a session's expiry interval, in seconds. Also the expiry of MQTT 3.x
+    /// persistent sessions (Clean Session 0), which carry no expiry of their own.
     pub max_session_expiry: u32,
+    /// User properties one packet may carry; more: DISCONNECT 0x95 Packet too large.
+    pub max_user_properties: u32,
+    /// Bytes the properties of one packet may take on the wire; more: DISCONNECT 0x95.
+    pub max_properties_size: u32,
     /// Highest QoS the broker accepts (0, 1 or 2).
     pub max_qos: u8,
     /// Whether retained messages are supported.
@@ -55,8 +68,12 @@ impl Default for MqttConfig {
             receive_maximum: 128,
             max_inflight: 128,
             topic_alias_maximum: 64,
+            max_outbound_topic_aliases: 32,
             server_keep_alive: 0,
-            max_session_expiry: u32::MAX,
+            max_keepalive: 65_535,
+            max_session_expiry: 7 * 24 * 3600,
+            max_user_properties: 128,
+            max_properties_size: 64 * 1024,
             max_qos: 2,
             retain_available: true,
             wildcard_subscriptions: true,
@@ -94,6 +111,25 @@ pub struct LimitsConfig {
     pub max_topic_levels: usize,
     /// Subscriptions one session may hold.
     pub max_subscriptions_per_client: usize,
+    /// Sessions (online and offline) the broker holds; a CONNECT that would create one
+    /// more gets 0x97 Quota exceeded (3.x: 0x03 Server unavailable).
+    pub max_sessions: usize,
+    /// Retained messages a session's SUBSCRIBEs may have waiting to be queued; those past
+    /// it are not sent (counted in `retained_dropped`).
+    pub max_retained_backlog: usize,
+    /// Retained messages the broker keeps; a new retained topic past it is refused (v5
+    /// PUBACK/PUBREC 0x97 Quota exceeded; 3.x and QoS 0: the retain is dropped and counted).
+    pub max_retained_messages: usize,
+    /// Bytes of retained messages (topic, payload and properties) the broker keeps; past it,
+    /// as `max_retained_messages`.
+    pub max_retained_bytes: usize,
+    /// Unwritten output a connection may have before the broker stops reading from it
+    /// (a client that sends but never reads cannot make the broker buffer its answers).
+    pub max_write_buffer: usize,
+    /// Seconds a connection may stay above `max_write_buffer` before it is closed.
+    pub write_timeout: u32,
+    /// Bytes of cached authorization decisions per connection (topic keys included).
+    pub acl_cache_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -105,6 +141,13 @@ impl Default for LimitsConfig {
             queue_full_policy: QueueFullPolicy::DropOldest,
             max_topic_levels: 64,
             max_subscriptions_per_client: 10_000,
+            max_sessions: 1_000_000,
+            max_retained_backlog: 100_000,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 512 * 1024 * 1024,
+            max_write_buffer: 1024 * 1024,
+            write_timeout: 30,
+            acl_cache_bytes: 64 * 1024,
         }
     }
 }
@@ -157,6 +200,18 @@ impl BrokerConfig {
         }
         if self.limits.max_queued_messages == 0 {
             return err("limits.max_queued_messages", "must be at least 1");
+        }
+        if self.mqtt.max_keepalive == 0 {
+            return err("mqtt.max_keepalive", "must be at least 1 (65535 is the MQTT maximum)");
+        }
+        if self.limits.max_sessions == 0 {
+            return err("limits.max_sessions", "must be at least 1");
+        }
+        if self.limits.max_write_buffer < 64 * 1024 {
+            return err("limits.max_write_buffer", "must be at least 65536 bytes");
+        }
+        if self.limits.write_timeout == 0 {
+            return err("limits.write_timeout", "must be at least 1 second");
         }
         if self.limits.max_topic_levels == 0 {
             return err("limits.max_topic_levels", "must be at least 1");

@@ -5,34 +5,35 @@
 //! On plain TCP, I/O is readiness-based so an idle connection holds no read or write buffer:
 //! both are allocated for a burst and released when drained.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use tern_protocol::{
-    ByteStr, Decoder, Disconnect, LastWill, Packet, ProtocolVersion, QoS, ReasonCode, encode, encoded_len,
-};
-use tokio::sync::oneshot;
+use bytes::BytesMut;
+use tern_protocol::{ByteStr, Decoder, Disconnect, LastWill, Packet, ProtocolVersion, ReasonCode};
 use tracing::{Instrument, debug, debug_span};
 
-use crate::auth::{Action, CertIdentity, Principal};
+use crate::auth::{CertIdentity, Principal};
 use crate::broker::Inner;
-use crate::message::Message;
 use crate::persist::CommitResult;
-use crate::router::OpSink;
-use crate::session::{Awaiting, Inflight, Pending, RetainedBatch, Session, SubIds, packet_id_for};
+use crate::session::Session;
 use crate::stats::Stats;
-use crate::store::StoreError;
 
+mod acks;
+mod acl;
 mod handlers;
 mod handshake;
 pub(crate) mod io;
+mod outbound;
+mod reauth;
 
+pub(crate) use acks::OnFail;
+use acks::{DeferredAck, poll_front_commit, wait_front_commit};
+use acl::AclCache;
 use io::Transport;
 
 /// Stop filling the write buffer from the queue past this many bytes until it drains.
@@ -44,8 +45,9 @@ const KEEP_BUFFER_MAX: usize = 256 * 1024;
 const RETAINED_FEED_BELOW: usize = 128;
 /// ...up to this length.
 const RETAINED_FEED_UP_TO: usize = 256;
-/// Cached authorization decisions per connection before the cache is cleared.
-const ACL_CACHE_MAX: usize = 1024;
+/// How long a closing connection keeps reading (and discarding) after its last packet, so
+/// the client reads a DISCONNECT or CONNACK refusal instead of a connection reset.
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
 
 /// Where a connection came from: listener name and, for mutual TLS, the client certificate.
 #[derive(Debug, Clone)]
@@ -76,35 +78,6 @@ pub(crate) enum Close {
     Server(ReasonCode),
 }
 
-/// What to do when the commit an acknowledgement waits for fails.
-#[derive(Debug)]
-pub(crate) enum OnFail {
-    /// Send this packet instead (an MQTT 5 error reason code).
-    Send(Packet),
-    /// Forget the inbound QoS 2 packet id (so the client's retry is not taken for a
-    /// duplicate), then send this packet if any.
-    ForgetInbound(u16, Option<Packet>),
-    /// Send nothing (MQTT 3.x has no negative acknowledgement).
-    Nothing,
-    /// Restore the inbound QoS 2 packet id the store still holds, then close.
-    RestoreInbound(u16),
-    /// Close the connection: the client resends after reconnecting.
-    Close,
-}
-
-/// An acknowledgement waiting for a store commit, or queued behind one to keep the order
-/// MQTT requires (MQTT-4.6.0-2).
-#[derive(Debug)]
-pub(crate) struct DeferredAck {
-    pub(crate) commit: Option<oneshot::Receiver<CommitResult>>,
-    pub(crate) result: Option<CommitResult>,
-    pub(crate) packet: Option<Packet>,
-    pub(crate) on_fail: OnFail,
-    /// Retained messages to queue once the acknowledgement is written (they follow their
-    /// SUBACK).
-    pub(crate) then: Option<RetainedBatch>,
-}
-
 /// Local counters flushed to the shared `Stats` after every event (so 32 bits suffice: one
 /// event reads at most `MAX_READ` bytes and fills at most `WRITE_HIGH_WATER`).
 #[derive(Debug, Default)]
@@ -116,6 +89,7 @@ pub(crate) struct LocalStats {
     expired: u32,
     too_large: u32,
     pub(crate) denied: u32,
+    denied_deliveries: u32,
 }
 
 /// Connection state after a successful CONNECT.
@@ -143,6 +117,8 @@ pub(crate) struct Conn {
     read_size: u32,
     /// Fires when the credentials expire (JWT `exp`): the connection is closed then.
     auth_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Re-authentication state, for connections that used enhanced authentication.
+    pub(crate) reauth: Option<Box<reauth::ReAuth>>,
     /// Whether the work before the next wait is done (see `poll_serve`).
     armed: bool,
     /// Whether the write buffer has room for queued messages.
@@ -161,6 +137,8 @@ pub(crate) struct Conn {
     pub(crate) client_max_packet: u32,
     /// Inbound topic aliases (index = alias - 1).
     pub(crate) aliases: Vec<Option<ByteStr>>,
+    /// Outbound topic aliases, when the client accepts them (boxed: most do not).
+    pub(crate) out_aliases: Option<Box<outbound::OutAliases>>,
     /// Whether the client allows reason strings and user properties on acks (MQTT 5).
     pub(crate) problem_info: bool,
     /// The session expiry the client connected with (for the DISCONNECT rule MQTT-3.14.2-2).
@@ -176,6 +154,11 @@ pub(crate) struct Conn {
     acl_cache: Option<Box<AclCache>>,
     /// Acknowledgements waiting for their store commit, in the order they must be sent.
     pub(crate) acks: VecDeque<DeferredAck>,
+    /// Inbound QoS 1 publishes whose PUBACK waits in `acks` (part of the client's window).
+    pub(crate) unacked_qos1: u16,
+    /// Armed while reads are paused because the client does not read its output (the write
+    /// buffer is past `limits.max_write_buffer`): the connection is closed when it fires.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
     pub(crate) stats: LocalStats,
 }
 
@@ -238,33 +221,6 @@ impl std::fmt::Debug for SpaceWait {
     }
 }
 
-/// Cached authorization decisions and the authorizer version they belong to.
-///
-/// Keyed by topic (looked up by `&str`, no allocation on a hit); per topic, one known bit
-/// and one allowed bit for each (action, QoS, retain).
-#[derive(Debug, Default)]
-pub(crate) struct AclCache {
-    map: HashMap<Box<str>, AclBits>,
-    version: u64,
-}
-
-/// Cached authorization decisions for one topic.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct AclBits {
-    known: u32,
-    allowed: u32,
-}
-
-/// The bit of an (action, QoS, retain) combination in [`AclBits`].
-fn acl_bit(action: Action, qos: QoS, retain: bool) -> u32 {
-    let a = match action {
-        Action::Publish => 0,
-        Action::Subscribe => 1,
-        Action::All => 2,
-    };
-    1 << (a * 6 + usize::from(qos.as_u8()) * 2 + usize::from(retain))
-}
-
 /// What woke the connection loop.
 enum Event {
     Read(std::io::Result<usize>),
@@ -274,20 +230,11 @@ enum Event {
     AuthExpired,
     Kicked(ReasonCode),
     Committed(CommitResult),
+    WriteTimeout,
+    ReAuth(reauth::StepOut),
 }
 
 impl Conn {
-    /// Encodes a packet into the write buffer. Packets above the client's Maximum Packet
-    /// Size are not sent (MQTT-3.1.2-24); returns whether it was written.
-    pub(crate) fn write_packet(&mut self, packet: &Packet) -> bool {
-        let Ok(len) = encoded_len(packet, self.version) else { return false };
-        if len > self.client_max_packet as usize {
-            return false;
-        }
-        self.wbuf.reserve(len);
-        encode(packet, self.version, &mut self.wbuf).is_ok()
-    }
-
     /// Arms the timers before serving; returns a reason to close at once, if any.
     fn start(&mut self) -> Option<Close> {
         self.session.set_keep_alive(self.keep_alive_ms, self.broker.now_ms());
@@ -366,6 +313,12 @@ impl Conn {
             Event::AuthExpired => return Err(Close::Server(ReasonCode::MaximumConnectTime)),
             Event::Kicked(code) => return Err(Close::Server(code)),
             Event::Committed(r) => self.front_committed(r)?,
+            Event::ReAuth(out) => self.reauth_step(out)?,
+            Event::WriteTimeout => {
+                debug!(unwritten = self.wbuf.len(), "client does not read its output: closing");
+                Stats::add(&self.broker.stats.write_timeouts, 1);
+                return Err(Close::SocketClosed);
+            }
         }
         Ok(())
     }
@@ -393,6 +346,11 @@ impl Conn {
         if let Poll::Ready(r) = poll_front_commit(&mut self.acks, cx) {
             return Poll::Ready(Event::Committed(r));
         }
+        if let Some(re) = self.reauth.as_deref_mut()
+            && let Poll::Ready(out) = re.poll_step(cx)
+        {
+            return Poll::Ready(Event::ReAuth(out));
+        }
         if (!self.wbuf.is_empty() || self.io.needs_flush())
             && let Poll::Ready(r) = self.io.poll_write(cx, &self.wbuf)
         {
@@ -404,6 +362,17 @@ impl Conn {
         if self.want_queue && self.session.poll_rung().is_ready() {
             return Poll::Ready(Event::Queue);
         }
+        if self.wbuf.len() >= self.broker.config.limits.max_write_buffer {
+            // The client sends but does not read what it is sent: stop reading (its packets
+            // would only add answers it will not read) and close it if that lasts.
+            let limit = Duration::from_secs(u64::from(self.broker.config.limits.write_timeout));
+            let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+            if stall.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::WriteTimeout);
+            }
+            return Poll::Pending;
+        }
+        self.stall = None;
         if let Some(wait) = &mut self.blocked {
             if wait.0.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Unblocked);
@@ -414,165 +383,6 @@ impl Conn {
         Poll::Pending
     }
 
-    /// Sends `packet` once `commit` succeeds (or at once without one), after every earlier
-    /// acknowledgement; `then` are deliveries to queue after it is written.
-    pub(crate) fn send_after(
-        &mut self,
-        commit: Option<oneshot::Receiver<CommitResult>>,
-        packet: Option<Packet>,
-        on_fail: OnFail,
-        then: Option<RetainedBatch>,
-    ) {
-        if commit.is_none() && self.acks.is_empty() {
-            if let Some(p) = &packet {
-                self.write_packet(p);
-            }
-            self.queue_after(then);
-            return;
-        }
-        self.acks.push_back(DeferredAck { commit, result: None, packet, on_fail, then });
-    }
-
-    fn queue_after(&mut self, then: Option<RetainedBatch>) {
-        let Some(batch) = then else { return };
-        if batch.msgs.is_empty() {
-            return;
-        }
-        self.session.lock().retained_backlog.get_or_insert_default().push_back(batch);
-        self.retained_waiting = true;
-    }
-
-    /// Moves retained messages waiting since a SUBSCRIBE into the queue while it is short.
-    /// A message replaced or cleared since the SUBSCRIBE is skipped: its successor was
-    /// delivered live, and an older value must not arrive after a newer one.
-    fn feed_retained(&mut self) {
-        // Until something is queued (which rings the loop on) or nothing waits: a chunk of
-        // only superseded messages must not leave the rest stranded.
-        while self.retained_waiting && !self.feed_retained_chunk() {}
-    }
-
-    /// Feeds one chunk; returns whether it queued anything or the queue is long enough.
-    fn feed_retained_chunk(&mut self) -> bool {
-        let mut chunk = Vec::new();
-        let mut sub_id = None;
-        {
-            let mut st = self.session.lock();
-            let (queued, queued_bytes) = (st.queue.len(), st.queued_bytes);
-            let Some(backlog) = st.retained_backlog.as_mut() else {
-                self.retained_waiting = false;
-                return true;
-            };
-            // Within the queue limit too, so feeding never evicts or drops.
-            let up_to = RETAINED_FEED_UP_TO.min(self.broker.config.limits.max_queued_messages);
-            if queued >= RETAINED_FEED_BELOW.min(up_to.div_ceil(2)) {
-                return true;
-            }
-            if let Some(batch) = backlog.front_mut() {
-                sub_id = batch.sub_id;
-                let max_bytes = self.broker.config.limits.max_queued_bytes / 2;
-                let mut bytes = queued_bytes;
-                while chunk.len() < up_to - queued
-                    && let Some((msg, _)) = batch.msgs.front()
-                    && (chunk.is_empty() && queued == 0 || bytes + msg.cost() <= max_bytes)
-                {
-                    bytes += msg.cost();
-                    chunk.extend(batch.msgs.pop_front());
-                }
-                if batch.msgs.is_empty() {
-                    backlog.pop_front();
-                }
-            }
-            if backlog.is_empty() {
-                st.retained_backlog = None;
-                self.retained_waiting = false;
-            }
-        }
-        if chunk.is_empty() {
-            // The queue's byte budget is used up: wait for it to drain.
-            return true;
-        }
-        let broker = self.broker.clone();
-        let current: Vec<(Arc<Message>, QoS)> = {
-            let retained = broker.retained.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            chunk
-                .into_iter()
-                .filter(|(m, _)| retained.get(&m.topic).is_some_and(|c| Arc::ptr_eq(c, m)))
-                .collect()
-        };
-        let queued_any = !current.is_empty();
-        let mut sink = OpSink::new(broker.store().is_some());
-        for (msg, granted) in current {
-            let qos = msg.qos.min(granted);
-            let _ = broker.deliver(
-                &self.session,
-                Pending::new(msg, qos, true, SubIds::from_option(sub_id)),
-                &mut sink,
-            );
-        }
-        broker.store_background(sink.ops);
-        queued_any
-    }
-
-    /// Records the result of the commit the front acknowledgement waited for, then sends what
-    /// can be sent.
-    fn front_committed(&mut self, r: CommitResult) -> Result<(), Close> {
-        if let Some(front) = self.acks.front_mut() {
-            front.commit = None;
-            front.result = Some(r);
-        }
-        self.drain_acks()
-    }
-
-    /// Sends every acknowledgement at the front of the queue whose commit has resolved.
-    fn drain_acks(&mut self) -> Result<(), Close> {
-        while let Some(front) = self.acks.front_mut() {
-            let result = match &mut front.commit {
-                None => front.result.take().unwrap_or(Ok(())),
-                Some(rx) => match rx.try_recv() {
-                    Ok(r) => r,
-                    Err(oneshot::error::TryRecvError::Empty) => break,
-                    Err(oneshot::error::TryRecvError::Closed) => persister_stopped(),
-                },
-            };
-            let Some(ack) = self.acks.pop_front() else { break };
-            match result {
-                Ok(()) => {
-                    if let Some(p) = &ack.packet {
-                        self.write_packet(p);
-                    }
-                    self.queue_after(ack.then);
-                }
-                Err(e) => {
-                    debug!(error = %e, "store commit failed; acknowledgement withheld");
-                    match ack.on_fail {
-                        OnFail::Send(p) => {
-                            self.write_packet(&p);
-                        }
-                        OnFail::ForgetInbound(id, p) => {
-                            self.session.lock().inbound_qos2.remove(&id);
-                            if let Some(p) = p {
-                                self.write_packet(&p);
-                            }
-                        }
-                        OnFail::Nothing => {}
-                        OnFail::RestoreInbound(id) => {
-                            self.session.lock().inbound_qos2.insert(id);
-                            return Err(Close::Server(ReasonCode::UnspecifiedError));
-                        }
-                        OnFail::Close => return Err(Close::Server(ReasonCode::UnspecifiedError)),
-                    }
-                }
-            }
-        }
-        if self.acks.is_empty() && self.acks.capacity() > 16 {
-            // A burst of acknowledgements waiting for commits grew it; an idle connection
-            // must not keep that (each slot is a whole packet).
-            self.acks = VecDeque::new();
-        }
-        Ok(())
-    }
-
-    /// Decodes and handles every complete packet in the read buffer.
     fn handle_buffered(&mut self) -> Result<(), Close> {
         loop {
             match self.decoder.decode(&mut self.rbuf) {
@@ -596,58 +406,6 @@ impl Conn {
         Ok(())
     }
 
-    /// Accounts for `n` bytes written from the front of the write buffer.
-    fn wrote(&mut self, n: usize) {
-        // A write is at most the write buffer, far below 4 GiB.
-        self.stats.bytes_out = self.stats.bytes_out.wrapping_add(n as u32);
-        self.wbuf.advance(n);
-        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
-            // Idle connections keep no write buffer.
-            self.wbuf = BytesMut::new();
-        }
-    }
-
-    /// Writes as much of the write buffer as the transport takes without waiting.
-    fn try_flush(&mut self) -> Result<(), Close> {
-        while !self.wbuf.is_empty() {
-            match self.io.try_write(&self.wbuf) {
-                Ok(0) => return Err(Close::SocketClosed),
-                Ok(n) => self.wrote(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => return Err(Close::SocketClosed),
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether the principal may do `action` on `topic`; decisions are cached until the
-    /// authorizer's rules change.
-    pub(crate) fn allowed(&mut self, action: Action, topic: &str, qos: QoS, retain: bool) -> bool {
-        let authz = &self.broker.authorizer;
-        if authz.is_permissive() {
-            return true;
-        }
-        let version = authz.version();
-        let cache = self.acl_cache.get_or_insert_default();
-        if version != cache.version || cache.map.len() >= ACL_CACHE_MAX {
-            cache.map.clear();
-            cache.version = version;
-        }
-        let bit = acl_bit(action, qos, retain);
-        if let Some(bits) = cache.map.get(topic)
-            && bits.known & bit != 0
-        {
-            return bits.allowed & bit != 0;
-        }
-        let d = authz.check(&self.principal, action, topic, qos, retain);
-        let bits = cache.map.entry(topic.into()).or_default();
-        bits.known |= bit;
-        if d {
-            bits.allowed |= bit;
-        }
-        d
-    }
-
     fn flush_stats(&mut self) {
         let s = &self.broker.stats;
         let l = std::mem::take(&mut self.stats);
@@ -658,98 +416,11 @@ impl Conn {
         Stats::add(&s.messages_expired, u64::from(l.expired));
         Stats::add(&s.messages_dropped_too_large, u64::from(l.too_large));
         Stats::add(&s.publishes_denied, u64::from(l.denied));
+        Stats::add(&s.deliveries_denied, u64::from(l.denied_deliveries));
     }
 
     pub(crate) fn count_in(&mut self) {
         self.stats.msgs_in += 1;
-    }
-
-    /// Moves queued messages into the write buffer within the outbound window; returns
-    /// whether it stopped because the write buffer was full with messages still queued.
-    fn pump_queue(&mut self) -> bool {
-        let now = Instant::now();
-        let session = self.session.clone();
-        let mut st = session.lock();
-        if st.generation != self.generation {
-            // Taken over: the new connection owns the queue and resends what is in flight.
-            // This connection may have taken a ring meant for it: pass it on.
-            session.ring_locked(&st);
-            return false;
-        }
-        let mut dropped = Vec::new();
-        while self.wbuf.len() < WRITE_HIGH_WATER {
-            let Some(front) = st.queue.front() else { break };
-            let qos1or2 = front.qos != QoS::AtMostOnce;
-            let packet_id = qos1or2.then(|| packet_id_for(front.seq));
-            if qos1or2
-                && (st.inflight.len() >= usize::from(self.out_window)
-                    || packet_id.is_some_and(|id| st.inflight.contains_key(&id)))
-            {
-                // Window full, or (after 65535 deliveries) this id is still in flight.
-                break;
-            }
-            let Some(p) = st.queue.pop_front() else { break };
-            st.queued_bytes -= p.msg.cost();
-            if p.msg.is_expired(now) {
-                self.stats.expired += 1;
-                if p.durable {
-                    dropped.push(p.seq);
-                }
-                continue;
-            }
-            let mut publish = p.msg.to_publish(p.qos, p.retain, packet_id, p.sub_ids.as_slice(), now);
-            publish.dup = p.dup && qos1or2;
-            if !self.write_packet(&Packet::Publish(publish)) {
-                // MQTT-3.1.2-25: a message too large for the client is discarded as if sent.
-                self.stats.too_large += 1;
-                if p.durable {
-                    dropped.push(p.seq);
-                }
-                continue;
-            }
-            self.stats.msgs_out += 1;
-            if let Some(id) = packet_id {
-                let state = if p.qos == QoS::AtLeastOnce { Awaiting::PubAck } else { Awaiting::PubRec };
-                st.inflight.insert(id, Inflight { pending: p, state });
-            }
-        }
-        let left = st.queue.len();
-        drop(st);
-        session.signal_space(left);
-        if !dropped.is_empty() {
-            let mut sink = OpSink::new(self.broker.store().is_some());
-            sink.removed(&session, &dropped);
-            self.broker.store_background(sink.ops);
-        }
-        left > 0 && self.wbuf.len() >= WRITE_HIGH_WATER
-    }
-
-    /// After a resumed session's CONNACK: resend unacknowledged PUBLISH (DUP=1) and PUBREL in
-    /// their original order (MQTT-4.4.0-1).
-    fn resend_inflight(&mut self) {
-        let now = Instant::now();
-        let session = self.session.clone();
-        let st = session.lock();
-        let mut order: Vec<(&u16, &Inflight)> = st.inflight.iter().collect();
-        order.sort_by_key(|(_, f)| f.pending.seq);
-        for (&id, f) in order {
-            let packet = if f.state == Awaiting::PubComp {
-                Packet::PubRel(tern_protocol::PubReply::new(id))
-            } else {
-                {
-                    let mut p = f.pending.msg.to_publish(
-                        f.pending.qos,
-                        f.pending.retain,
-                        Some(id),
-                        f.pending.sub_ids.as_slice(),
-                        now,
-                    );
-                    p.dup = true;
-                    Packet::Publish(p)
-                }
-            };
-            self.write_packet(&packet);
-        }
     }
 
     /// Sends what must be sent, closes the socket and detaches from the session.
@@ -788,6 +459,11 @@ impl Conn {
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             if self.io.write_all(&data).await.is_ok() {
                 self.io.shutdown().await;
+                if matches!(close, Close::Server(_)) {
+                    // The client may still be sending; closing now would reset the
+                    // connection and lose the DISCONNECT in its receive buffer.
+                    self.io.linger(LINGER).await;
+                }
             }
         })
         .await;
@@ -795,25 +471,6 @@ impl Conn {
         Stats::sub_connected(&self.broker.stats);
         debug!(?close, "connection closed");
     }
-}
-
-/// Waits for the commit at the front of the acknowledgement queue.
-async fn wait_front_commit(acks: &mut VecDeque<DeferredAck>) -> CommitResult {
-    std::future::poll_fn(|cx| poll_front_commit(acks, cx)).await
-}
-
-/// Polls the commit the acknowledgement at the front of the queue waits for (pending if it
-/// waits for none).
-fn poll_front_commit(acks: &mut VecDeque<DeferredAck>, cx: &mut Context<'_>) -> Poll<CommitResult> {
-    match acks.front_mut().and_then(|a| a.commit.as_mut()) {
-        Some(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or_else(|_| persister_stopped())),
-        None => Poll::Pending,
-    }
-}
-
-/// The result of a commit whose persister is gone.
-fn persister_stopped() -> CommitResult {
-    Err(StoreError::Unavailable("persister stopped".into()))
 }
 
 #[cfg(test)]

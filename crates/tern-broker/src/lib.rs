@@ -13,6 +13,7 @@ mod lifecycle;
 mod message;
 mod persist;
 mod restore;
+mod retained;
 mod router;
 mod session;
 mod stats;

@@ -58,6 +58,7 @@ pub(crate) fn session_record(
         will: will.map(|(w, _)| encode_will(w)),
         will_at: will.map(|(_, at)| at),
         last_seq: i64::try_from(st.last_seq).unwrap_or(i64::MAX),
+        owner: st.owner.as_deref().map(str::to_string),
     }
 }
 
@@ -100,18 +101,28 @@ impl Inner {
     /// Attaches a new connection to the session of `client_id`, taking over any connection
     /// that holds it, and creating or discarding the session per Clean Start. The returned
     /// store operations must commit before CONNACK.
+    ///
+    /// Refused, with nothing changed: a session created by another principal (`owner` is
+    /// the principal's user name; 0x87 Not authorized: no client may take over, resume or
+    /// discard another's session), and a new session past `limits.max_sessions` (0x97).
     pub(crate) fn attach(
         self: &Arc<Self>,
         client_id: Arc<str>,
         clean_start: bool,
         expiry_interval: u32,
         protocol: ProtocolVersion,
-    ) -> (Attached, Vec<StoreOp>) {
-        let store = self.store().is_some();
+        owner: Option<&str>,
+    ) -> Result<(Attached, Vec<StoreOp>), ReasonCode> {
+        let store = self.persister().is_some();
         let mut ops = Vec::new();
         let mut sessions = self.sessions();
         if let Some(existing) = sessions.get(&client_id).cloned() {
             let mut st = existing.lock();
+            if st.owner.as_deref() != owner {
+                return Err(ReasonCode::NotAuthorized);
+            }
+            // Timers armed at the last disconnect are moot now, whichever way this goes.
+            st.cancel_timers();
             if existing.is_online() {
                 existing.kick_locked(&mut st, ReasonCode::SessionTakenOver);
             }
@@ -140,7 +151,7 @@ impl Inner {
                 existing.set_persistent(expiry_interval > 0);
                 existing.set_online(true);
                 let attached = Attached { session: existing, session_present: true, generation };
-                return (attached, ops);
+                return Ok((attached, ops));
             }
             // The old connection must not treat the session as its own any more.
             st.generation += 1;
@@ -149,6 +160,8 @@ impl Inner {
             drop(sessions);
             ops.extend(self.end_session(&existing));
             sessions = self.sessions();
+        } else if sessions.len() >= self.config.limits.max_sessions {
+            return Err(ReasonCode::QuotaExceeded);
         }
         let id = self.next_session_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let session = Arc::new(Session::new(id, client_id.clone(), protocol));
@@ -156,6 +169,7 @@ impl Inner {
             let mut st = session.lock();
             st.generation = 1;
             st.expiry_interval = expiry_interval;
+            st.owner = owner.map(Arc::from);
             if store && expiry_interval > 0 {
                 ops.push(StoreOp::PutSession(session_record(&session, &st, None, None)));
             }
@@ -163,7 +177,7 @@ impl Inner {
         session.set_persistent(expiry_interval > 0);
         session.set_online(true);
         sessions.insert(client_id, session.clone());
-        (Attached { session, session_present: false, generation: 1 }, ops)
+        Ok((Attached { session, session_present: false, generation: 1 }, ops))
     }
 
     /// Called when a connection ends. Publishes or schedules the will, hands shared-subscription
@@ -201,7 +215,7 @@ impl Inner {
         st.disconnected_at = Some(Instant::now());
         session.set_online(false);
         let expiry = st.expiry_interval;
-        let moving = st.take_shared();
+        let moving = st.take_shared(expiry == 0);
         let (delayed_will, immediate_will) = match will {
             Some(w) if w.properties.will_delay_interval.unwrap_or(0) > 0 && expiry > 0 => (Some(w), None),
             Some(w) => (None, Some(w)),
@@ -210,7 +224,7 @@ impl Inner {
         let will_delay = delayed_will.as_ref().and_then(|w| w.properties.will_delay_interval);
         let now_unix = unix_millis(SystemTime::now());
         let mut ops = Vec::new();
-        if self.store().is_some() && expiry > 0 {
+        if self.persister().is_some() && expiry > 0 {
             let will_at = will_delay.map(|d| now_unix + i64::from(d) * 1000);
             let w = delayed_will.as_ref().zip(will_at);
             ops.push(StoreOp::PutSession(session_record(session, &st, Some(now_unix), w)));
@@ -220,8 +234,8 @@ impl Inner {
         if let Some(w) = immediate_will {
             self.publish_will(session.id, w);
         }
-        self.redistribute(session, moving, &mut ops);
         self.store_background(ops);
+        self.redistribute(session, moving);
 
         if expiry == 0 {
             let mut sessions = self.sessions();
@@ -245,7 +259,7 @@ impl Inner {
     pub(crate) fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, generation: u64, delay: Duration) {
         let inner = self.clone();
         let s = session.clone();
-        self.tasks.spawn(async move {
+        let timer = self.tasks.spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = inner.shutdown.cancelled() => return,
@@ -256,7 +270,7 @@ impl Inner {
                     return;
                 }
                 let will = st.pending_will.take().map(|w| *w);
-                let record = (inner.store().is_some() && s.is_persistent())
+                let record = (inner.persister().is_some() && s.is_persistent())
                     .then(|| session_record(&s, &st, Some(unix_millis(SystemTime::now())), None));
                 (will, record)
             };
@@ -267,6 +281,22 @@ impl Inner {
                 }
             }
         });
+        Self::keep_timer(session, generation, timer.abort_handle());
+    }
+
+    /// Keeps a timer's handle in the session so a reconnect can abort it (unless the session
+    /// moved on already, in which case the timer finds that out itself when it fires).
+    fn keep_timer(session: &Session, generation: u64, timer: tokio::task::AbortHandle) {
+        let mut st = session.lock();
+        if st.generation == generation && !session.is_online() {
+            // Finished timers are dropped here, so the list stays as short as the timers
+            // actually pending.
+            let timers = st.timers.get_or_insert_default();
+            timers.retain(|t| !t.is_finished());
+            timers.push(timer);
+        } else {
+            timer.abort();
+        }
     }
 
     /// Ends the session after `after`, unless it reconnected meanwhile.
@@ -278,7 +308,7 @@ impl Inner {
     ) {
         let inner = self.clone();
         let s = session.clone();
-        self.tasks.spawn(async move {
+        let timer = self.tasks.spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(after) => {}
                 () = inner.shutdown.cancelled() => return,
@@ -299,6 +329,7 @@ impl Inner {
                 inner.store_background(ops);
             }
         });
+        Self::keep_timer(session, generation, timer.abort_handle());
     }
 
     /// Ends a session that is no longer in the registry: drops its subscriptions and queue,
@@ -308,8 +339,8 @@ impl Inner {
         let (filters, will) = {
             let mut st = session.lock();
             let filters: Vec<Box<str>> = std::mem::take(&mut st.subscriptions).into_keys().collect();
-            st.queue.clear();
-            st.queued_bytes = 0;
+            st.clear_queue();
+            st.cancel_timers();
             st.inflight.clear();
             st.inbound_qos2.clear();
             (filters, st.pending_will.take().map(|w| *w))
@@ -326,7 +357,7 @@ impl Inner {
             self.publish_will(session.id, w);
         }
         let mut ops = Vec::new();
-        if self.store().is_some() && session.is_persistent() {
+        if self.persister().is_some() && session.is_persistent() {
             ops.push(StoreOp::DeleteSession { client_id: session.client_id.to_string() });
         }
         session.set_persistent(false);
@@ -335,11 +366,11 @@ impl Inner {
 
     /// Gives queued and unacknowledged shared-subscription messages of a departed member to
     /// another online member of the same group.
-    fn redistribute(&self, from: &Session, moving: Vec<Pending>, ops: &mut Vec<StoreOp>) {
+    fn redistribute(&self, from: &Session, moving: Vec<Pending>) {
         if moving.is_empty() {
             return;
         }
-        let mut sink = OpSink::new(self.store().is_some());
+        let mut sink = OpSink::new(self.persister().is_some());
         let moved: Vec<u64> = moving.iter().filter(|p| p.durable).map(|p| p.seq).collect();
         let tree = self.read_subs();
         let mut kept = Vec::new();
@@ -364,13 +395,12 @@ impl Inner {
         if !kept.is_empty() {
             let mut st = from.lock();
             for p in kept.into_iter().rev() {
-                st.queued_bytes += p.msg.cost();
-                st.queue.push_front(p);
+                st.push_queued_front(p);
             }
         }
         let gone: Vec<u64> = moved.into_iter().filter(|s| !kept_seqs.contains(s)).collect();
         sink.removed(from, &gone);
-        ops.append(&mut sink.ops);
+        let _ = sink.submit(self, false);
     }
 
     /// Publishes a will message on behalf of session `from`.
@@ -408,7 +438,7 @@ impl Inner {
         entry: SubEntry,
     ) -> (bool, Option<StoreOp>) {
         let stored = StoredSub { options: entry.options, id: entry.id };
-        let op = (self.store().is_some() && session.is_persistent()).then(|| {
+        let op = (self.persister().is_some() && session.is_persistent()).then(|| {
             StoreOp::PutSubscription(StoredSubscription {
                 client_id: session.client_id.to_string(),
                 filter: raw.to_string(),
@@ -430,7 +460,7 @@ impl Inner {
     ) -> (bool, Option<StoreOp>) {
         let existed = self.write_subs().remove(tf.filter, tf.share_group, session.id);
         session.lock().subscriptions.remove(raw);
-        let op = (existed && self.store().is_some() && session.is_persistent()).then(|| {
+        let op = (existed && self.persister().is_some() && session.is_persistent()).then(|| {
             StoreOp::DeleteSubscription { client_id: session.client_id.to_string(), filter: raw.to_string() }
         });
         (existed, op)

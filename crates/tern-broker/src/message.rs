@@ -67,6 +67,9 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Session id of the publisher, for No Local; `None` for broker-originated messages.
     pub publisher: Option<u64>,
+    /// Whether topic, payload and properties own their allocations (see [`Message::owned`])
+    /// rather than being slices of a connection's read buffer.
+    pub owns_bytes: bool,
 }
 
 impl Message {
@@ -96,7 +99,48 @@ impl Message {
             },
             expires_at: message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s))),
             publisher,
+            owns_bytes: false,
         }
+    }
+
+    /// A copy whose topic, payload and properties have allocations of their own.
+    ///
+    /// A decoded message's fields are slices of the publisher's read buffer, which they keep
+    /// alive whole: a 10-byte message read together with 60 KiB of other packets pins all of
+    /// it. Messages that are held for long (retained, queued for an offline or congested
+    /// session) are copied once, so their memory is what their size says.
+    pub fn owned(&self) -> Message {
+        let own = |b: &ByteStr| ByteStr::from(b.as_str());
+        let p = &self.properties;
+        // Topic and payload share one allocation.
+        let mut buf = bytes::BytesMut::with_capacity(self.topic.len() + self.payload.len());
+        buf.extend_from_slice(self.topic.as_bytes());
+        buf.extend_from_slice(&self.payload);
+        let mut all = buf.freeze();
+        let topic_bytes = all.split_to(self.topic.len());
+        Message {
+            id: self.id,
+            // The bytes were a valid topic a moment ago.
+            topic: ByteStr::try_from_bytes(topic_bytes).unwrap_or_else(|_| own(&self.topic)),
+            payload: all,
+            qos: self.qos,
+            retain: self.retain,
+            properties: MessageProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                content_type: p.content_type.as_ref().map(own),
+                response_topic: p.response_topic.as_ref().map(own),
+                correlation_data: p.correlation_data.as_ref().map(|c| Bytes::copy_from_slice(c)),
+                user_properties: p.user_properties.iter().map(|(k, v)| (own(k), own(v))).collect(),
+            },
+            expires_at: self.expires_at,
+            publisher: self.publisher,
+            owns_bytes: true,
+        }
+    }
+
+    /// The message as one that owns its bytes (itself if it already does).
+    pub(crate) fn into_owned(self: Arc<Self>) -> Arc<Message> {
+        if self.owns_bytes { self } else { Arc::new(self.owned()) }
     }
 
     /// Whether the message has expired at `now`.
@@ -113,9 +157,18 @@ impl Message {
         })
     }
 
-    /// Approximate memory cost, for queue byte limits.
+    /// Memory the message takes, for queue and retained-store byte limits: the struct, its
+    /// topic and payload, and every property, counted as decoded (a user property costs its
+    /// two strings plus their two handles, about 13 times its 5 wire bytes when empty).
     pub fn cost(&self) -> usize {
-        self.payload.len() + self.topic.len() + 64
+        const HANDLE: usize = std::mem::size_of::<ByteStr>();
+        let p = &self.properties;
+        let strings = p.content_type.as_ref().map_or(0, ByteStr::len)
+            + p.response_topic.as_ref().map_or(0, ByteStr::len)
+            + p.correlation_data.as_ref().map_or(0, Bytes::len);
+        let user: usize = p.user_properties.iter().map(|(k, v)| 2 * HANDLE + k.len() + v.len()).sum();
+        // The Arc's two counters and the allocator's rounding are in the constant.
+        std::mem::size_of::<Message>() + 32 + self.topic.len() + self.payload.len() + strings + user
     }
 
     /// The PUBLISH to send for this message.

@@ -32,6 +32,8 @@ pub struct PersistenceConfig {
     /// Operations kept for retry while the database is down (acknowledgement cleanups,
     /// session updates); beyond this the oldest are dropped and counted.
     pub max_deferred_ops: usize,
+    /// Memory those operations may take, as `max_deferred_ops`.
+    pub max_deferred_bytes: usize,
 }
 
 impl Default for PersistenceConfig {
@@ -42,6 +44,7 @@ impl Default for PersistenceConfig {
             commit_timeout_ms: 5000,
             sweep_interval: 60,
             max_deferred_ops: 1_000_000,
+            max_deferred_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -56,6 +59,13 @@ struct Entry {
     waiter: Option<oneshot::Sender<CommitResult>>,
 }
 
+/// Operations kept for retry while the database is down, and their memory.
+#[derive(Debug, Default)]
+struct Deferred {
+    ops: VecDeque<StoreOp>,
+    bytes: usize,
+}
+
 /// The persister's shared state.
 #[derive(Debug)]
 pub(crate) struct Persister {
@@ -65,7 +75,7 @@ pub(crate) struct Persister {
     wake: Notify,
     available: AtomicBool,
     /// Operations that failed while the database was down and carry no waiter.
-    deferred: Mutex<VecDeque<StoreOp>>,
+    deferred: Mutex<Deferred>,
     /// Counters for health and metrics.
     pub(crate) batches: AtomicU64,
     pub(crate) ops_committed: AtomicU64,
@@ -85,7 +95,7 @@ impl Persister {
             pending: Mutex::new(Vec::new()),
             wake: Notify::new(),
             available: AtomicBool::new(true),
-            deferred: Mutex::new(VecDeque::new()),
+            deferred: Mutex::new(Deferred::default()),
             batches: AtomicU64::new(0),
             ops_committed: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
@@ -130,9 +140,13 @@ impl Persister {
 
     fn defer(&self, ops: impl IntoIterator<Item = StoreOp>) {
         let mut d = lock(&self.deferred);
-        d.extend(ops);
-        while d.len() > self.config.max_deferred_ops {
-            d.pop_front();
+        for op in ops {
+            d.bytes += op.mem_size();
+            d.ops.push_back(op);
+        }
+        while d.ops.len() > self.config.max_deferred_ops || d.bytes > self.config.max_deferred_bytes {
+            let Some(old) = d.ops.pop_front() else { break };
+            d.bytes -= old.mem_size();
             self.deferred_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -172,7 +186,11 @@ impl Persister {
             }
             return true;
         }
-        let deferred: Vec<StoreOp> = lock(&self.deferred).drain(..).collect();
+        let deferred: Vec<StoreOp> = {
+            let mut d = lock(&self.deferred);
+            d.bytes = 0;
+            d.ops.drain(..).collect()
+        };
         if entries.is_empty() && deferred.is_empty() {
             return false;
         }
@@ -439,6 +457,7 @@ pub(crate) fn message_from_stored(s: StoredMessage, now: Instant, now_unix: Unix
         properties: decode_properties(&s.properties)?,
         expires_at: s.expires_at.map(|t| unix_to_instant(t, now, now_unix)),
         publisher: None,
+        owns_bytes: true,
     })
 }
 

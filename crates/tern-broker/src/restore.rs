@@ -7,7 +7,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use tern_protocol::topic::TopicFilter;
-use tern_protocol::{ByteStr, ProtocolVersion, QoS};
+use tern_protocol::{ProtocolVersion, QoS};
 use tracing::{info, warn};
 
 use crate::broker::Inner;
@@ -51,7 +51,7 @@ impl Inner {
             for (topic, id) in snapshot.retained {
                 match messages.get(&id) {
                     Some(m) if !m.is_expired(now) => {
-                        retained.insert(ByteStr::from(topic), m.clone());
+                        retained.insert(m.clone());
                     }
                     _ => ops.push(StoreOp::DeleteRetained { topic }),
                 }
@@ -62,7 +62,10 @@ impl Inner {
         let mut restored: HashMap<String, Arc<Session>> = HashMap::new();
         let mut due_wills = Vec::new();
         let mut timers = Vec::new();
-        for s in snapshot.sessions {
+        for mut s in snapshot.sessions {
+            // Stored before `max_session_expiry` was lowered (or by a build whose 3.x sessions
+            // never expired): the cap in force applies.
+            s.expiry_interval = s.expiry_interval.min(self.config.mqtt.max_session_expiry);
             // A session that was connected at the crash counts as disconnected now.
             let since = s.disconnected_at.unwrap_or(now_unix);
             let expires_at = (s.expiry_interval != u32::MAX)
@@ -90,6 +93,7 @@ impl Inner {
                 st.expiry_interval = s.expiry_interval;
                 st.last_seq = u64::try_from(s.last_seq).unwrap_or(0);
                 st.disconnected_at = Some(now);
+                st.owner = s.owner.as_deref().map(Arc::from);
                 match (will, s.will_at) {
                     (Some(w), Some(at)) if at <= now_unix => due_wills.push(w),
                     (Some(w), at) => {
@@ -147,8 +151,7 @@ impl Inner {
             if d.state == 1 {
                 st.inflight.insert(packet_id_for(seq), Inflight { pending: p, state: Awaiting::PubComp });
             } else {
-                st.queued_bytes += p.msg.cost();
-                st.queue.push_back(p);
+                st.push_queued(p);
                 queued += 1;
             }
         }

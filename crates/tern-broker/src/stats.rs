@@ -36,6 +36,19 @@ pub struct Stats {
     pub wills_published: AtomicU64,
     /// Connections closed for a protocol violation.
     pub protocol_errors: AtomicU64,
+    /// QoS 1/2 publishes refused because a persistent session's queue was full (v5 0x97).
+    pub publishes_refused_queue_full: AtomicU64,
+    /// Retained messages not stored because the retained store was full.
+    pub retained_refused: AtomicU64,
+    /// Subscriptions whose matching retained messages were cut short because the session's
+    /// retained backlog (`limits.max_retained_backlog`) was full.
+    pub retained_backlog_truncated: AtomicU64,
+    /// Messages not delivered because the subscriber may not receive them (ACL at delivery).
+    pub deliveries_denied: AtomicU64,
+    /// SUBSCRIBE filters that repeated an earlier filter of the same packet.
+    pub duplicate_filters: AtomicU64,
+    /// Connections closed because they did not read their output within `write_timeout`.
+    pub write_timeouts: AtomicU64,
 }
 
 impl Stats {

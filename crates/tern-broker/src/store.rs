@@ -49,6 +49,9 @@ pub struct StoredSession {
     pub will_at: Option<UnixMillis>,
     /// Highest delivery sequence number used so far (so numbering continues after restart).
     pub last_seq: i64,
+    /// The user name of the principal that created the session (`None`: anonymous); only
+    /// the same principal may resume it.
+    pub owner: Option<String>,
 }
 
 /// A subscription of a persistent session.
@@ -169,6 +172,31 @@ pub enum StoreOp {
         /// Topic name.
         topic: String,
     },
+}
+
+impl StoreOp {
+    /// Approximate memory the operation takes while it waits (struct plus owned strings and
+    /// buffers), for byte limits on queues of operations.
+    pub fn mem_size(&self) -> usize {
+        let heap = match self {
+            StoreOp::PutSession(s) => {
+                s.client_id.len()
+                    + s.will.as_ref().map_or(0, Vec::len)
+                    + s.owner.as_ref().map_or(0, String::len)
+            }
+            StoreOp::PutSubscription(s) => s.client_id.len() + s.filter.len(),
+            StoreOp::DeleteSubscription { client_id, filter } => client_id.len() + filter.len(),
+            StoreOp::PutMessage(m) => m.topic.len() + m.payload.len() + m.properties.len(),
+            StoreOp::PutDelivery(d) => d.client_id.len() + 4 * d.subscription_ids.len(),
+            StoreOp::DeleteSession { client_id }
+            | StoreOp::SetDeliveryState { client_id, .. }
+            | StoreOp::DeleteDelivery { client_id, .. }
+            | StoreOp::PutInbound { client_id, .. }
+            | StoreOp::DeleteInbound { client_id, .. } => client_id.len(),
+            StoreOp::PutRetained { topic, .. } | StoreOp::DeleteRetained { topic } => topic.len(),
+        };
+        std::mem::size_of::<StoreOp>() + heap
+    }
 }
 
 /// Everything the broker loads at start.

@@ -23,6 +23,7 @@ fn sys_message(topic: &str, value: String) -> Message {
         properties: MessageProperties::default(),
         expires_at: None,
         publisher: None,
+        owns_bytes: true,
     }
 }
 

@@ -1,5 +1,6 @@
 //! One handler per inbound packet kind, dispatched from a single `match`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,10 +36,7 @@ impl Conn {
                 self.on_puback(&r);
                 Ok(())
             }
-            Packet::PubRec(r) => {
-                self.on_pubrec(&r);
-                Ok(())
-            }
+            Packet::PubRec(r) => self.on_pubrec(&r),
             Packet::PubRel(r) => {
                 self.on_pubrel(&r);
                 Ok(())
@@ -57,9 +55,9 @@ impl Conn {
                 Ok(())
             }
             Packet::Disconnect(d) => Err(self.on_disconnect(&d)),
-            // No authentication method was agreed at CONNECT, so AUTH is a protocol error
-            // (MQTT-4.12.0-1); CONNECT twice is caught by the decoder.
-            Packet::Auth(_) | Packet::Connect(_) => Err(protocol_error()),
+            Packet::Auth(a) => self.on_auth(&a),
+            // CONNECT twice is caught by the decoder.
+            Packet::Connect(_) => Err(protocol_error()),
             // Server-to-client packets sent by a client.
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 Err(protocol_error())
@@ -69,20 +67,26 @@ impl Conn {
 
     /// Answers a QoS 1/2 PUBLISH that is refused (MQTT 5 reason code; 3.x has none, so the
     /// message is acknowledged and dropped, as Mosquitto does, to stop endless retries).
-    fn refuse_publish(&mut self, p: &Publish, code: ReasonCode) {
-        let Some(id) = p.packet_id else { return };
+    fn refuse(&mut self, p: &Publish, code: ReasonCode) {
+        if let Some(id) = p.packet_id {
+            self.refuse_publish(p.qos, id, code);
+        }
+    }
+
+    /// Answers QoS `qos` PUBLISH `id` with `code` (3.x: a plain acknowledgement).
+    fn refuse_publish(&mut self, qos: QoS, id: u16, code: ReasonCode) {
         let code = if self.version.is_v5() { code } else { ReasonCode::Success };
         let mut reply = PubReply::with_reason(id, code);
         if self.problem_info && code.is_error() {
             reply.properties.reason_string = Some(ByteStr::from_static(code.description()));
         }
-        let packet = if p.qos == QoS::AtLeastOnce { Packet::PubAck(reply) } else { Packet::PubRec(reply) };
+        let packet = if qos == QoS::AtLeastOnce { Packet::PubAck(reply) } else { Packet::PubRec(reply) };
         self.send_after(None, Some(packet), OnFail::Nothing, None);
     }
 
     /// Whether this session's state goes to the store.
     fn durable_session(&self) -> bool {
-        self.broker.store().is_some() && self.session.is_persistent()
+        self.broker.persister().is_some() && self.session.is_persistent()
     }
 
     fn on_publish(&mut self, mut p: Publish) -> Handled {
@@ -102,11 +106,15 @@ impl Conn {
             if p.topic.is_empty() {
                 match &self.aliases[slot] {
                     Some(t) => p.topic = t.clone(),
-                    // MQTT-3.3.4: an alias with no mapping yet is a protocol error.
+                    // An alias with no mapping yet is a protocol error (MQTT 5.0 3.3.2.3.4,
+                    // which gives the rule no number).
                     None => return Err(protocol_error()),
                 }
             } else {
-                self.aliases[slot] = Some(p.topic.clone());
+                // A copy of the topic's own bytes: the packet's topic is a slice of the read
+                // buffer, which the mapping would otherwise keep alive for the connection's
+                // whole life.
+                self.aliases[slot] = Some(ByteStr::from(p.topic.as_str()));
             }
         } else if p.topic.is_empty() {
             return Err(Close::Server(ReasonCode::TopicNameInvalid));
@@ -122,63 +130,70 @@ impl Conn {
             return Err(Close::Server(ReasonCode::RetainNotSupported));
         }
         if level_count(&p.topic) > cfg.limits.max_topic_levels {
-            self.refuse_publish(&p, ReasonCode::TopicNameInvalid);
+            self.refuse(&p, ReasonCode::TopicNameInvalid);
             return Ok(());
         }
         if p.topic.starts_with("$SYS") {
             // $SYS belongs to the broker.
-            self.refuse_publish(&p, ReasonCode::NotAuthorized);
+            self.refuse(&p, ReasonCode::NotAuthorized);
             return Ok(());
         }
         if !self.allowed(Action::Publish, &p.topic, p.qos, p.retain) {
             self.stats.denied += 1;
             debug!(topic = %p.topic, "publish not authorized");
-            self.refuse_publish(&p, ReasonCode::NotAuthorized);
+            self.refuse(&p, ReasonCode::NotAuthorized);
             return Ok(());
         }
         if p.properties.payload_format_indicator == Some(true) && std::str::from_utf8(&p.payload).is_err() {
-            // MQTT-3.3.2-?: the server may validate a payload declared UTF-8 (0x99).
-            self.refuse_publish(&p, ReasonCode::PayloadFormatInvalid);
+            // MQTT 3.3.2.3.2: the server may validate a payload declared UTF-8 (0x99).
+            self.refuse(&p, ReasonCode::PayloadFormatInvalid);
             return Ok(());
         }
         let qos = p.qos;
         let packet_id = p.packet_id;
         let mut ops = Vec::new();
-        if qos == QoS::ExactlyOnce {
+        if qos != QoS::AtMostOnce {
             let id = packet_id.unwrap_or(0);
             let mut st = self.session.lock();
-            if st.inbound_qos2.contains(&id) {
+            if qos == QoS::ExactlyOnce && st.inbound_qos2.contains(&id) {
                 // A resend before PUBREL: acknowledge again, deliver once (MQTT 4.3.3).
                 drop(st);
                 self.send_after(None, Some(Packet::PubRec(PubReply::new(id))), OnFail::Nothing, None);
                 return Ok(());
             }
-            if st.inbound_qos2.len() >= usize::from(cfg.mqtt.receive_maximum) {
+            // The client's window: QoS 1 publishes whose PUBACK is not written yet and QoS 2
+            // ones before PUBCOMP. A 5.0 client was told Receive Maximum (MQTT-3.3.4-9); a 3.x
+            // client was not, and gets twice the window before it is cut off.
+            let in_flight = usize::from(self.unacked_qos1) + st.inbound_qos2.len();
+            let window = usize::from(cfg.mqtt.receive_maximum);
+            let limit = if self.version.is_v5() { window } else { 2 * window + 16 };
+            if in_flight >= limit {
                 return Err(Close::Server(ReasonCode::ReceiveMaximumExceeded));
             }
-            st.inbound_qos2.insert(id);
-            drop(st);
-            if self.durable_session() {
-                ops.push(StoreOp::PutInbound { client_id: self.client_id.to_string(), packet_id: id });
+            if qos == QoS::ExactlyOnce {
+                st.inbound_qos2.insert(id);
+                drop(st);
+                if self.durable_session() {
+                    ops.push(StoreOp::PutInbound { client_id: self.client_id.to_string(), packet_id: id });
+                }
             }
-        }
-        if self.acks.len() > 2 * usize::from(cfg.mqtt.receive_maximum) + 16 {
-            // More unacknowledged publishes than the window allows (MQTT-3.3.4-8).
-            return Err(Close::Server(ReasonCode::ReceiveMaximumExceeded));
         }
         let msg = Arc::new(Message::from_publish(p, Some(self.session.id), Instant::now()));
         let published = broker.publish(&msg, ops, qos != QoS::AtMostOnce);
-        if published.refused {
-            // The store is down and this message needs it (0x80; 3.x: no acknowledgement).
+        if let Some(code) = published.refused {
             if let Some(id) = packet_id {
                 if qos == QoS::ExactlyOnce {
                     self.session.lock().inbound_qos2.remove(&id);
                 }
-                if self.version.is_v5() {
-                    let reply = PubReply::with_reason(id, ReasonCode::UnspecifiedError);
-                    let packet =
-                        if qos == QoS::AtLeastOnce { Packet::PubAck(reply) } else { Packet::PubRec(reply) };
-                    self.send_after(None, Some(packet), OnFail::Nothing, None);
+                if code == ReasonCode::QuotaExceeded {
+                    // A full persistent queue or retained store (0x97). 3.x has no way to say
+                    // it: acknowledged and dropped (counted), so the client does not retry
+                    // forever.
+                    self.refuse_publish(qos, id, code);
+                } else if self.version.is_v5() {
+                    // The store is down and this message needs it (0x80; 3.x: no
+                    // acknowledgement, the client resends after reconnecting).
+                    self.refuse_publish(qos, id, code);
                 }
             }
             return Ok(());
@@ -213,7 +228,7 @@ impl Conn {
 
     /// The store operation that forgets a durable outbound delivery, if it is one.
     fn delivery_done(&self, f: &Inflight) -> Option<StoreOp> {
-        (f.pending.durable && self.broker.store().is_some()).then(|| StoreOp::DeleteDelivery {
+        (f.pending.durable && self.broker.persister().is_some()).then(|| StoreOp::DeleteDelivery {
             client_id: self.client_id.to_string(),
             seq: i64::try_from(f.pending.seq).unwrap_or(i64::MAX),
         })
@@ -228,16 +243,23 @@ impl Conn {
         }
     }
 
-    fn on_pubrec(&mut self, r: &PubReply) {
+    fn on_pubrec(&mut self, r: &PubReply) -> Handled {
         let mut st = self.session.lock();
         let mut commit = None;
         let reply = match st.inflight.get_mut(&r.packet_id) {
+            Some(f) if f.state == Awaiting::PubAck => {
+                // PUBREC answers QoS 2 only; this packet id carries a QoS 1 message
+                // (MQTT 4.3.2, 4.3.3).
+                drop(st);
+                self.close_text = Some(format!("PUBREC for QoS 1 packet id {}", r.packet_id));
+                return Err(protocol_error());
+            }
             Some(f) if f.state == Awaiting::PubRec && r.reason_code.is_error() => {
                 // The receiver refused the message: the flow ends here (MQTT 4.3.3).
                 let done = st.inflight.remove(&r.packet_id).and_then(|f| self.delivery_done(&f));
                 drop(st);
                 self.broker.store_background(done.into_iter().collect());
-                return;
+                return Ok(());
             }
             Some(f) => {
                 if f.state == Awaiting::PubRec && f.pending.durable {
@@ -248,7 +270,7 @@ impl Conn {
                         seq: i64::try_from(f.pending.seq).unwrap_or(i64::MAX),
                         state: 1,
                     };
-                    commit = self.broker.store().and_then(|p| p.submit(vec![op], true));
+                    commit = self.broker.persister().and_then(|p| p.submit(vec![op], true));
                 }
                 f.state = Awaiting::PubComp;
                 PubReply::new(r.packet_id)
@@ -261,6 +283,7 @@ impl Conn {
             reply.reason_code = ReasonCode::Success;
         }
         self.send_after(commit, Some(Packet::PubRel(reply)), OnFail::Close, None);
+        Ok(())
     }
 
     fn on_pubrel(&mut self, r: &PubReply) {
@@ -273,7 +296,7 @@ impl Conn {
         let mut commit = None;
         if known && self.durable_session() {
             let op = StoreOp::DeleteInbound { client_id: self.client_id.to_string(), packet_id: r.packet_id };
-            commit = self.broker.store().and_then(|p| p.submit(vec![op], true));
+            commit = self.broker.persister().and_then(|p| p.submit(vec![op], true));
         }
         let comp = Packet::PubComp(PubReply::with_reason(r.packet_id, code));
         self.send_after(commit, Some(comp), OnFail::RestoreInbound(r.packet_id), None);
@@ -297,7 +320,7 @@ impl Conn {
         }
         let now = Instant::now();
         let durable = self.durable_session();
-        if durable && self.broker.store().is_some_and(|p| !p.is_available()) {
+        if durable && self.broker.persister().is_some_and(|p| !p.is_available()) {
             // The subscription could not be stored: refuse it (0x80), change nothing.
             let codes = vec![ReasonCode::UnspecifiedError; s.filters.len()];
             let ack =
@@ -308,7 +331,27 @@ impl Conn {
         let mut ops = Vec::new();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained: Vec<(Arc<Message>, QoS)> = Vec::new();
-        for (raw, opts) in &s.filters {
+        // A filter repeated within the packet counts once, with the options of its last
+        // occurrence (a repeated filter replaces the subscription: MQTT-3.8.4-3); its earlier
+        // copies get the same reason code and no retained messages of their own.
+        let last: HashMap<&str, usize> =
+            s.filters.iter().enumerate().map(|(i, (raw, _))| (&**raw, i)).collect();
+        if last.len() < s.filters.len() {
+            Stats::add(&broker.stats.duplicate_filters, (s.filters.len() - last.len()) as u64);
+        }
+        // Retained messages this SUBSCRIBE may add to what the session already waits for.
+        let mut backlog_room = {
+            let st = self.session.lock();
+            let waiting: usize =
+                st.retained_backlog.as_ref().map_or(0, |b| b.iter().map(|x| x.msgs.len()).sum());
+            cfg.limits.max_retained_backlog.saturating_sub(waiting)
+        };
+        let mut truncated = 0usize;
+        for (i, (raw, opts)) in s.filters.iter().enumerate() {
+            if last.get(&**raw) != Some(&i) {
+                codes.push(ReasonCode::Success); // replaced below by the last copy's code
+                continue;
+            }
             let Ok(tf) = TopicFilter::parse(raw) else {
                 codes.push(ReasonCode::TopicFilterInvalid);
                 continue;
@@ -344,8 +387,10 @@ impl Conn {
                 };
                 // Retained messages are not sent for shared subscriptions (MQTT 4.8.2).
                 if send_retained && tf.share_group.is_none() {
-                    retained
-                        .extend(broker.retained_matching(tf.filter, now).into_iter().map(|m| (m, granted)));
+                    let (matching, more) = broker.retained_matching(tf.filter, now, backlog_room);
+                    backlog_room -= matching.len();
+                    truncated += usize::from(more);
+                    retained.extend(matching.into_iter().map(|m| (m, granted)));
                 }
                 match granted {
                     QoS::AtMostOnce => ReasonCode::Success,
@@ -355,10 +400,23 @@ impl Conn {
             };
             codes.push(code);
         }
+        if last.len() < s.filters.len() {
+            for (i, (raw, _)) in s.filters.iter().enumerate() {
+                if let Some(&j) = last.get(&**raw)
+                    && j != i
+                {
+                    codes[i] = codes[j];
+                }
+            }
+        }
+        if truncated > 0 {
+            Stats::add(&broker.stats.retained_backlog_truncated, truncated as u64);
+            debug!(filters = truncated, "retained backlog full: some matching retained messages not sent");
+        }
         let ack =
             SubAck { packet_id: s.packet_id, reason_codes: codes, properties: AckProperties::default() };
         let then = Some(RetainedBatch { msgs: retained.into(), sub_id });
-        let commit = broker.store().and_then(|p| p.submit(ops, true));
+        let commit = broker.persister().and_then(|p| p.submit(ops, true));
         self.send_after(commit, Some(Packet::SubAck(ack)), OnFail::Close, then);
         Ok(())
     }
@@ -380,7 +438,7 @@ impl Conn {
             .collect();
         let ack =
             UnsubAck { packet_id: u.packet_id, reason_codes: codes, properties: AckProperties::default() };
-        let commit = broker.store().and_then(|p| p.submit(ops, true));
+        let commit = broker.persister().and_then(|p| p.submit(ops, true));
         self.send_after(commit, Some(Packet::UnsubAck(ack)), OnFail::Close, None);
     }
 
@@ -388,6 +446,7 @@ impl Conn {
     fn on_disconnect(&mut self, d: &Disconnect) -> Close {
         if self.version.is_v5() {
             if let Some(e) = d.properties.session_expiry_interval {
+                // Judged by the value the client sent, not the one the server capped it to.
                 if self.connect_expiry == 0 && e != 0 {
                     return protocol_error(); // MQTT-3.14.2-2
                 }

@@ -44,6 +44,7 @@ async fn refuse(io: &mut Transport, version: ProtocolVersion, code: ReasonCode, 
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             if io.write_all(&buf).await.is_ok() {
                 io.shutdown().await;
+                io.linger(super::LINGER).await;
             }
         })
         .await;
@@ -61,9 +62,35 @@ fn assign_client_id() -> String {
 /// Gives a will its own small allocations: its topic and payload are slices of the CONNECT's
 /// read buffer, which would otherwise stay allocated for the connection's whole life.
 fn own_will(mut w: tern_protocol::LastWill) -> Box<tern_protocol::LastWill> {
-    w.topic = ByteStr::from(w.topic.as_str());
+    let own = |b: &ByteStr| ByteStr::from(b.as_str());
+    w.topic = own(&w.topic);
     w.payload = Bytes::copy_from_slice(&w.payload);
+    let p = &mut w.properties;
+    p.content_type = p.content_type.as_ref().map(own);
+    p.response_topic = p.response_topic.as_ref().map(own);
+    p.correlation_data = p.correlation_data.as_ref().map(|c| Bytes::copy_from_slice(c));
+    p.user_properties = p.user_properties.iter().map(|(k, v)| (own(k), own(v))).collect();
     Box::new(w)
+}
+
+/// Why a will cannot be accepted, if it cannot: beyond the server's maximum QoS
+/// (MQTT-3.2.2-12) or retain support (MQTT-3.2.2-13), or a topic no client may publish to.
+fn will_refusal(broker: &Inner, w: &tern_protocol::LastWill) -> Option<ReasonCode> {
+    let cfg = &broker.config;
+    if w.qos > max_qos(cfg) {
+        return Some(ReasonCode::QoSNotSupported);
+    }
+    if w.retain && !cfg.mqtt.retain_available {
+        return Some(ReasonCode::RetainNotSupported);
+    }
+    if tern_protocol::topic::level_count(&w.topic) > cfg.limits.max_topic_levels {
+        return Some(ReasonCode::TopicNameInvalid);
+    }
+    if w.topic.starts_with("$SYS") {
+        // $SYS belongs to the broker, as for PUBLISH.
+        return Some(ReasonCode::NotAuthorized);
+    }
+    None
 }
 
 /// Runs the MQTT 5 enhanced authentication exchange (AUTH packets) started by CONNECT.
@@ -105,7 +132,7 @@ async fn enhanced_auth(
                 if a.reason_code != ReasonCode::ContinueAuthentication
                     || a.properties.authentication_method.as_ref() != Some(method)
                 {
-                    // MQTT-4.12.0-?: the method must stay the same during the exchange.
+                    // MQTT-4.12.0-5: every AUTH carries the method of the CONNECT.
                     return Err(ReasonCode::ProtocolError);
                 }
                 let data = a.properties.authentication_data.unwrap_or_default();
@@ -120,6 +147,10 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
     let Accepted { broker, mut io, peer, meta } = *accepted;
     let cfg = &broker.config.mqtt;
     let mut decoder = Decoder::new_server(cfg.max_packet_size);
+    decoder.set_property_limits(tern_protocol::PropertyLimits {
+        max_user_properties: cfg.max_user_properties,
+        max_properties_size: cfg.max_properties_size,
+    });
     let mut rbuf = BytesMut::new();
     let deadline = Instant::now() + Duration::from_secs(u64::from(cfg.connect_timeout.max(1)));
     let connect: Box<Connect> = match read_packet(&mut io, &mut rbuf, &mut decoder, deadline).await {
@@ -180,10 +211,12 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         protocol: version.level(),
     };
     let mut auth_method = None;
+    let mut reauth_method = None;
     let mut auth_data = None;
     let principal = if let Some(method) = connect.properties.authentication_method.clone().filter(|_| v5) {
         match enhanced_auth(&broker, &mut io, &mut rbuf, &mut decoder, deadline, &connect, &info).await {
             Ok((p, data)) => {
+                reauth_method = Some(method.clone());
                 auth_method = Some(method);
                 auth_data = data.map(Bytes::from);
                 p
@@ -204,6 +237,11 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
             }
         }
     };
+    if let Some(code) = connect.will.as_ref().and_then(|w| will_refusal(&broker, w)) {
+        info!(%peer, client_id = %requested_id, %code, "will refused");
+        refuse(&mut io, version, code, &broker).await;
+        return None;
+    }
     if let Some(w) = &connect.will
         && !broker.authorizer.is_permissive()
         && !broker.authorizer.check(&principal, Action::Publish, &w.topic, w.qos, w.retain)
@@ -236,15 +274,27 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
     };
     let expiry = expiry.min(cfg.max_session_expiry);
 
-    if expiry > 0 && broker.store().is_some_and(|p| !p.is_available()) {
+    if expiry > 0 && broker.persister().is_some_and(|p| !p.is_available()) {
         // A persistent session needs the store, which is down (MQTT 5: 0x88).
         warn!(%peer, client_id = %client_id, "database unavailable: refusing a persistent session");
         refuse(&mut io, version, ReasonCode::ServerUnavailable, &broker).await;
         return None;
     }
-    let (Attached { session, session_present, generation }, ops) =
-        broker.attach(client_id.clone(), connect.clean_start, expiry, version);
-    if let Some(rx) = broker.store().and_then(|p| p.submit(ops, true)) {
+    let attached =
+        broker.attach(client_id.clone(), connect.clean_start, expiry, version, principal.username.as_deref());
+    let (Attached { session, session_present, generation }, ops) = match attached {
+        Ok(a) => a,
+        Err(code) => {
+            if code == ReasonCode::NotAuthorized {
+                warn!(%peer, client_id = %client_id, username = ?principal.username, "client id's session belongs to another principal: refused");
+            } else {
+                warn!(%peer, client_id = %client_id, "session limit reached: refused");
+            }
+            refuse(&mut io, version, code, &broker).await;
+            return None;
+        }
+    };
+    if let Some(rx) = broker.persister().and_then(|p| p.submit(ops, true)) {
         let limit = Duration::from_millis(broker.config.persistence.commit_timeout_ms + 1000);
         let committed = tokio::time::timeout(limit, rx).await;
         if !matches!(committed, Ok(Ok(Ok(())))) {
@@ -255,7 +305,19 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         }
     }
 
-    let keep_alive_secs = if cfg.server_keep_alive > 0 { cfg.server_keep_alive } else { connect.keep_alive };
+    // The keep alive in force is the one the client knows: a 5.0 client is told a Server
+    // Keep Alive when the broker imposes one or caps its own (0 = none counts as above the
+    // cap); a 3.x client cannot be told, so its own value stands (MQTT-3.1.2-21, -22).
+    let server_keep_alive = if !v5 {
+        None
+    } else if cfg.server_keep_alive > 0 {
+        Some(cfg.server_keep_alive.min(cfg.max_keepalive))
+    } else if connect.keep_alive == 0 || connect.keep_alive > cfg.max_keepalive {
+        Some(cfg.max_keepalive)
+    } else {
+        None
+    };
+    let keep_alive_secs = server_keep_alive.unwrap_or(connect.keep_alive);
     let mut props = ConnAckProperties::default();
     if v5 {
         props.assigned_client_identifier = assigned;
@@ -269,9 +331,7 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         if max_qos(&broker.config) != QoS::ExactlyOnce {
             props.maximum_qos = Some(max_qos(&broker.config));
         }
-        if cfg.server_keep_alive > 0 {
-            props.server_keep_alive = Some(cfg.server_keep_alive);
-        }
+        props.server_keep_alive = server_keep_alive;
         if connect.properties.session_expiry_interval.unwrap_or(0) != expiry {
             props.session_expiry_interval = Some(expiry);
         }
@@ -307,6 +367,8 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         keep_alive_ms: u32::from(keep_alive_secs) * 1500,
         read_size: super::io::MIN_READ,
         auth_timer: auth_expiry.map(|t| Box::pin(tokio::time::sleep_until(t.into()))),
+        reauth: reauth_method
+            .map(|m| Box::new(super::reauth::ReAuth::new(m, meta.listener.clone(), meta.cert.clone()))),
         armed: false,
         want_queue: true,
         queue_ready: false,
@@ -315,13 +377,19 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         out_window: client_receive_max.min(cfg.max_inflight),
         client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
         aliases: Vec::new(),
+        out_aliases: {
+            let n = connect.properties.topic_alias_maximum.unwrap_or(0).min(cfg.max_outbound_topic_aliases);
+            (v5 && n > 0).then(|| Box::new(super::outbound::OutAliases::new(n)))
+        },
         problem_info: connect.properties.request_problem_information.unwrap_or(true),
-        connect_expiry: expiry,
+        connect_expiry: if v5 { connect.properties.session_expiry_interval.unwrap_or(0) } else { expiry },
         expiry_override: None,
         close_text: None,
         blocked: None,
         acl_cache: None,
         acks: std::collections::VecDeque::new(),
+        unacked_qos1: 0,
+        stall: None,
         stats: LocalStats::default(),
     });
     conn.write_packet(&Packet::ConnAck(connack));

@@ -8,6 +8,7 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -129,6 +130,24 @@ impl Transport {
             *flush = false;
         }
         Ok(())
+    }
+
+    /// After `shutdown`: reads and discards what the peer still sends until it closes too,
+    /// for at most `limit` and 64 KiB (a lingering close), so closing the socket does not
+    /// reset the connection under a packet the peer has yet to read.
+    pub(crate) async fn linger(&mut self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut buf = BytesMut::new();
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match tokio::time::timeout_at(deadline, self.read(&mut buf, 4096)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    total += n;
+                    buf.clear();
+                }
+                _ => return,
+            }
+        }
     }
 
     /// Closes the write direction (TLS close_notify, WebSocket close, TCP FIN).
