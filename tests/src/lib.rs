@@ -1,6 +1,6 @@
 //! Shared helpers for the end-to-end tests in `tests/tests/`: rumqttc clients (3.1.1 and 5.0)
-//! driven by a background task that forwards every incoming packet, and a codec-independent
-//! "is the broker still serving" probe.
+//! driven by a background task that forwards every incoming packet, a codec-independent
+//! "is the broker still serving" probe, and the broker's resident memory ([`RssProbe`]).
 //!
 //! Running: `cargo test -p tern-e2e`. The first test to start a broker builds the `tern`
 //! binary (`cargo build -p tern-server`) unless `TERN_BIN` names one; set `TERN_E2E_LOG=debug`
@@ -289,5 +289,144 @@ pub async fn expect_frame(c: &mut RawClient, kind: u8, what: &str) -> Result<Fra
         Event::Item(f) => bail!("{what}: expected packet type {kind}, got {f:?}"),
         Event::Timeout => bail!("{what}: nothing within {WAIT:?}"),
         Event::Closed => bail!("{what}: connection closed"),
+    }
+}
+
+// --- Resident memory of the broker process ------------------------------------------------
+
+/// One mebibyte, for memory bounds.
+pub const MIB: u64 = 1024 * 1024;
+
+/// The broker's allocator (jemalloc, `tikv-jemallocator`, whose environment variable is
+/// `_RJEM_MALLOC_CONF`) told to return freed memory to the OS at once instead of after its
+/// 10 s decay, so that RSS follows live memory and a test can tell memory that is still held
+/// from memory that was freed a moment ago. Pass it in the broker's environment.
+pub const PROMPT_PURGE_ENV: (&str, &str) = ("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0");
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, ...), in bytes.
+pub fn proc_status_bytes(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).map_err(|e| anyhow!("reading {path}: {e}"))?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|rest| rest.strip_prefix(':')))
+        .ok_or_else(|| anyhow!("no {field} line in {path}"))?;
+    let kib: u64 = line
+        .trim()
+        .strip_suffix("kB")
+        .ok_or_else(|| anyhow!("{field} in {path} is not in kB: {line:?}"))?
+        .trim()
+        .parse()
+        .map_err(|e| anyhow!("{field} in {path}: {line:?}: {e}"))?;
+    Ok(kib * 1024)
+}
+
+/// Resident memory (`VmRSS`) of process `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    proc_status_bytes(pid, "VmRSS")
+}
+
+/// Peak resident memory (`VmHWM`) of process `pid` since it started or since
+/// [`reset_peak_rss`], in bytes.
+pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    proc_status_bytes(pid, "VmHWM")
+}
+
+/// Resets `VmHWM` of process `pid` to its current RSS (writes `5` to `/proc/<pid>/clear_refs`,
+/// Linux 4.0+, allowed for one's own processes).
+pub fn reset_peak_rss(pid: u32) -> Result<()> {
+    let path = format!("/proc/{pid}/clear_refs");
+    std::fs::write(&path, "5").map_err(|e| anyhow!("writing {path}: {e}"))
+}
+
+/// RSS of `pid` once it stopped moving: polled every 100 ms until three readings in a row lie
+/// within 256 KiB of each other (at most `max_wait`; then the last reading).
+pub async fn settled_rss_bytes(pid: u32, max_wait: Duration) -> Result<u64> {
+    let deadline = Instant::now() + max_wait;
+    let mut last = [rss_bytes(pid)?; 3];
+    let mut n = 0usize;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last[n % 3] = rss_bytes(pid)?;
+        n += 1;
+        let (lo, hi) = (last.iter().min().copied().unwrap_or(0), last.iter().max().copied().unwrap_or(0));
+        if (n >= 3 && hi - lo <= 256 * 1024) || Instant::now() >= deadline {
+            return Ok(last[(n - 1) % 3]);
+        }
+    }
+}
+
+/// Bytes as MiB with two decimals, for messages.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / MIB as f64)
+}
+
+/// Measures how much a broker's resident memory grows during one part of a test: the baseline
+/// is its settled RSS when the probe starts (the peak is reset there too), and
+/// [`RssProbe::measure`] reports the settled RSS and the peak since then.
+#[derive(Debug, Clone)]
+pub struct RssProbe {
+    pid: u32,
+    label: String,
+    /// Settled RSS when the probe started, in bytes.
+    pub baseline: u64,
+    peak_reset: bool,
+}
+
+/// What [`RssProbe::measure`] found, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RssGrowth {
+    /// Settled RSS at the start.
+    pub baseline: u64,
+    /// Settled RSS now.
+    pub now: u64,
+    /// Highest RSS since the start (`VmHWM` after the reset; if the reset was not possible,
+    /// the process's lifetime peak, which can only be higher).
+    pub peak: u64,
+}
+
+impl RssGrowth {
+    /// Settled RSS now minus the baseline (0 if it shrank).
+    pub fn settled_growth(&self) -> u64 {
+        self.now.saturating_sub(self.baseline)
+    }
+
+    /// Peak RSS minus the baseline (0 if it never rose).
+    pub fn peak_growth(&self) -> u64 {
+        self.peak.saturating_sub(self.baseline)
+    }
+}
+
+impl RssProbe {
+    /// Waits for the broker's RSS to settle, records it and resets the peak.
+    pub async fn start(broker: &Broker, label: &str) -> Result<RssProbe> {
+        let pid = broker.pid();
+        let baseline = settled_rss_bytes(pid, Duration::from_secs(3)).await?;
+        let peak_reset = match reset_peak_rss(pid) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("[{label}] cannot reset the peak RSS ({e}); peaks are lifetime peaks");
+                false
+            }
+        };
+        eprintln!("[{label}] baseline RSS {}", mib(baseline));
+        Ok(RssProbe { pid, label: label.to_owned(), baseline, peak_reset })
+    }
+
+    /// Settled RSS and peak since the start; prints both growths (`what` names the moment).
+    pub async fn measure(&self, what: &str) -> Result<RssGrowth> {
+        let now = settled_rss_bytes(self.pid, Duration::from_secs(3)).await?;
+        let peak = peak_rss_bytes(self.pid)?.max(now);
+        let g = RssGrowth { baseline: self.baseline, now, peak };
+        eprintln!(
+            "[{}] {what}: RSS {} (growth {}), peak {} (growth {}{})",
+            self.label,
+            mib(now),
+            mib(g.settled_growth()),
+            mib(peak),
+            mib(g.peak_growth()),
+            if self.peak_reset { "" } else { ", lifetime peak" }
+        );
+        Ok(g)
     }
 }
