@@ -187,6 +187,13 @@ impl Authorizer for AclAuthorizer {
         self.version.load(Ordering::Acquire)
     }
 
+    /// With no stored rule and an `allow` default, every request of a principal without
+    /// inline rules is allowed: the broker then skips the lookups (and the per-delivery
+    /// check) until a rule is added.
+    fn is_permissive(&self) -> bool {
+        self.default == AclPolicy::Allow && self.rules.load().as_deref().is_some_and(|r| r.len() == 0)
+    }
+
     fn check(&self, principal: &Principal, action: Action, topic: &str, qos: QoS, retain: bool) -> bool {
         let allowed =
             Self::request(action, topic, qos, retain).is_some_and(|req| self.decide(principal, &req));

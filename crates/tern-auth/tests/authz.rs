@@ -412,3 +412,26 @@ async fn poller_picks_up_changes_and_stops_when_dropped() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(weak.upgrade().is_none(), "the poller holds no strong reference");
 }
+
+/// With no rule and an allow default the broker may skip every lookup; a rule, a deny
+/// default or inline rules turn that off.
+#[tokio::test]
+async fn permissive_only_without_rules_and_with_an_allow_default() {
+    let (store, a) = authorizer(vec![], AclPolicy::Allow).await;
+    assert!(a.is_permissive());
+    assert!(a.is_permissive_for(&who("c", None)));
+    let mut jwt = who("c", Some("u"));
+    jwt.inline_acl = Some(Arc::from(vec![InlineAclRule {
+        allow: false,
+        action: Action::Subscribe,
+        topic: "x".into(),
+        max_qos: None,
+        retain: None,
+    }]));
+    assert!(!a.is_permissive_for(&jwt), "inline rules are checked");
+    store.add_acl_rule(&deny(AclAction::Subscribe, "secret/#")).await.unwrap();
+    a.reload_now().await.unwrap();
+    assert!(!a.is_permissive(), "a stored rule is checked");
+    let (_, d) = authorizer(vec![], AclPolicy::Deny).await;
+    assert!(!d.is_permissive());
+}

@@ -164,10 +164,16 @@ pub trait Authorizer: Send + Sync + Debug + 'static {
         self.check(principal, Action::Subscribe, topic, qos, false)
     }
 
-    /// True only for an authorizer that allows everything, so connections can skip the
-    /// per-publish lookup entirely.
+    /// True only while the authorizer allows every request of a principal without inline
+    /// rules, so connections can skip the lookups entirely (checked on every request: it may
+    /// change when rules are loaded).
     fn is_permissive(&self) -> bool {
         false
+    }
+
+    /// Whether every request of `principal` is allowed right now.
+    fn is_permissive_for(&self, principal: &Principal) -> bool {
+        principal.inline_acl.is_none() && self.is_permissive()
     }
 }
 

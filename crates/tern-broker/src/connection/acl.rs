@@ -67,7 +67,7 @@ impl Conn {
 
     fn decide(&mut self, request: Request, topic: &str, qos: QoS, retain: bool) -> bool {
         let authz = &self.broker.authorizer;
-        if authz.is_permissive() {
+        if authz.is_permissive_for(&self.principal) {
             return true;
         }
         let version = authz.version();

@@ -243,7 +243,7 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         return None;
     }
     if let Some(w) = &connect.will
-        && !broker.authorizer.is_permissive()
+        && !broker.authorizer.is_permissive_for(&principal)
         && !broker.authorizer.check(&principal, Action::Publish, &w.topic, w.qos, w.retain)
     {
         info!(%peer, client_id = %requested_id, topic = %w.topic, "will topic not authorized");
