@@ -243,7 +243,7 @@ impl Broker {
     /// Publishes a broker-originated message (retained handling included); returns how many
     /// subscriptions it was delivered to.
     pub fn publish(&self, msg: Message) -> usize {
-        self.inner.publish(&Arc::new(msg), Vec::new(), false).delivered
+        self.inner.publish(&Arc::new(msg), Vec::new(), false, false).delivered
     }
 }
 

@@ -425,7 +425,7 @@ impl Inner {
         };
         Stats::add(&self.stats.wills_published, 1);
         let msg = Arc::new(Message::from_publish(publish, Some(from), Instant::now()));
-        let _ = self.publish(&msg, Vec::new(), false);
+        let _ = self.publish(&msg, Vec::new(), false, false);
     }
 
     /// Adds (or replaces) a subscription in the tree and the session; returns whether it is

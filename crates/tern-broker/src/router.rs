@@ -162,7 +162,15 @@ impl Inner {
     /// operations to commit with it (e.g. the inbound QoS 2 packet id); with `wait`, the
     /// result carries a receiver resolved after the commit, and the message is refused
     /// (nothing delivered) where a QoS 1/2 publisher must hear of a failure before its ack.
-    pub(crate) fn publish(&self, msg: &Arc<Message>, ops: Vec<StoreOp>, wait: bool) -> Published {
+    /// `tellable`: the publisher can be told why (MQTT 5 reason codes); where only that
+    /// makes a refusal worth it (a full retained store), a 3.x message is delivered instead.
+    pub(crate) fn publish(
+        &self,
+        msg: &Arc<Message>,
+        ops: Vec<StoreOp>,
+        wait: bool,
+        tellable: bool,
+    ) -> Published {
         let store = self.persister();
         if let Some(p) = store
             && !p.is_available()
@@ -193,7 +201,7 @@ impl Inner {
             } else {
                 Stats::add(&self.stats.retained_refused, 1);
                 debug!(topic = %msg.topic, "retained store full: retain refused");
-                if wait {
+                if wait && tellable {
                     // An MQTT 5 publisher hears of it (0x97) and nothing is delivered; a 3.x
                     // one cannot, so the message is delivered without being retained.
                     drop(retained);

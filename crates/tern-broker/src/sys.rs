@@ -32,8 +32,12 @@ pub(crate) async fn run(broker: Arc<Inner>) {
     let period = Duration::from_secs(broker.config.sys.interval);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let _ =
-        broker.publish(&Arc::new(sys_message("$SYS/broker/version", VERSION.to_string())), Vec::new(), false);
+    let _ = broker.publish(
+        &Arc::new(sys_message("$SYS/broker/version", VERSION.to_string())),
+        Vec::new(),
+        false,
+        false,
+    );
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -67,6 +71,6 @@ fn publish_all(broker: &Arc<Inner>) {
         ("$SYS/broker/load/bytes/sent", Stats::get(&s.bytes_sent).to_string()),
     ];
     for (topic, value) in values {
-        let _ = broker.publish(&Arc::new(sys_message(topic, value)), Vec::new(), false);
+        let _ = broker.publish(&Arc::new(sys_message(topic, value)), Vec::new(), false, false);
     }
 }

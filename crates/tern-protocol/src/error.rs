@@ -159,6 +159,8 @@ impl DecodeError {
     /// The reason code a server sends (in CONNACK or DISCONNECT) for this error.
     pub fn reason_code(&self) -> ReasonCode {
         match self {
+            // Topic Alias 0 (MQTT-3.3.2-8): the reason code made for invalid aliases.
+            DecodeError::InvalidPropertyValue(0x23) => ReasonCode::TopicAliasInvalid,
             DecodeError::PacketTooLarge { .. }
             | DecodeError::PropertiesTooLarge { .. }
             | DecodeError::TooManyUserProperties { .. } => ReasonCode::PacketTooLarge,

@@ -496,7 +496,7 @@ fn cases() -> Vec<Case> {
             E::DuplicateProperty(0x0B),
             0x82,
         ),
-        case("Topic Alias 0", At::V(V5), publish5(&[0x23, 0, 0]), E::InvalidPropertyValue(0x23), 0x82),
+        case("Topic Alias 0", At::V(V5), publish5(&[0x23, 0, 0]), E::InvalidPropertyValue(0x23), 0x94),
         case(
             "Payload Format Indicator 2",
             At::V(V5),

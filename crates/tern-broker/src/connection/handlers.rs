@@ -179,7 +179,7 @@ impl Conn {
             }
         }
         let msg = Arc::new(Message::from_publish(p, Some(self.session.id), Instant::now()));
-        let published = broker.publish(&msg, ops, qos != QoS::AtMostOnce);
+        let published = broker.publish(&msg, ops, qos != QoS::AtMostOnce, self.version.is_v5());
         if let Some(code) = published.refused {
             if let Some(id) = packet_id {
                 if qos == QoS::ExactlyOnce {

@@ -128,6 +128,13 @@ impl Conn {
             }
             AuthStep::Failure(code) => {
                 info!(peer = %self.peer, client_id = %self.client_id, %code, "re-authentication failed");
+                // Authenticators answer in CONNACK codes (e.g. 0x86), which a DISCONNECT
+                // cannot carry: those become 0x87 Not authorized.
+                let code = if code.valid_for(tern_protocol::PacketKind::Disconnect) {
+                    code
+                } else {
+                    ReasonCode::NotAuthorized
+                };
                 return Err(Close::Server(code));
             }
             AuthStep::Success(principal, data) => {
