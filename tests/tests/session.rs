@@ -22,16 +22,26 @@ fn resumed(mut c: Connect) -> Connect {
 
 /// Creates a session subscribed to `topic` at QoS 1, disconnects it, and publishes `n` QoS 1
 /// messages "0".."n-1" (payload `pad` bytes long when non-zero) while it is offline.
-async fn queue_offline(broker: &Broker, conn: &Connect, topic: &str, n: usize, pad: usize) -> Result<()> {
+/// Queues `n` QoS 1 messages for the persistent session `conn` while it is offline; returns
+/// the reason code of each PUBACK.
+async fn queue_offline(
+    broker: &Broker,
+    conn: &Connect,
+    topic: &str,
+    n: usize,
+    pad: usize,
+) -> Result<Vec<u8>> {
     let mut c = RawClient::connect_ok(broker.addr(), conn.clone()).await?;
     c.subscribe_to(topic, QoS::AtLeastOnce).await?;
     c.disconnect().await?;
     let mut publ = RawClient::connect_ok(broker.addr(), connect_v5(&unique("offline-pub"))).await?;
+    let mut codes = Vec::new();
     for i in 0..n {
         let payload = if pad == 0 { i.to_string() } else { format!("{i:<pad$}") };
-        publ.publish(publish(topic, QoS::AtLeastOnce, payload)).await?;
+        let ack = publ.publish(publish(topic, QoS::AtLeastOnce, payload)).await?;
+        codes.push(ack.map_or(0, |a| a.reason_code.as_u8()));
     }
-    Ok(())
+    Ok(codes)
 }
 
 fn payloads(ps: &[tern_protocol::Publish]) -> Vec<String> {
@@ -63,14 +73,16 @@ async fn offline_messages_are_delivered_on_reconnect_v311() -> Result<()> {
 }
 
 #[tokio::test]
-async fn offline_queue_keeps_the_newest_under_drop_oldest() -> Result<()> {
+async fn full_persistent_queue_refuses_instead_of_evicting_acknowledged_messages() -> Result<()> {
     let broker = spawn_broker(&[("TERN_LIMITS__MAX_QUEUED_MESSAGES", "5")]);
     let conn = persistent(ProtocolVersion::V5, "bounded-oldest");
-    queue_offline(&broker, &conn, "bound/t", 10, 0).await?;
+    let codes = queue_offline(&broker, &conn, "bound/t", 10, 0).await?;
+    // queue_full_policy = drop_oldest applies to clean sessions only: a persistent session's
+    // acknowledged messages are never evicted, so the 6th and later are refused (0x97).
+    ensure!(codes == [0, 0, 0, 0, 0, 0x97, 0x97, 0x97, 0x97, 0x97], "{codes:x?}");
     let mut c = RawClient::connect_ok(broker.addr(), resumed(conn)).await?;
     let got = c.expect_exactly(5).await?;
-    // limits.max_queued_messages = 5, queue_full_policy = drop_oldest: exactly the 5 newest.
-    ensure!(payloads(&got) == ["5", "6", "7", "8", "9"], "{:?}", payloads(&got));
+    ensure!(payloads(&got) == ["0", "1", "2", "3", "4"], "{:?}", payloads(&got));
     Ok(())
 }
 
@@ -81,7 +93,7 @@ async fn offline_queue_keeps_the_oldest_under_drop_new() -> Result<()> {
         ("TERN_LIMITS__QUEUE_FULL_POLICY", "drop_new"),
     ]);
     let conn = persistent(ProtocolVersion::V5, "bounded-new");
-    queue_offline(&broker, &conn, "boundn/t", 10, 0).await?;
+    let _ = queue_offline(&broker, &conn, "boundn/t", 10, 0).await?;
     let mut c = RawClient::connect_ok(broker.addr(), resumed(conn)).await?;
     let got = c.expect_exactly(5).await?;
     ensure!(payloads(&got) == ["0", "1", "2", "3", "4"], "{:?}", payloads(&got));
@@ -90,16 +102,18 @@ async fn offline_queue_keeps_the_oldest_under_drop_new() -> Result<()> {
 
 #[tokio::test]
 async fn offline_queue_is_bounded_by_bytes() -> Result<()> {
-    let broker = spawn_broker(&[("TERN_LIMITS__MAX_QUEUED_BYTES", "1000")]);
+    let broker = spawn_broker(&[("TERN_LIMITS__MAX_QUEUED_BYTES", "3000")]);
     let conn = persistent(ProtocolVersion::V5, "bounded-bytes");
-    queue_offline(&broker, &conn, "boundb/t", 10, 300).await?;
+    let codes = queue_offline(&broker, &conn, "boundb/t", 10, 300).await?;
     let mut c = RawClient::connect_ok(broker.addr(), resumed(conn)).await?;
     let mut got = c.collect_publishes_acked(1, WAIT).await?;
     got.extend(c.drain_publishes(QUIET, true).await?);
-    let total: usize = got.iter().map(|p| p.payload.len()).sum();
-    // 10 x 300 bytes do not fit 1000 bytes: at most 3 survive, and drop_oldest keeps the newest.
-    ensure!(!got.is_empty() && total <= 1000, "{} messages, {total} bytes", got.len());
-    ensure!(payloads(&got).last().map(String::as_str) == Some("9"), "{:?}", payloads(&got));
+    // 10 messages of 300 payload bytes (each counted with its struct, topic and queue entry)
+    // do not fit 3000 bytes: the first ones are kept, the rest refused before their PUBACK.
+    let kept = codes.iter().filter(|c| **c != 0x97).count();
+    ensure!((1..10).contains(&kept) && codes[kept..].iter().all(|c| *c == 0x97), "{codes:x?}");
+    let expected: Vec<String> = (0..kept).map(|i| i.to_string()).collect();
+    ensure!(payloads(&got) == expected, "{:?} after PUBACKs {codes:x?}", payloads(&got));
     Ok(())
 }
 
