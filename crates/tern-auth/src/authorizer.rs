@@ -7,7 +7,7 @@
 //! are enforced per delivered message by [`Authorizer::may_receive`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -28,6 +28,9 @@ pub struct AclAuthorizer {
     /// `None` until the first successful load: deny everything.
     rules: ArcSwapOption<RuleSet>,
     version: AtomicU64,
+    /// Whether the loaded rule set is empty and the default allows (see `is_permissive`);
+    /// an atomic so the broker's per-delivery check costs one load.
+    permissive: AtomicBool,
     /// The directory version of the loaded rules; also serializes reloads.
     loaded: tokio::sync::Mutex<Option<i64>>,
 }
@@ -52,6 +55,7 @@ impl AclAuthorizer {
             reload_every: Duration::from_secs(config.acl_reload_secs.max(1)),
             rules: ArcSwapOption::empty(),
             version: AtomicU64::new(0),
+            permissive: AtomicBool::new(false),
             loaded: tokio::sync::Mutex::new(None),
         }
     }
@@ -86,7 +90,16 @@ impl AclAuthorizer {
         match res {
             Ok((dir_version, set)) => {
                 let n = set.len();
+                // Off before rules appear, on only after they are gone: never permissive while
+                // a rule is in force.
+                let permissive = n == 0 && self.default == AclPolicy::Allow;
+                if !permissive {
+                    self.permissive.store(false, Ordering::Release);
+                }
                 self.rules.store(Some(Arc::new(set)));
+                if permissive {
+                    self.permissive.store(true, Ordering::Release);
+                }
                 *loaded = Some(dir_version);
                 let v = self.version.fetch_add(1, Ordering::AcqRel) + 1;
                 tracing::info!(
@@ -191,7 +204,7 @@ impl Authorizer for AclAuthorizer {
     /// inline rules is allowed: the broker then skips the lookups (and the per-delivery
     /// check) until a rule is added.
     fn is_permissive(&self) -> bool {
-        self.default == AclPolicy::Allow && self.rules.load().as_deref().is_some_and(|r| r.len() == 0)
+        self.permissive.load(Ordering::Acquire)
     }
 
     fn check(&self, principal: &Principal, action: Action, topic: &str, qos: QoS, retain: bool) -> bool {
