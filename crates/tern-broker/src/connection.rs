@@ -269,7 +269,7 @@ impl Conn {
         // coalesce, so no notification will come for them.
         let mut more_queued = false;
         if self.wbuf.len() < WRITE_HIGH_WATER {
-            more_queued = self.pump_queue();
+            more_queued = self.pump_queue()?;
         }
         // After pumping, when the queue is shortest; what it queues rings the loop round.
         if self.retained_waiting {

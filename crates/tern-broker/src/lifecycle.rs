@@ -157,9 +157,11 @@ impl Inner {
             st.generation += 1;
             drop(st);
             sessions.remove(&client_id);
-            drop(sessions);
+            // Ended with the registry still locked: letting it go here would let a
+            // concurrent CONNECT for this id insert a session that the insert below then
+            // silently replaces (two live connections, one session unreachable). The lock
+            // order allows it: registry, then subscription tree, then a session.
             ops.extend(self.end_session(&existing));
-            sessions = self.sessions();
         } else if sessions.len() >= self.config.limits.max_sessions {
             return Err(ReasonCode::QuotaExceeded);
         }

@@ -46,6 +46,9 @@ pub(crate) struct OpSink {
     gate: Option<Arc<AtomicBool>>,
     /// Sessions holding gated deliveries, rung when the gate opens.
     gated: Vec<Arc<Session>>,
+    /// The copy of the message being delivered that owns its bytes, made by the first
+    /// queue that needed one and shared by the others (see `Session::enqueue`).
+    pub(crate) owned: Option<Arc<Message>>,
 }
 
 impl OpSink {
@@ -58,6 +61,7 @@ impl OpSink {
             now_unix: 0,
             gate: None,
             gated: Vec::new(),
+            owned: None,
         }
     }
 
@@ -257,17 +261,6 @@ impl Inner {
                 return Err(ReasonCode::QuotaExceeded);
             }
         }
-        // A message that will wait in an offline session's queue is copied once, here, so
-        // it never pins the publisher's read buffer (online queues drain; see
-        // `Session::enqueue` for congested ones).
-        let offline = targets.iter().any(|t| !t.entry.session.is_online());
-        let owned;
-        let msg = if offline {
-            owned = msg.clone().into_owned();
-            &owned
-        } else {
-            msg
-        };
         let mut delivered = 0;
         let mut congested = None;
         let mut i = 0;
@@ -314,7 +307,7 @@ impl Inner {
             pending.gate = sink.gate_for(session);
         }
         let record = may_be_durable.then(|| pending.clone());
-        let r = session.enqueue(pending, &self.config.limits, sink.enabled);
+        let r = session.enqueue(pending, &self.config.limits, sink.enabled, &mut sink.owned);
         sink.removed(session, &r.evicted);
         if r.outcome != EnqueueOutcome::Queued {
             Stats::add(&self.stats.messages_dropped_queue_full, 1);

@@ -322,7 +322,17 @@ impl Session {
     /// `Session::would_refuse`), so one that gets here is queued even past the limit (only
     /// concurrent publishers can take it there). Other deliveries follow `queue_full_policy`,
     /// QoS 0 first.
-    pub(crate) fn enqueue(&self, mut p: Pending, limits: &LimitsConfig, store: bool) -> Enqueued {
+    ///
+    /// A message that will wait (offline session, or a queue past the soft limit) is swapped
+    /// for a copy that owns its bytes, so it never pins the publisher's read buffer; `owned`
+    /// caches that copy for the other recipients of the same message.
+    pub(crate) fn enqueue(
+        &self,
+        mut p: Pending,
+        limits: &LimitsConfig,
+        store: bool,
+        owned: &mut Option<Arc<Message>>,
+    ) -> Enqueued {
         let online = self.is_online();
         let mut st = self.lock();
         let mut result = Enqueued {
@@ -336,9 +346,11 @@ impl Session {
         if !online && p.qos == QoS::AtMostOnce {
             return result;
         }
-        if !online || st.queue.len() >= SOFT_QUEUE_LIMIT {
-            // Held for a while: it must not pin the publisher's read buffer.
-            p.msg = p.msg.into_owned();
+        if !p.msg.owns_bytes && (!online || st.queue.len() >= SOFT_QUEUE_LIMIT) {
+            p.msg = match owned {
+                Some(m) if m.id == p.msg.id => m.clone(),
+                _ => owned.insert(Arc::new(p.msg.owned())).clone(),
+            };
         }
         let protected = p.qos != QoS::AtMostOnce && self.is_persistent();
         let cost = p.cost();
@@ -455,7 +467,9 @@ impl Session {
 
     /// Why the connection of `generation` must close, if it must.
     pub(crate) fn kicked(&self, generation: u64) -> Option<ReasonCode> {
-        if self.kick_gen.load(Ordering::Acquire) != generation {
+        // `kick_gen` holds the latest kick only: a generation past ours was kicked, so ours
+        // was superseded too (resumed, then taken over again, before this connection looked).
+        if self.kick_gen.load(Ordering::Acquire) < generation {
             return None;
         }
         let st = self.lock();
@@ -608,10 +622,19 @@ mod tests {
     fn offline_sessions_keep_only_qos1_and_2() {
         let s = Session::new(1, "c".into(), ProtocolVersion::V5);
         let l = limits(10, QueueFullPolicy::DropOldest);
-        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"0"), &l, false).outcome, EnqueueOutcome::Dropped);
-        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"1"), &l, false).outcome, EnqueueOutcome::Queued);
+        assert_eq!(
+            s.enqueue(pending(QoS::AtMostOnce, b"0"), &l, false, &mut None).outcome,
+            EnqueueOutcome::Dropped
+        );
+        assert_eq!(
+            s.enqueue(pending(QoS::AtLeastOnce, b"1"), &l, false, &mut None).outcome,
+            EnqueueOutcome::Queued
+        );
         s.set_online(true);
-        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"2"), &l, false).outcome, EnqueueOutcome::Queued);
+        assert_eq!(
+            s.enqueue(pending(QoS::AtMostOnce, b"2"), &l, false, &mut None).outcome,
+            EnqueueOutcome::Queued
+        );
     }
 
     #[test]
@@ -619,17 +642,20 @@ mod tests {
         let s = Session::new(1, "c".into(), ProtocolVersion::V5);
         s.set_online(true);
         let l = limits(3, QueueFullPolicy::DropOldest);
-        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l, false);
-        let _ = s.enqueue(pending(QoS::AtMostOnce, b"b"), &l, false);
-        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l, false);
-        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"x"), &l, false).outcome, EnqueueOutcome::Dropped);
+        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l, false, &mut None);
+        let _ = s.enqueue(pending(QoS::AtMostOnce, b"b"), &l, false, &mut None);
+        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l, false, &mut None);
         assert_eq!(
-            s.enqueue(pending(QoS::AtLeastOnce, b"d"), &l, false).outcome,
+            s.enqueue(pending(QoS::AtMostOnce, b"x"), &l, false, &mut None).outcome,
+            EnqueueOutcome::Dropped
+        );
+        assert_eq!(
+            s.enqueue(pending(QoS::AtLeastOnce, b"d"), &l, false, &mut None).outcome,
             EnqueueOutcome::QueuedDroppedOldest
         );
         assert_eq!(payloads(&s), ["a", "c", "d"]);
         assert_eq!(
-            s.enqueue(pending(QoS::ExactlyOnce, b"e"), &l, false).outcome,
+            s.enqueue(pending(QoS::ExactlyOnce, b"e"), &l, false, &mut None).outcome,
             EnqueueOutcome::QueuedDroppedOldest
         );
         assert_eq!(payloads(&s), ["c", "d", "e"]);
@@ -643,19 +669,22 @@ mod tests {
         s.set_online(true);
         s.set_persistent(true);
         let l = limits(2, QueueFullPolicy::DropOldest);
-        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l, false);
-        let _ = s.enqueue(pending(QoS::AtMostOnce, b"b"), &l, false);
+        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l, false, &mut None);
+        let _ = s.enqueue(pending(QoS::AtMostOnce, b"b"), &l, false, &mut None);
         assert!(!s.would_refuse(pending(QoS::AtLeastOnce, b"c").cost(), &l), "the QoS 0 entry makes room");
-        let r = s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l, false);
+        let r = s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l, false, &mut None);
         assert_eq!(r.outcome, EnqueueOutcome::QueuedDroppedOldest);
         assert_eq!(payloads(&s), ["a", "c"], "QoS 0 went, QoS 1 stayed");
         assert!(s.would_refuse(pending(QoS::AtLeastOnce, b"d").cost(), &l), "full of protected messages");
         // A delivery that got past the check (a concurrent publisher) is queued over the limit,
         // never evicting an acknowledged one.
-        let r = s.enqueue(pending(QoS::ExactlyOnce, b"d"), &l, false);
+        let r = s.enqueue(pending(QoS::ExactlyOnce, b"d"), &l, false, &mut None);
         assert_eq!(r.outcome, EnqueueOutcome::Queued);
         assert_eq!(payloads(&s), ["a", "c", "d"]);
-        assert_eq!(s.enqueue(pending(QoS::AtMostOnce, b"e"), &l, false).outcome, EnqueueOutcome::Dropped);
+        assert_eq!(
+            s.enqueue(pending(QoS::AtMostOnce, b"e"), &l, false, &mut None).outcome,
+            EnqueueOutcome::Dropped
+        );
         let st = s.lock();
         assert_eq!(st.queued_bytes, st.queue.iter().map(Pending::cost).sum::<usize>());
     }
@@ -675,8 +704,13 @@ mod tests {
             let mut m = (*pending(QoS::AtLeastOnce, b"x").msg).clone();
             m.properties.user_properties = vec![(ByteStr::from(""), ByteStr::from("")); 1000];
             outcomes.push(
-                s.enqueue(Pending::new(Arc::new(m), QoS::AtLeastOnce, false, SubIds::None), &l, false)
-                    .outcome,
+                s.enqueue(
+                    Pending::new(Arc::new(m), QoS::AtLeastOnce, false, SubIds::None),
+                    &l,
+                    false,
+                    &mut None,
+                )
+                .outcome,
             );
         }
         assert_eq!(outcomes.last(), Some(&EnqueueOutcome::Dropped), "the byte limit counts properties");
@@ -690,7 +724,12 @@ mod tests {
         let mut big = bytes::BytesMut::from(&[7u8; 4096][..]);
         let slice = big.split_to(16).freeze();
         let msg = Message { payload: slice, ..(*pending(QoS::AtLeastOnce, b"x").msg).clone() };
-        let _ = s.enqueue(Pending::new(Arc::new(msg), QoS::AtLeastOnce, false, SubIds::None), &l, false);
+        let _ = s.enqueue(
+            Pending::new(Arc::new(msg), QoS::AtLeastOnce, false, SubIds::None),
+            &l,
+            false,
+            &mut None,
+        );
         let st = s.lock();
         let queued = &st.queue[0].msg;
         assert!(queued.owns_bytes);
@@ -701,9 +740,12 @@ mod tests {
     fn drop_new_keeps_the_queue() {
         let s = Session::new(1, "c".into(), ProtocolVersion::V5);
         let l = limits(2, QueueFullPolicy::DropNew);
-        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l, false);
-        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"b"), &l, false);
-        assert_eq!(s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l, false).outcome, EnqueueOutcome::Dropped);
+        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"a"), &l, false, &mut None);
+        let _ = s.enqueue(pending(QoS::AtLeastOnce, b"b"), &l, false, &mut None);
+        assert_eq!(
+            s.enqueue(pending(QoS::AtLeastOnce, b"c"), &l, false, &mut None).outcome,
+            EnqueueOutcome::Dropped
+        );
         assert_eq!(payloads(&s), ["a", "b"]);
     }
 
@@ -716,11 +758,11 @@ mod tests {
         session.set_online(true);
         session.set_persistent(true);
         let lim = limits(10, QueueFullPolicy::DropOldest);
-        let first = session.enqueue(pending(QoS::AtLeastOnce, b"a"), &lim, true);
-        let second = session.enqueue(pending(QoS::AtMostOnce, b"b"), &lim, true);
+        let first = session.enqueue(pending(QoS::AtLeastOnce, b"a"), &lim, true, &mut None);
+        let second = session.enqueue(pending(QoS::AtMostOnce, b"b"), &lim, true, &mut None);
         assert_eq!((first.seq, first.durable), (1, true));
         assert_eq!((second.seq, second.durable), (2, false), "QoS 0 is never stored");
-        let third = session.enqueue(pending(QoS::AtLeastOnce, b"c"), &lim, false);
+        let third = session.enqueue(pending(QoS::AtLeastOnce, b"c"), &lim, false, &mut None);
         assert!(!third.durable, "no store configured");
     }
 }

@@ -213,16 +213,18 @@ impl Conn {
     }
 
     /// Moves queued messages into the write buffer within the outbound window; returns
-    /// whether it stopped because the write buffer was full with messages still queued.
-    pub(super) fn pump_queue(&mut self) -> bool {
+    /// whether it stopped because the write buffer was full with messages still queued, or
+    /// that the connection must close (its session was taken over).
+    pub(super) fn pump_queue(&mut self) -> Result<bool, Close> {
         let now = Instant::now();
         let session = self.session.clone();
         let mut st = session.lock();
         if st.generation != self.generation {
             // Taken over: the new connection owns the queue and resends what is in flight.
-            // This connection may have taken a ring meant for it: pass it on.
+            // This connection may have taken a ring meant for it: pass it on, and close
+            // rather than wait (it would only take the ring back).
             session.ring_locked(&st);
-            return false;
+            return Err(Close::Server(tern_protocol::ReasonCode::SessionTakenOver));
         }
         let mut dropped = Vec::new();
         while self.wbuf.len() < WRITE_HIGH_WATER {
@@ -281,7 +283,7 @@ impl Conn {
             sink.removed(&session, &dropped);
             let _ = sink.submit(&self.broker, false);
         }
-        left > 0 && self.wbuf.len() >= WRITE_HIGH_WATER
+        Ok(left > 0 && self.wbuf.len() >= WRITE_HIGH_WATER)
     }
 
     /// After a resumed session's CONNACK: resend unacknowledged PUBLISH (DUP=1) and PUBREL in
