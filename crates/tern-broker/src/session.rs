@@ -74,11 +74,13 @@ impl Pending {
 
     /// Memory the queued delivery takes (the message as if it were its alone: a queue's
     /// byte limit must hold even when every other holder of the message lets go).
+    #[inline]
     pub(crate) fn cost(&self) -> usize {
         std::mem::size_of::<Pending>() + self.msg.cost()
     }
 
     /// Whether its store write has been submitted (always, for non-durable deliveries).
+    #[inline]
     pub(crate) fn is_submitted(&self) -> bool {
         self.gate.as_ref().is_none_or(|g| g.load(Ordering::Acquire))
     }
@@ -512,6 +514,7 @@ impl SessionState {
     }
 
     /// Appends a delivery to the queue (the byte count follows).
+    #[inline]
     pub(crate) fn push_queued(&mut self, p: Pending) {
         self.queued_bytes += p.cost();
         self.queue.push_back(p);
@@ -524,6 +527,7 @@ impl SessionState {
     }
 
     /// Takes the delivery at the front of the queue.
+    #[inline]
     pub(crate) fn pop_queued(&mut self) -> Option<Pending> {
         let p = self.queue.pop_front()?;
         self.queued_bytes -= p.cost();
