@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end tests in `tests/tests/`: rumqttc clients (3.1.1 and 5.0)
 //! driven by a background task that forwards every incoming packet, a codec-independent
-//! "is the broker still serving" probe, and the broker's resident memory ([`RssProbe`]).
+//! "is the broker still serving" probe, the broker's resident memory ([`RssProbe`]), scratch
+//! sites provisioned with the `tern` CLI ([`site`]), per-test SQLite / PostgreSQL databases
+//! ([`store`]) and the SCRAM-SHA-256 client proof ([`scram`]).
 //!
 //! Running: `cargo test -p tern-e2e`. The first test to start a broker builds the `tern`
 //! binary (`cargo build -p tern-server`) unless `TERN_BIN` names one; set `TERN_E2E_LOG=debug`
@@ -428,5 +430,387 @@ impl RssProbe {
             if self.peak_reset { "" } else { ", lifetime peak" }
         );
         Ok(g)
+    }
+}
+
+// --- Log and frame helpers ----------------------------------------------------------------
+
+/// The last `n` lines of the broker's log, for failure messages.
+pub fn log_tail(broker: &Broker, n: usize) -> String {
+    let logs = broker.logs();
+    let lines: Vec<&str> = logs.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Splits a variable byte integer off the front of `bytes`: (value, its length).
+pub fn read_vbi(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, b) in bytes.iter().enumerate().take(4) {
+        value |= usize::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+// --- Provisioned sites: a database shared by the `tern` CLI and the broker -----------------
+
+/// A scratch data directory whose SQLite database the `tern` CLI provisions and a broker serves.
+pub mod site {
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+
+    use anyhow::{Context, Result, ensure};
+    use tern_test_support::config::spawn_broker_with_config;
+
+    use crate::{Broker, tern_binary, unique};
+
+    /// A scratch directory holding one test's SQLite database (and key files), removed on drop.
+    #[derive(Debug)]
+    pub struct Site {
+        /// The scratch directory (also the CLI's working directory).
+        pub dir: PathBuf,
+        /// `sqlite:///<dir>/tern.db`.
+        pub db_url: String,
+    }
+
+    impl Site {
+        /// Creates a fresh, empty `<temp>/tern-e2e-<name>-<pid>-<n>` directory.
+        pub fn new(name: &str) -> Result<Site> {
+            let dir = std::env::temp_dir().join(unique(&format!("tern-e2e-{name}")));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let db_url =
+                format!("sqlite://{}", dir.join("tern.db").to_str().context("temp path is not UTF-8")?);
+            ensure!(db_url.starts_with("sqlite:///"), "absolute SQLite URL expected: {db_url}");
+            Ok(Site { dir, db_url })
+        }
+
+        /// A file in the site's directory.
+        pub fn path(&self, name: &str) -> PathBuf {
+            self.dir.join(name)
+        }
+
+        /// Runs `tern <args>` against this site's database (clean environment apart from
+        /// `TERN_DATABASE__URL`), feeding `stdin`; fails unless it exits 0. Returns stdout.
+        pub fn tern(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+            let bin = tern_binary()?;
+            let mut cmd = Command::new(&bin);
+            cmd.args(args).current_dir(&self.dir).stdout(Stdio::piped()).stderr(Stdio::piped());
+            for (k, _) in std::env::vars_os() {
+                let k = k.to_string_lossy();
+                if k.starts_with("TERN_") || k == "RUST_LOG" {
+                    cmd.env_remove(k.as_ref());
+                }
+            }
+            cmd.env("TERN_DATABASE__URL", &self.db_url).env("NO_COLOR", "1");
+            cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+            let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+            if let Some(input) = stdin {
+                use std::io::Write as _;
+                child.stdin.take().context("stdin is piped")?.write_all(input.as_bytes())?;
+            }
+            let out = child.wait_with_output()?;
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            ensure!(
+                out.status.success(),
+                "`tern {}` failed ({}):\nstdout: {stdout}\nstderr: {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(stdout)
+        }
+
+        /// `tern device add --client-id ID [--username U] --password-stdin [extra…]`.
+        pub fn add_device(
+            &self,
+            client_id: &str,
+            username: Option<&str>,
+            password: &str,
+            extra: &[&str],
+        ) -> Result<()> {
+            let mut args = vec!["device", "add", "--client-id", client_id, "--password-stdin"];
+            if let Some(u) = username {
+                args.extend(["--username", u]);
+            }
+            args.extend_from_slice(extra);
+            self.tern(&args, Some(&format!("{password}\n")))?;
+            Ok(())
+        }
+
+        /// `tern acl add <args>`; returns the new rule's id (printed on stdout).
+        pub fn acl_add(&self, args: &[&str]) -> Result<i64> {
+            let mut all = vec!["acl", "add"];
+            all.extend_from_slice(args);
+            let out = self.tern(&all, None)?;
+            out.trim()
+                .parse()
+                .with_context(|| format!("`tern acl add` printed {out:?}, expected the rule id"))
+        }
+
+        /// A broker on this site's database; its config is `top_toml`, the `[database]` table, `tables_toml`.
+        pub fn spawn_broker(&self, top_toml: &str, tables_toml: &str) -> Broker {
+            let config = format!("{top_toml}[database]\nurl = \"{}\"\n\n{tables_toml}", self.db_url);
+            spawn_broker_with_config(&config, &[])
+        }
+    }
+
+    impl Drop for Site {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+// --- Stores: SQLite files and PostgreSQL databases for durability tests ---------------------
+
+/// Per-test databases (SQLite or PostgreSQL), the PostgreSQL URL / CI rule, and brokers on them.
+pub mod store {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::OnceLock;
+
+    use anyhow::{Context, Result, anyhow, ensure};
+    use tern_protocol::{Connect, Publish, ReasonCode};
+
+    use crate::{Broker, RawClient, connect_v5, connect_v311, spawn_broker, unique};
+
+    /// A database for one test, removed on drop (unless `TERN_E2E_KEEP_DB=1`).
+    #[derive(Debug)]
+    pub struct TestDb {
+        /// The broker's `database.url`.
+        pub url: String,
+        /// `"sqlite"` or `"postgres"`.
+        pub backend: &'static str,
+        cleanup: Cleanup,
+    }
+
+    #[derive(Debug)]
+    enum Cleanup {
+        Dir(PathBuf),
+        Postgres { admin_url: String, name: String },
+    }
+
+    impl TestDb {
+        /// A SQLite file in a fresh `<temp>/<prefix>-sqlite-<pid>-<n>` directory.
+        pub fn sqlite(prefix: &str) -> Result<TestDb> {
+            let dir = std::env::temp_dir().join(unique(&format!("{prefix}-sqlite")));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            // Absolute path: three slashes. The broker's own working directory is irrelevant.
+            let url = format!("sqlite://{}/tern.db", dir.display());
+            Ok(TestDb { url, backend: "sqlite", cleanup: Cleanup::Dir(dir) })
+        }
+
+        /// A fresh `<prefix>_<pid>_<n>` database in the cluster of [`postgres_admin_url`].
+        pub fn postgres(prefix: &str) -> Result<TestDb> {
+            let admin_url = postgres_admin_url();
+            let name = unique(prefix).replace('-', "_");
+            psql(&admin_url, &format!("CREATE DATABASE \"{name}\""))
+                .with_context(|| format!("creating database {name} in TERN_TEST_POSTGRES_URL={admin_url}"))?;
+            let url = with_database(&admin_url, &name);
+            Ok(TestDb { url, backend: "postgres", cleanup: Cleanup::Postgres { admin_url, name } })
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            if std::env::var("TERN_E2E_KEEP_DB").is_ok_and(|v| v == "1") {
+                eprintln!("keeping the {} database {}", self.backend, self.url);
+                return;
+            }
+            match &self.cleanup {
+                Cleanup::Dir(dir) => {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                Cleanup::Postgres { admin_url, name } => {
+                    let _ = psql(admin_url, &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
+                }
+            }
+        }
+    }
+
+    /// The workspace root (the parent of `tests/`).
+    pub fn workspace() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// Whether `CI` is set to something other than empty, `0` or `false`.
+    pub fn in_ci() -> bool {
+        std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+    }
+
+    /// `TERN_TEST_POSTGRES_URL`, or (outside CI) the throwaway cluster of `scripts/postgres.sh`.
+    pub fn postgres_admin_url() -> String {
+        static URL: OnceLock<String> = OnceLock::new();
+        URL.get_or_init(|| {
+            if let Ok(url) = std::env::var("TERN_TEST_POSTGRES_URL")
+                && !url.is_empty()
+            {
+                return url;
+            }
+            assert!(
+                !in_ci(),
+                "TERN_TEST_POSTGRES_URL is not set and CI is set: the PostgreSQL tests must not be \
+                 skipped. Start the throwaway cluster first: eval \"$(scripts/postgres.sh)\""
+            );
+            let out = postgres_sh(&["start"], &[]).unwrap_or_else(|e| {
+                panic!(
+                    "TERN_TEST_POSTGRES_URL is not set and scripts/postgres.sh could not start a cluster: \
+                     {e:#}\nSet TERN_TEST_POSTGRES_URL to a PostgreSQL 15 where user may CREATE DATABASE, \
+                     or run eval \"$(scripts/postgres.sh)\""
+                )
+            });
+            url_from_script(&out).unwrap_or_else(|e| panic!("{e:#}"))
+        })
+        .clone()
+    }
+
+    /// Runs `scripts/postgres.sh ARGS` with extra environment; returns its stdout.
+    pub fn postgres_sh(args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+        let script = workspace().join("scripts/postgres.sh");
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script).args(args).stdin(Stdio::null()).stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().with_context(|| format!("running {}", script.display()))?;
+        ensure!(out.status.success(), "{} {args:?} failed: {}", script.display(), out.status);
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The URL in the `export TERN_TEST_POSTGRES_URL=…` line of `scripts/postgres.sh` output.
+    pub fn url_from_script(stdout: &str) -> Result<String> {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("export TERN_TEST_POSTGRES_URL="))
+            .map(|v| v.trim_matches('\'').to_owned())
+            .ok_or_else(|| {
+                anyhow!(
+                    "no `export TERN_TEST_POSTGRES_URL=` line in the output of scripts/postgres.sh: {stdout}"
+                )
+            })
+    }
+
+    /// Runs one SQL command with psql (from PATH, else PostgreSQL 15's bin directory).
+    pub fn psql(url: &str, sql: &str) -> Result<String> {
+        let args = ["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql];
+        let run = |bin: &str| Command::new(bin).args(args).stdin(Stdio::null()).output();
+        let out = match run("psql") {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => run("/usr/lib/postgresql/15/bin/psql"),
+            other => other,
+        }
+        .context("running psql (install postgresql-client or postgresql-15)")?;
+        ensure!(
+            out.status.success(),
+            "psql {sql:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// `url` with its database name replaced.
+    pub fn with_database(url: &str, name: &str) -> String {
+        let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+        let authority_start = base.find("://").map_or(0, |i| i + 3);
+        let path_start = base[authority_start..].find('/').map_or(base.len(), |i| authority_start + i);
+        let mut out = format!("{}/{name}", &base[..path_start]);
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+
+    /// Starts `tern serve` on `url`; session queues hold 100,000 messages (not the default 10,000).
+    pub fn start_broker(url: &str) -> Broker {
+        spawn_broker(&[("TERN_DATABASE__URL", url), ("TERN_LIMITS__MAX_QUEUED_MESSAGES", "100000")])
+    }
+
+    /// The `state restored from the store` log line (evidence for the report).
+    pub fn restore_line(broker: &Broker) -> String {
+        broker
+            .logs()
+            .lines()
+            .find(|l| l.contains("state restored from the store"))
+            .map_or_else(|| "(no `state restored` line)".into(), |l| l.trim().to_owned())
+    }
+
+    /// An MQTT 5 CONNECT with Session Expiry Interval 3600 and the given clean start.
+    pub fn persistent_v5(id: &str, clean_start: bool) -> Connect {
+        let mut c = connect_v5(id);
+        c.clean_start = clean_start;
+        c.properties.session_expiry_interval = Some(3600);
+        c
+    }
+
+    /// An MQTT 3.1.1 CONNECT with clean session 0.
+    pub fn persistent_v311(id: &str) -> Connect {
+        let mut c = connect_v311(id);
+        c.clean_start = false;
+        c
+    }
+
+    /// Reconnects with clean start 0 and requires Session Present.
+    pub async fn resume(broker: &Broker, conn: Connect) -> Result<RawClient> {
+        let id = conn.client_id.to_string();
+        let (c, ack) = RawClient::connect(broker.addr(), conn).await?;
+        ensure!(ack.reason_code == ReasonCode::Success, "{id}: CONNECT refused after restart: {ack:?}");
+        ensure!(ack.session_present, "{id}: session not present after restart: {ack:?}");
+        Ok(c)
+    }
+
+    /// The id `<n>` of a payload `m<n>` (trailing padding ignored).
+    pub fn payload_id(p: &Publish) -> Result<u64> {
+        let s = std::str::from_utf8(&p.payload).map_err(|_| anyhow!("non-UTF-8 payload in {p:?}"))?;
+        s.trim_end()
+            .strip_prefix('m')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow!("unexpected payload {s:?} on {}", p.topic))
+    }
+}
+
+// --- SCRAM-SHA-256 client proof -------------------------------------------------------------
+
+/// The client side of SCRAM-SHA-256 (RFC 5802 / RFC 7677, no channel binding) from `ring`.
+pub mod scram {
+    use anyhow::{Context, Result};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
+
+    /// HMAC-SHA-256 of `data` under `key`.
+    pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+        ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data).as_ref().to_vec()
+    }
+
+    /// The client-final message (with proof) and the server signature to expect, from a parsed
+    /// server-first message (`nonce`, `salt`, `iterations`) and the client-first-bare.
+    pub fn client_final(
+        password: &str,
+        first_bare: &str,
+        server_first: &str,
+        nonce: &str,
+        salt: &[u8],
+        iterations: u32,
+    ) -> Result<(String, Vec<u8>)> {
+        let mut salted = [0u8; 32];
+        ring::pbkdf2::derive(
+            ring::pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(iterations).context("zero iterations")?,
+            salt,
+            password.as_bytes(),
+            &mut salted,
+        );
+        let client_key = hmac_sha256(&salted, b"Client Key");
+        let stored_key = ring::digest::digest(&ring::digest::SHA256, &client_key);
+        let without_proof = format!("c={},r={nonce}", B64.encode("n,,"));
+        let auth_message = format!("{first_bare},{server_first},{without_proof}");
+        let signature = hmac_sha256(stored_key.as_ref(), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(k, s)| k ^ s).collect();
+        let server_key = hmac_sha256(&salted, b"Server Key");
+        let server_signature = hmac_sha256(&server_key, auth_message.as_bytes());
+        Ok((format!("{without_proof},p={}", B64.encode(proof)), server_signature))
     }
 }

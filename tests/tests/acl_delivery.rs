@@ -10,94 +10,27 @@
 //! a test needs a user name. Packets are raw bytes and replies are read as frames.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use tern_e2e::site::Site;
 use tern_e2e::*;
 use tern_protocol::ProtocolVersion;
-use tern_test_support::config::spawn_broker_with_config;
 use tokio::time::Instant;
 
 // ------------------------------------------------------------------------------------------
 // A scratch database shared by the CLI and the broker
 // ------------------------------------------------------------------------------------------
 
-struct Site {
-    dir: PathBuf,
-    db_url: String,
-}
-
-impl Site {
-    fn new(tag: &str) -> Result<Site> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tern-e2e-acl-delivery-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let db_url = format!("sqlite://{}", dir.join("tern.db").to_str().context("temp path is not UTF-8")?);
-        Ok(Site { dir, db_url })
-    }
-
-    /// Runs `tern <args>` on this site's database, feeding `stdin`; fails unless it exits 0.
-    fn tern(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let bin = tern_binary()?;
-        let mut cmd = Command::new(&bin);
-        cmd.args(args).current_dir(&self.dir).stdout(Stdio::piped()).stderr(Stdio::piped());
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("TERN_") || k == "RUST_LOG" {
-                cmd.env_remove(k.as_ref());
-            }
-        }
-        cmd.env("TERN_DATABASE__URL", &self.db_url).env("NO_COLOR", "1");
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
-        if let Some(input) = stdin {
-            use std::io::Write as _;
-            child.stdin.take().context("stdin is piped")?.write_all(input.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        ensure!(
-            out.status.success(),
-            "`tern {}` failed ({}):\nstdout: {stdout}\nstderr: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(stdout)
-    }
-
-    /// `tern acl add <args>`; returns the new rule's id.
-    fn acl_add(&self, args: &[&str]) -> Result<i64> {
-        let mut all = vec!["acl", "add"];
-        all.extend_from_slice(args);
-        let out = self.tern(&all, None)?;
-        out.trim().parse().with_context(|| format!("`tern acl add` printed {out:?}, expected the rule id"))
-    }
-
-    /// A broker on this database: ACL reloads every second, `acl_default` as given, no
-    /// failure backoff, anonymous clients allowed (loopback), plus `auth_toml` in `[auth]`.
-    fn broker(&self, acl_default: &str, auth_toml: &str) -> Broker {
-        let config = format!(
-            "[database]\nurl = \"{}\"\n\n[auth]\nacl_reload_secs = 1\nacl_default = \"{acl_default}\"\n\
-             {auth_toml}\n\n[auth.backoff]\nenabled = false\n",
-            self.db_url
-        );
-        spawn_broker_with_config(&config, &[])
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A broker on `site`'s database: ACL reloads every second, `acl_default` as given, no
+/// failure backoff, anonymous clients allowed (loopback), plus `auth_toml` in `[auth]`.
+fn acl_broker(site: &Site, acl_default: &str, auth_toml: &str) -> Broker {
+    site.spawn_broker(
+        "",
+        &format!(
+            "[auth]\nacl_reload_secs = 1\nacl_default = \"{acl_default}\"\n{auth_toml}\n\n[auth.backoff]\nenabled = false\n"
+        ),
+    )
 }
 
 // ------------------------------------------------------------------------------------------
@@ -211,9 +144,9 @@ fn granted(code: u8) -> bool {
 
 #[tokio::test]
 async fn deny_rule_inside_a_wildcard_subscription_stops_its_messages_only() -> Result<()> {
-    let site = Site::new("inside")?;
+    let site = Site::new("acl-delivery-inside")?;
     site.acl_add(&["--deny", "--action", "subscribe", "--topic", "test/nosubscribe"])?;
-    let broker = site.broker("allow", "");
+    let broker = acl_broker(&site, "allow", "");
     let addr = broker.addr();
 
     let mut sub = connect_ok(addr, &ConnectBytes::v5(&unique("acl-sub"))).await?;
@@ -311,10 +244,10 @@ async fn until_secret(
 
 #[tokio::test]
 async fn rules_changed_while_subscribed_apply_to_the_live_subscription() -> Result<()> {
-    let site = Site::new("live")?;
+    let site = Site::new("acl-delivery-live")?;
     // The database exists (and is migrated) before the broker opens it.
     site.tern(&["acl", "list"], None)?;
-    let broker = site.broker("allow", "");
+    let broker = acl_broker(&site, "allow", "");
     let addr = broker.addr();
     let mut sub = connect_ok(addr, &ConnectBytes::v5(&unique("live-sub"))).await?;
     ensure!(sub_code(&mut sub, 1, "#", true).await? == 0x01, "SUBSCRIBE #");
@@ -350,11 +283,11 @@ async fn rules_changed_while_subscribed_apply_to_the_live_subscription() -> Resu
 
 #[tokio::test]
 async fn default_deny_grants_only_filters_an_allow_rule_covers() -> Result<()> {
-    let site = Site::new("deny")?;
+    let site = Site::new("acl-delivery-deny")?;
     site.acl_add(&["--allow", "--action", "subscribe", "--topic", "sensors/#"])?;
     // Publishing needs its own rule under a default of deny (it does not affect SUBSCRIBE).
     site.acl_add(&["--allow", "--action", "publish", "--topic", "sensors/#"])?;
-    let broker = site.broker("deny", "");
+    let broker = acl_broker(&site, "deny", "");
     let addr = broker.addr();
     let mut c = connect_ok(addr, &ConnectBytes::v5(&unique("deny-sub"))).await?;
     let mut failures = Vec::new();
@@ -388,7 +321,7 @@ async fn placeholders_with_multi_byte_client_ids_and_user_names() -> Result<()> 
     const CID: &str = "é日本";
     const USER: &str = "ユーザー";
     const ANON: &str = "ö-anon-日本";
-    let site = Site::new("utf8")?;
+    let site = Site::new("acl-delivery-utf8")?;
     site.tern(
         &["device", "add", "--client-id", CID, "--username", USER, "--password-stdin"],
         Some("pw-utf8\n"),
@@ -396,7 +329,7 @@ async fn placeholders_with_multi_byte_client_ids_and_user_names() -> Result<()> 
     site.acl_add(&["--allow", "--action", "all", "--topic", "devices/%c/#"])?;
     site.acl_add(&["--allow", "--action", "subscribe", "--topic", "users/%u/#"])?;
     site.acl_add(&["--allow", "--action", "subscribe", "--topic", "pre-%c-post/x"])?;
-    let broker = site.broker("deny", "chain = [\"password\"]");
+    let broker = acl_broker(&site, "deny", "chain = [\"password\"]");
     let addr = broker.addr();
     let creds = |cb: ConnectBytes| ConnectBytes {
         username: Some(USER.as_bytes().to_vec()),

@@ -9,124 +9,29 @@
 //! so the tests check the broker against an independent implementation.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use tern_e2e::scram::hmac_sha256;
+use tern_e2e::site::Site;
 use tern_e2e::*;
 use tern_protocol::{Auth, AuthProperties, Connect, Packet, ProtocolVersion, QoS, ReasonCode};
-use tern_test_support::config::spawn_broker_with_config;
 
 // ------------------------------------------------------------------------------------------
 // A scratch directory with a database shared by the CLI and the broker
 // ------------------------------------------------------------------------------------------
 
-/// A scratch directory holding the SQLite database (and key files) of one test.
-struct Site {
-    dir: PathBuf,
-    db_url: String,
-}
-
-impl Site {
-    fn new(tag: &str) -> Result<Site> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tern-e2e-auth-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let db = dir.join("tern.db");
-        let db_url = format!("sqlite://{}", db.to_str().context("temp path is not UTF-8")?);
-        ensure!(db_url.starts_with("sqlite:///"), "absolute SQLite URL expected: {db_url}");
-        Ok(Site { dir, db_url })
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// Runs `tern <args>` against this site's database (clean environment apart from
-    /// `TERN_DATABASE__URL`), feeding `stdin`; fails unless it exits 0. Returns stdout.
-    fn tern(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let bin = tern_binary()?;
-        let mut cmd = Command::new(&bin);
-        cmd.args(args).current_dir(&self.dir).stdout(Stdio::piped()).stderr(Stdio::piped());
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("TERN_") || k == "RUST_LOG" {
-                cmd.env_remove(k.as_ref());
-            }
-        }
-        cmd.env("TERN_DATABASE__URL", &self.db_url).env("NO_COLOR", "1");
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
-        if let Some(input) = stdin {
-            use std::io::Write as _;
-            let mut pipe = child.stdin.take().context("stdin is piped")?;
-            pipe.write_all(input.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            bail!(
-                "`tern {}` failed ({}):\nstdout: {stdout}\nstderr: {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(stdout)
-    }
-
-    /// `tern device add --client-id ID [--username U] --password-stdin [extra…]`.
-    fn add_device(
-        &self,
-        client_id: &str,
-        username: Option<&str>,
-        password: &str,
-        extra: &[&str],
-    ) -> Result<()> {
-        let mut args = vec!["device", "add", "--client-id", client_id, "--password-stdin"];
-        if let Some(u) = username {
-            args.extend(["--username", u]);
-        }
-        args.extend_from_slice(extra);
-        self.tern(&args, Some(&format!("{password}\n")))?;
-        Ok(())
-    }
-
-    /// `tern acl add <args>`; returns the new rule's id (printed on stdout).
-    fn acl_add(&self, args: &[&str]) -> Result<i64> {
-        let mut all = vec!["acl", "add"];
-        all.extend_from_slice(args);
-        let out = self.tern(&all, None)?;
-        out.trim().parse().with_context(|| format!("`tern acl add` printed {out:?}, expected the rule id"))
-    }
-
-    /// A broker on this site's database with `allow_anonymous = false`, ACL reloads every
-    /// second, no failure backoff (the tests fail on purpose, often), and `auth_toml` inside
-    /// `[auth]` (followed by any sub-tables it wants).
-    fn broker(&self, top_toml: &str, auth_toml: &str) -> Broker {
-        let config = format!(
-            "allow_anonymous = false\n{top_toml}\n[database]\nurl = \"{}\"\n\n[auth]\nacl_reload_secs = 1\n\
-             {auth_toml}\n\n[auth.backoff]\nenabled = false\n",
-            self.db_url
-        );
-        spawn_broker_with_config(&config, &[])
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A broker on `site`'s database with `allow_anonymous = false`, ACL reloads every second, no
+/// failure backoff (the tests fail on purpose, often), and `auth_toml` inside `[auth]`
+/// (followed by any sub-tables it wants).
+fn auth_broker(site: &Site, top_toml: &str, auth_toml: &str) -> Broker {
+    site.spawn_broker(
+        &format!("allow_anonymous = false\n{top_toml}\n"),
+        &format!("[auth]\nacl_reload_secs = 1\n{auth_toml}\n\n[auth.backoff]\nenabled = false\n"),
+    )
 }
 
 // ------------------------------------------------------------------------------------------
@@ -199,14 +104,14 @@ fn granted(code: u8) -> bool {
 
 #[tokio::test]
 async fn password_authentication_against_cli_provisioned_devices() -> Result<()> {
-    let site = Site::new("pw")?;
+    let site = Site::new("auth-pw")?;
     site.add_device("pw-dev-1", Some("alice"), "correct horse 1", &[])?;
     // A device without a user name is found by its client id.
     site.add_device("pw-dev-2", None, "battery staple 2", &[])?;
     let listed = site.tern(&["device", "list", "--json"], None)?;
     ensure!(listed.contains("\"pw-dev-1\"") && !listed.contains("correct horse"), "device list: {listed}");
 
-    let broker = site.broker("", "chain = [\"password\"]");
+    let broker = auth_broker(&site, "", "chain = [\"password\"]");
     let addr = broker.addr();
 
     // Right password, 5.0 and 3.1.1; the 3.1.1 client then works normally.
@@ -253,7 +158,7 @@ async fn password_authentication_against_cli_provisioned_devices() -> Result<()>
 
 /// Two devices and an observer, with `%c` / `%u` rules, a deny rule and `acl_default = "deny"`.
 fn acl_site() -> Result<Site> {
-    let site = Site::new("acl")?;
+    let site = Site::new("auth-acl")?;
     site.add_device("acl-a", Some("alice"), "pw-a", &[])?;
     site.add_device("acl-b", Some("bob"), "pw-b", &[])?;
     site.add_device("acl-obs", Some("observer"), "pw-o", &[])?;
@@ -278,7 +183,7 @@ fn acl_site() -> Result<Site> {
 #[tokio::test]
 async fn acl_placeholders_deny_wins_and_refusal_codes() -> Result<()> {
     let site = acl_site()?;
-    let broker = site.broker("", "acl_default = \"deny\"");
+    let broker = auth_broker(&site, "", "acl_default = \"deny\"");
     let addr = broker.addr();
     let mut a = expect_connected(addr, v5("acl-a", Some("alice"), "pw-a"), "alice").await?;
     let mut b = expect_connected(addr, v5("acl-b", Some("bob"), "pw-b"), "bob").await?;
@@ -388,7 +293,7 @@ async fn subscribe_until(c: &mut RawClient, filter: &str, allowed: bool) -> Resu
 #[tokio::test]
 async fn acl_changes_reach_connected_clients() -> Result<()> {
     let site = acl_site()?;
-    let broker = site.broker("", "acl_default = \"deny\"");
+    let broker = auth_broker(&site, "", "acl_default = \"deny\"");
     let addr = broker.addr();
     let a = expect_connected(addr, v5("acl-a", Some("alice"), "pw-a"), "alice").await?;
     let mut obs = expect_connected(addr, v5("acl-obs", Some("observer"), "pw-o"), "observer").await?;
@@ -437,10 +342,6 @@ async fn acl_changes_reach_connected_clients() -> Result<()> {
 // 3. JWT (HS256, made by hand)
 // ------------------------------------------------------------------------------------------
 
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data).as_ref().to_vec()
-}
-
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
 }
@@ -476,7 +377,7 @@ fn jwt_broker(site: &Site) -> Result<Broker> {
          client_id_claim = \"client_id\"\nleeway_secs = 0\n",
         site.path("jwt.secret").display()
     );
-    Ok(site.broker("", &auth))
+    Ok(auth_broker(site, "", &auth))
 }
 
 fn token_connect(c: Connect, token: &str) -> Connect {
@@ -485,7 +386,7 @@ fn token_connect(c: Connect, token: &str) -> Connect {
 
 #[tokio::test]
 async fn jwt_hs256_validity_binding_and_inline_acl() -> Result<()> {
-    let site = Site::new("jwt")?;
+    let site = Site::new("auth-jwt")?;
     let broker = jwt_broker(&site)?;
     let addr = broker.addr();
     let key = JWT_SECRET.as_bytes();
@@ -567,7 +468,7 @@ async fn jwt_hs256_validity_binding_and_inline_acl() -> Result<()> {
 
 #[tokio::test]
 async fn jwt_expiry_disconnects_with_maximum_connect_time() -> Result<()> {
-    let site = Site::new("jwt-exp")?;
+    let site = Site::new("auth-jwt-exp")?;
     let broker = jwt_broker(&site)?;
     let addr = broker.addr();
     let key = JWT_SECRET.as_bytes();
@@ -656,23 +557,10 @@ impl ScramClient {
             self.cnonce
         );
         ensure!(iterations >= 4096, "iteration count {iterations} below RFC 7677's minimum");
-        let mut salted = [0u8; 32];
-        ring::pbkdf2::derive(
-            ring::pbkdf2::PBKDF2_HMAC_SHA256,
-            std::num::NonZeroU32::new(iterations).context("zero iterations")?,
-            &salt,
-            self.password.as_bytes(),
-            &mut salted,
-        );
-        let client_key = hmac_sha256(&salted, b"Client Key");
-        let stored_key = ring::digest::digest(&ring::digest::SHA256, &client_key);
-        let without_proof = format!("c={},r={nonce}", B64.encode("n,,"));
-        let auth_message = format!("{},{server_first},{without_proof}", self.first_bare);
-        let signature = hmac_sha256(stored_key.as_ref(), auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(k, s)| k ^ s).collect();
-        let server_key = hmac_sha256(&salted, b"Server Key");
-        self.server_signature = Some(hmac_sha256(&server_key, auth_message.as_bytes()));
-        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+        let (client_final, server_signature) =
+            scram::client_final(&self.password, &self.first_bare, server_first, &nonce, &salt, iterations)?;
+        self.server_signature = Some(server_signature);
+        Ok(client_final)
     }
 
     fn verify_server_final(&self, server_final: &str) -> Result<()> {
@@ -727,10 +615,10 @@ async fn scram_login(
 
 #[tokio::test]
 async fn scram_sha256_enhanced_authentication() -> Result<()> {
-    let site = Site::new("scram")?;
+    let site = Site::new("auth-scram")?;
     site.add_device("scram-1", Some("scram-user"), "pencil-e2e", &["--scram"])?;
     site.add_device("scram-2", Some("no-verifier"), "pencil-e2e", &[])?;
-    let broker = site.broker("", "chain = [\"password\"]");
+    let broker = auth_broker(&site, "", "chain = [\"password\"]");
     let addr = broker.addr();
 
     // Right password: CONNACK success carrying v=<server signature>, which must verify.
@@ -870,7 +758,7 @@ async fn tls_connack(
 
 #[tokio::test]
 async fn mtls_certificate_identity_maps_to_devices() -> Result<()> {
-    let site = Site::new("mtls")?;
+    let site = Site::new("auth-mtls")?;
     let ca = pki::ca("Tern auth test CA")?;
     let server = pki::leaf(&ca, "tern-server", true)?;
     std::fs::write(site.path("ca.pem"), &ca.pem)?;
@@ -929,7 +817,7 @@ async fn mtls_certificate_identity_maps_to_devices() -> Result<()> {
     let auth = "chain = [\"password\"]\n\n[auth.listener_chains]\nmtls = [\"cert\"]\n\"mtls-cid\" = [\"cert\"]\n\n\
                 [auth.cert]\nidentity = \"cn\"\nmap_to = \"username\"\n\n\
                 [auth.cert.listeners.\"mtls-cid\"]\nidentity = \"cn\"\nmap_to = \"client_id\"\n";
-    let broker = site.broker(&top, auth);
+    let broker = auth_broker(&site, &top, auth);
     let mtls = tern_test_support::config::listener_addr(&broker, "mtls", WAIT).await?;
     let mtls_cid = tern_test_support::config::listener_addr(&broker, "mtls-cid", WAIT).await?;
 

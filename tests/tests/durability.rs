@@ -25,216 +25,22 @@
 //! Run: `cargo test -p tern-e2e --test durability -- --nocapture` (prints counts and timings).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::BytesMut;
+use tern_e2e::store::*;
 use tern_e2e::*;
-use tern_protocol::{Connect, Packet, PubReply, Publish, QoS, ReasonCode};
-
-// --- Databases ------------------------------------------------------------------------------
-
-/// A database for one test, removed on drop (unless `TERN_E2E_KEEP_DB=1`).
-#[derive(Debug)]
-struct TestDb {
-    url: String,
-    backend: &'static str,
-    cleanup: Cleanup,
-}
-
-#[derive(Debug)]
-enum Cleanup {
-    Dir(PathBuf),
-    Postgres { admin_url: String, name: String },
-}
-
-impl TestDb {
-    fn sqlite() -> Result<TestDb> {
-        let dir = std::env::temp_dir().join(unique("tern-durability-sqlite"));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        // Absolute path: three slashes. The broker's own working directory is irrelevant.
-        let url = format!("sqlite://{}/tern.db", dir.display());
-        Ok(TestDb { url, backend: "sqlite", cleanup: Cleanup::Dir(dir) })
-    }
-
-    fn postgres() -> Result<TestDb> {
-        let admin_url = postgres_admin_url();
-        let name = unique("tern_durability").replace('-', "_");
-        psql(&admin_url, &format!("CREATE DATABASE \"{name}\""))
-            .with_context(|| format!("creating database {name} in TERN_TEST_POSTGRES_URL={admin_url}"))?;
-        let url = with_database(&admin_url, &name);
-        Ok(TestDb { url, backend: "postgres", cleanup: Cleanup::Postgres { admin_url, name } })
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if std::env::var("TERN_E2E_KEEP_DB").is_ok_and(|v| v == "1") {
-            eprintln!("keeping the {} database {}", self.backend, self.url);
-            return;
-        }
-        match &self.cleanup {
-            Cleanup::Dir(dir) => {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            Cleanup::Postgres { admin_url, name } => {
-                let _ = psql(admin_url, &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
-            }
-        }
-    }
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-/// `TERN_TEST_POSTGRES_URL`, or (outside CI) the throwaway cluster of `scripts/postgres.sh`.
-fn postgres_admin_url() -> String {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("TERN_TEST_POSTGRES_URL")
-            && !url.is_empty()
-        {
-            return url;
-        }
-        assert!(
-            !in_ci(),
-            "TERN_TEST_POSTGRES_URL is not set and CI is set: the PostgreSQL durability tests must not \
-             be skipped. Start the throwaway cluster first: eval \"$(scripts/postgres.sh)\""
-        );
-        let out = postgres_sh(&["start"], &[]).unwrap_or_else(|e| {
-            panic!(
-                "TERN_TEST_POSTGRES_URL is not set and scripts/postgres.sh could not start a cluster: \
-                 {e:#}\nSet TERN_TEST_POSTGRES_URL to a PostgreSQL 15 where user may CREATE DATABASE, \
-                 or run eval \"$(scripts/postgres.sh)\""
-            )
-        });
-        url_from_script(&out).unwrap_or_else(|e| panic!("{e:#}"))
-    })
-    .clone()
-}
-
-/// Runs `scripts/postgres.sh ARGS` with extra environment; returns its stdout.
-fn postgres_sh(args: &[&str], env: &[(&str, &str)]) -> Result<String> {
-    let script = workspace().join("scripts/postgres.sh");
-    let mut cmd = Command::new("bash");
-    cmd.arg(&script).args(args).stdin(Stdio::null()).stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().with_context(|| format!("running {}", script.display()))?;
-    ensure!(out.status.success(), "{} {args:?} failed: {}", script.display(), out.status);
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn url_from_script(stdout: &str) -> Result<String> {
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("export TERN_TEST_POSTGRES_URL="))
-        .map(|v| v.trim_matches('\'').to_owned())
-        .ok_or_else(|| {
-            anyhow!("no `export TERN_TEST_POSTGRES_URL=` line in the output of scripts/postgres.sh: {stdout}")
-        })
-}
-
-/// Runs one SQL command with psql (from PATH, else PostgreSQL 15's bin directory).
-fn psql(url: &str, sql: &str) -> Result<String> {
-    let args = ["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql];
-    let run = |bin: &str| Command::new(bin).args(args).stdin(Stdio::null()).output();
-    let out = match run("psql") {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => run("/usr/lib/postgresql/15/bin/psql"),
-        other => other,
-    }
-    .context("running psql (install postgresql-client or postgresql-15)")?;
-    ensure!(
-        out.status.success(),
-        "psql {sql:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// `url` with its database name replaced.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..].find('/').map_or(base.len(), |i| authority_start + i);
-    let mut out = format!("{}/{name}", &base[..path_start]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
-// --- Broker ---------------------------------------------------------------------------------
-
-/// Starts `tern serve` on `url`. The session queues hold more than the default 10,000 so the
-/// queue bound (tested in session.rs) never drops anything here.
-fn start_broker(url: &str) -> Broker {
-    spawn_broker(&[("TERN_DATABASE__URL", url), ("TERN_LIMITS__MAX_QUEUED_MESSAGES", "100000")])
-}
-
-/// The last 40 lines of the broker's log.
-fn log_tail(broker: &Broker) -> String {
-    let logs = broker.logs();
-    let lines: Vec<&str> = logs.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-/// The `state restored from the store` log line (evidence for the report).
-fn restore_line(broker: &Broker) -> String {
-    broker
-        .logs()
-        .lines()
-        .find(|l| l.contains("state restored from the store"))
-        .map_or_else(|| "(no `state restored` line)".into(), |l| l.trim().to_owned())
-}
-
-fn persistent_v5(id: &str, clean_start: bool) -> Connect {
-    let mut c = connect_v5(id);
-    c.clean_start = clean_start;
-    c.properties.session_expiry_interval = Some(3600);
-    c
-}
-
-fn persistent_v311(id: &str) -> Connect {
-    let mut c = connect_v311(id);
-    c.clean_start = false;
-    c
-}
-
-/// Reconnects with clean start 0 and requires Session Present.
-async fn resume(broker: &Broker, conn: Connect) -> Result<RawClient> {
-    let id = conn.client_id.to_string();
-    let (c, ack) = RawClient::connect(broker.addr(), conn).await?;
-    ensure!(ack.reason_code == ReasonCode::Success, "{id}: CONNECT refused after restart: {ack:?}");
-    ensure!(ack.session_present, "{id}: session not present after restart: {ack:?}");
-    Ok(c)
-}
+use tern_protocol::{Connect, Packet, PubReply, QoS, ReasonCode};
 
 // --- Payloads -------------------------------------------------------------------------------
 
 /// Message `id`: payload "m<id>" padded to 64 bytes.
 fn payload(id: u64) -> Vec<u8> {
     format!("{:<64}", format!("m{id}")).into_bytes()
-}
-
-fn payload_id(p: &Publish) -> Result<u64> {
-    let s = std::str::from_utf8(&p.payload).map_err(|_| anyhow!("non-UTF-8 payload in {p:?}"))?;
-    s.trim_end()
-        .strip_prefix('m')
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| anyhow!("unexpected payload {s:?} on {}", p.topic))
 }
 
 // --- Publishing, pipelined ------------------------------------------------------------------
@@ -657,12 +463,12 @@ async fn crash_and_restart(db: TestDb) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_sqlite() -> Result<()> {
-    crash_and_restart(TestDb::sqlite()?).await
+    crash_and_restart(TestDb::sqlite("tern-durability")?).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_postgres() -> Result<()> {
-    crash_and_restart(TestDb::postgres()?).await
+    crash_and_restart(TestDb::postgres("tern_durability")?).await
 }
 
 // --- SIGKILL in the middle of the publish stream ---------------------------------------------
@@ -735,12 +541,12 @@ async fn kill_while_publishing(db: TestDb) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_while_publishing_sqlite() -> Result<()> {
-    kill_while_publishing(TestDb::sqlite()?).await
+    kill_while_publishing(TestDb::sqlite("tern-durability")?).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_while_publishing_postgres() -> Result<()> {
-    kill_while_publishing(TestDb::postgres()?).await
+    kill_while_publishing(TestDb::postgres("tern_durability")?).await
 }
 
 // --- Deliveries in flight at the crash ------------------------------------------------------
@@ -877,12 +683,12 @@ async fn inflight_at_crash(db: TestDb) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inflight_sqlite() -> Result<()> {
-    inflight_at_crash(TestDb::sqlite()?).await
+    inflight_at_crash(TestDb::sqlite("tern-durability")?).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inflight_postgres() -> Result<()> {
-    inflight_at_crash(TestDb::postgres()?).await
+    inflight_at_crash(TestDb::postgres("tern_durability")?).await
 }
 
 // --- PostgreSQL outage ----------------------------------------------------------------------
@@ -1006,7 +812,7 @@ async fn connack_within(broker: &Broker, conn: Connect) -> Result<(tern_protocol
     c.send(Packet::Connect(Box::new(conn))).await?;
     match c.recv_event(Duration::from_secs(20)).await? {
         Event::Item(Packet::ConnAck(a)) => Ok((a, t.elapsed())),
-        other => bail!("{id}: expected CONNACK within 20 s, got {other:?}; log:\n{}", log_tail(broker)),
+        other => bail!("{id}: expected CONNACK within 20 s, got {other:?}; log:\n{}", log_tail(broker, 40)),
     }
 }
 
@@ -1193,7 +999,7 @@ async fn postgres_outage_clean_connect() -> Result<()> {
         "clean-session CONNECT while PostgreSQL is down: {:?} after {:.2} s; log:\n{}",
         ack.reason_code,
         took.as_secs_f64(),
-        log_tail(&broker)
+        log_tail(&broker, 40)
     );
     drop(broker);
     blocking(move || {

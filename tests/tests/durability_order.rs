@@ -39,15 +39,13 @@
 //! `cargo nextest run -p tern-e2e --test durability_order --no-capture`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::BytesMut;
+use tern_e2e::store::*;
 use tern_e2e::*;
-use tern_protocol::{Connect, Packet, PubReply, Publish, QoS, ReasonCode};
+use tern_protocol::{Connect, Packet, PubReply, QoS, ReasonCode};
 
 const MESSAGES: u64 = 3000;
 const OFFLINE: u64 = 10;
@@ -55,175 +53,11 @@ const WINDOW: usize = 100;
 /// Online subscribers acknowledging at once (MQTT 5 and 3.1.1 alternating).
 const SUBSCRIBERS: usize = 4;
 
-// --- Databases ------------------------------------------------------------------------------
-
-/// A database for one test, removed on drop (unless `TERN_E2E_KEEP_DB=1`).
-#[derive(Debug)]
-struct TestDb {
-    url: String,
-    backend: &'static str,
-    cleanup: Cleanup,
-}
-
-#[derive(Debug)]
-enum Cleanup {
-    Dir(PathBuf),
-    Postgres { admin_url: String, name: String },
-}
-
-impl TestDb {
-    fn sqlite() -> Result<TestDb> {
-        let dir = std::env::temp_dir().join(unique("tern-order-sqlite"));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let url = format!("sqlite://{}/tern.db", dir.display());
-        Ok(TestDb { url, backend: "sqlite", cleanup: Cleanup::Dir(dir) })
-    }
-
-    fn postgres() -> Result<TestDb> {
-        let admin_url = postgres_admin_url();
-        let name = unique("tern_order").replace('-', "_");
-        psql(&admin_url, &format!("CREATE DATABASE \"{name}\""))
-            .with_context(|| format!("creating database {name} in TERN_TEST_POSTGRES_URL={admin_url}"))?;
-        let url = with_database(&admin_url, &name);
-        Ok(TestDb { url, backend: "postgres", cleanup: Cleanup::Postgres { admin_url, name } })
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if std::env::var("TERN_E2E_KEEP_DB").is_ok_and(|v| v == "1") {
-            eprintln!("keeping the {} database {}", self.backend, self.url);
-            return;
-        }
-        match &self.cleanup {
-            Cleanup::Dir(dir) => {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            Cleanup::Postgres { admin_url, name } => {
-                let _ = psql(admin_url, &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
-            }
-        }
-    }
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-/// `TERN_TEST_POSTGRES_URL`, or (outside CI) the throwaway cluster of `scripts/postgres.sh`.
-fn postgres_admin_url() -> String {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("TERN_TEST_POSTGRES_URL")
-            && !url.is_empty()
-        {
-            return url;
-        }
-        assert!(
-            !in_ci(),
-            "TERN_TEST_POSTGRES_URL is not set and CI is set: the PostgreSQL ordering test must not be \
-             skipped. Start the throwaway cluster first: eval \"$(scripts/postgres.sh)\""
-        );
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "TERN_TEST_POSTGRES_URL is not set and {} start failed ({}); set TERN_TEST_POSTGRES_URL to a \
-             PostgreSQL 15 where the user may CREATE DATABASE",
-            script.display(),
-            out.status
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        stdout.lines().find_map(|l| l.strip_prefix("export TERN_TEST_POSTGRES_URL=")).map_or_else(
-            || panic!("no `export TERN_TEST_POSTGRES_URL=` line from {}: {stdout}", script.display()),
-            |v| v.trim_matches('\'').to_owned(),
-        )
-    })
-    .clone()
-}
-
-/// Runs one SQL command with psql (from PATH, else PostgreSQL 15's bin directory).
-fn psql(url: &str, sql: &str) -> Result<String> {
-    let args = ["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql];
-    let run = |bin: &str| Command::new(bin).args(args).stdin(Stdio::null()).output();
-    let out = match run("psql") {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => run("/usr/lib/postgresql/15/bin/psql"),
-        other => other,
-    }
-    .context("running psql (install postgresql-client or postgresql-15)")?;
-    ensure!(
-        out.status.success(),
-        "psql {sql:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// `url` with its database name replaced.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..].find('/').map_or(base.len(), |i| authority_start + i);
-    let mut out = format!("{}/{name}", &base[..path_start]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
 // --- Broker and clients ---------------------------------------------------------------------
-
-fn start_broker(url: &str) -> Broker {
-    spawn_broker(&[("TERN_DATABASE__URL", url), ("TERN_LIMITS__MAX_QUEUED_MESSAGES", "100000")])
-}
-
-fn log_tail(broker: &Broker) -> String {
-    let logs = broker.logs();
-    let lines: Vec<&str> = logs.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-fn persistent_v5(id: &str, clean_start: bool) -> Connect {
-    let mut c = connect_v5(id);
-    c.clean_start = clean_start;
-    c.properties.session_expiry_interval = Some(3600);
-    c
-}
-
-fn persistent_v311(id: &str) -> Connect {
-    let mut c = connect_v311(id);
-    c.clean_start = false;
-    c
-}
-
-/// Resumes with clean start 0 and requires Session Present.
-async fn resume(broker: &Broker, conn: Connect) -> Result<RawClient> {
-    let id = conn.client_id.to_string();
-    let (c, ack) = RawClient::connect(broker.addr(), conn).await?;
-    ensure!(ack.reason_code == ReasonCode::Success, "{id}: CONNECT refused: {ack:?}");
-    ensure!(ack.session_present, "{id}: session not present: {ack:?}");
-    Ok(c)
-}
 
 /// Message `id`: payload "m<id>" padded to 32 bytes.
 fn payload(id: u64) -> Vec<u8> {
     format!("{:<32}", format!("m{id}")).into_bytes()
-}
-
-fn payload_id(p: &Publish) -> Result<u64> {
-    let s = std::str::from_utf8(&p.payload).map_err(|_| anyhow!("non-UTF-8 payload in {p:?}"))?;
-    s.trim_end()
-        .strip_prefix('m')
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| anyhow!("unexpected payload {s:?} on {}", p.topic))
 }
 
 fn qos_of(id: u64) -> QoS {
@@ -507,7 +341,7 @@ async fn acknowledged_stays_acknowledged(db: TestDb) -> Result<()> {
     let t_pub = Instant::now();
     publish_all(&mut publ, &topic, 0..MESSAGES)
         .await
-        .map_err(|e| e.context(format!("broker log:\n{}", log_tail(&broker))))?;
+        .map_err(|e| e.context(format!("broker log:\n{}", log_tail(&broker, 40))))?;
     let pub_time = t_pub.elapsed();
     let mut subscribers = Vec::new();
     for (k, task) in tasks.into_iter().enumerate() {
@@ -560,11 +394,7 @@ async fn acknowledged_stays_acknowledged(db: TestDb) -> Result<()> {
     ensure!(broker.has_exited(), "broker still running after SIGKILL");
     let t_restart = Instant::now();
     let broker = start_broker(&db.url);
-    let restored = broker
-        .logs()
-        .lines()
-        .find(|l| l.contains("state restored from the store"))
-        .map_or_else(|| "(no `state restored` line)".to_string(), |l| l.trim().to_owned());
+    let restored = restore_line(&broker);
     eprintln!("[{}] kill -9, restarted in {}: {restored}", db.backend, elapsed(t_restart));
     // What the store held: every delivery of the control session, and the offline messages of
     // the subscribers; a stale row of an acknowledged delivery would add to it.
@@ -647,10 +477,10 @@ async fn acknowledged_stays_acknowledged(db: TestDb) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_deliveries_are_not_resent_after_kill_sqlite() -> Result<()> {
-    acknowledged_stays_acknowledged(TestDb::sqlite()?).await
+    acknowledged_stays_acknowledged(TestDb::sqlite("tern-order")?).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_deliveries_are_not_resent_after_kill_postgres() -> Result<()> {
-    acknowledged_stays_acknowledged(TestDb::postgres()?).await
+    acknowledged_stays_acknowledged(TestDb::postgres("tern_order")?).await
 }

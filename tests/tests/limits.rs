@@ -129,3 +129,44 @@ async fn max_subscriptions_per_client_is_enforced() -> Result<()> {
     ensure!(topics == ["ms/a", "ms/c"], "{topics:?}");
     Ok(())
 }
+
+/// Connects with MQTT 3.1.1, Clean Session 0 (a persistent session), and reports the CONNACK
+/// return code (None: closed without CONNACK).
+async fn try_connect_persistent(broker: &Broker, id: &str) -> Result<(RawClient, Option<u8>)> {
+    let mut c = RawClient::open(broker.addr(), ProtocolVersion::V3_1_1).await?;
+    let connect = ConnectBytes { clean_start: false, ..ConnectBytes::v311(id) };
+    c.send_bytes(&connect.build()).await?;
+    match c.recv_frame(WAIT).await? {
+        Event::Item(f) if f.packet_type() == raw::kind::CONNACK => Ok((c, f.reason_code())),
+        Event::Item(f) => bail!("expected CONNACK, got {f:?}"),
+        Event::Closed => Ok((c, None)),
+        Event::Timeout => bail!("no CONNACK and no close within {WAIT:?}"),
+    }
+}
+
+#[tokio::test]
+async fn max_sessions_counts_offline_sessions_and_still_lets_them_resume() -> Result<()> {
+    let broker = spawn_broker(&[("TERN_LIMITS__MAX_SESSIONS", "3")]);
+    // Three persistent sessions, then offline: they still hold their places.
+    for id in ["ms-a", "ms-b", "ms-c"] {
+        let (c, code) = try_connect_persistent(&broker, id).await?;
+        ensure!(code == Some(0), "{id}: expected return code 0, got {code:?}");
+        c.disconnect().await?;
+    }
+    // A fourth session is refused (3.1.1: return code 3 Server unavailable; 5.0: 0x97).
+    let (_d, code) = try_connect_persistent(&broker, "ms-d").await?;
+    ensure!(code == Some(3), "fourth session: expected return code 3, got {code:?}");
+    let (_e, code) = try_connect_v5(&broker, "ms-e").await?;
+    ensure!(code == Some(0x97), "fourth session (5.0): expected 0x97, got {code:?}");
+    // Resuming an existing session is always possible, and so is replacing it.
+    let (mut a, code) = try_connect_persistent(&broker, "ms-a").await?;
+    ensure!(code == Some(0), "resume ms-a: got {code:?}");
+    a.send_bytes(&raw::pingreq()).await?;
+    match a.recv_frame(WAIT).await? {
+        Event::Item(f) if f.packet_type() == raw::kind::PINGRESP => {}
+        other => bail!("resumed session not served: {other:?}"),
+    }
+    let (_b, code) = try_connect_v5(&broker, "ms-b").await?;
+    ensure!(code == Some(0), "clean start over ms-b: got {code:?}");
+    Ok(())
+}

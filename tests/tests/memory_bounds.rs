@@ -33,13 +33,6 @@ fn spawn(sections: &str) -> Broker {
     spawn_broker_with_config(&config, &[PROMPT_PURGE_ENV])
 }
 
-/// The last lines of the broker's log, for failure messages.
-fn log_tail(broker: &Broker) -> String {
-    let logs = broker.logs();
-    let lines: Vec<&str> = logs.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
 /// An MQTT 5 CONNECT with a Session Expiry Interval (a persistent session when > 0).
 fn connect_v5_expiry(id: &str, clean_start: bool, expiry: u32) -> Vec<u8> {
     let mut c = ConnectBytes::v5(id);
@@ -56,18 +49,6 @@ async fn connect_raw(addr: SocketAddr, version: ProtocolVersion, connect: &[u8])
     let ack = expect_frame(&mut c, raw::kind::CONNACK, "CONNACK").await?;
     ensure!(ack.reason_code() == Some(0), "CONNECT refused: {ack:?}");
     Ok((c, ack.body.first().copied().unwrap_or(0)))
-}
-
-/// Splits a variable byte integer off the front of `bytes`: (value, its length).
-fn read_vbi(bytes: &[u8]) -> Option<(usize, usize)> {
-    let mut value = 0usize;
-    for (i, b) in bytes.iter().enumerate().take(4) {
-        value |= usize::from(b & 0x7F) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
 }
 
 /// The return/reason codes of a SUBACK frame (`v5`: after the property list).
@@ -669,7 +650,7 @@ async fn wills_keep_only_their_own_bytes() -> Result<()> {
         c.password = Some(password.clone());
         let (client, _) = connect_raw(addr, ProtocolVersion::V5, &c.build())
             .await
-            .with_context(|| format!("padded client {i}; broker log:\n{}", log_tail(&broker)))?;
+            .with_context(|| format!("padded client {i}; broker log:\n{}", log_tail(&broker, 20)))?;
         clients.push(client);
     }
     let padded = probe.measure(&format!("{PADDED} clients with small wills and 64 KiB passwords")).await?;
@@ -680,7 +661,7 @@ async fn wills_keep_only_their_own_bytes() -> Result<()> {
         c.will = Some(will(PADDED + i, vec![b'w'; MAX_FIELD]));
         let (client, _) = connect_raw(addr, ProtocolVersion::V5, &c.build())
             .await
-            .with_context(|| format!("big-will client {i}; broker log:\n{}", log_tail(&broker)))?;
+            .with_context(|| format!("big-will client {i}; broker log:\n{}", log_tail(&broker, 20)))?;
         clients.push(client);
     }
     let big = big_probe.measure(&format!("{BIG_WILLS} more clients with 64 KiB wills")).await?;

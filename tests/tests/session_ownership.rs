@@ -16,16 +16,14 @@
 //! survive `kill -9` and a restart.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use tern_e2e::site::Site;
 use tern_e2e::*;
 use tern_protocol::{Connect, Packet, ProtocolVersion, QoS, ReasonCode};
-use tern_test_support::config::spawn_broker_with_config;
 
 /// The broker's log line for an ownership refusal.
 const REFUSED_LINE: &str = "client id's session belongs to another principal";
@@ -39,81 +37,26 @@ const ALICE_PW: &str = "alice's long password 1";
 
 // --- A database shared by the CLI and the broker --------------------------------------------
 
-struct Site {
-    dir: PathBuf,
-    db_url: String,
+/// A fresh site with the JWT secret file and the device that owns `shared-id`.
+fn ownership_site() -> Result<Site> {
+    let site = Site::new("ownership")?;
+    std::fs::write(site.path("jwt.secret"), format!("{JWT_SECRET}\n"))?;
+    // The device that owns `shared-id`: found by its user name, its client id is its own.
+    site.add_device(SHARED, Some("alice"), ALICE_PW, &[])?;
+    Ok(site)
 }
 
-impl Site {
-    fn new() -> Result<Site> {
-        let dir = std::env::temp_dir().join(unique("tern-e2e-ownership"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let db_url = format!("sqlite://{}", dir.join("tern.db").to_str().context("temp path is not UTF-8")?);
-        std::fs::write(dir.join("jwt.secret"), format!("{JWT_SECRET}\n"))?;
-        let site = Site { dir, db_url };
-        // The device that owns `shared-id`: found by its user name, its client id is its own.
-        site.add_device(SHARED, "alice", ALICE_PW)?;
-        Ok(site)
-    }
-
-    /// Runs `tern <args>` against this site's database, feeding `stdin`; fails unless it
-    /// exits 0.
-    fn tern(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let bin = tern_binary()?;
-        let mut cmd = Command::new(&bin);
-        cmd.args(args).current_dir(&self.dir).stdout(Stdio::piped()).stderr(Stdio::piped());
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("TERN_") || k == "RUST_LOG" {
-                cmd.env_remove(k.as_ref());
-            }
-        }
-        cmd.env("TERN_DATABASE__URL", &self.db_url).env("NO_COLOR", "1");
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
-        if let Some(input) = stdin {
-            use std::io::Write as _;
-            child.stdin.take().context("stdin is piped")?.write_all(input.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        ensure!(
-            out.status.success(),
-            "`tern {}` failed ({}):\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn add_device(&self, client_id: &str, username: &str, password: &str) -> Result<()> {
-        self.tern(
-            &["device", "add", "--client-id", client_id, "--username", username, "--password-stdin"],
-            Some(&format!("{password}\n")),
-        )
-        .map(drop)
-    }
-
-    /// A broker on this site's database: passwords, HS256 JWTs (bound to the client id,
-    /// principal = `sub`), then anonymous; every topic allowed; no failure backoff.
-    fn broker(&self) -> Broker {
-        let config = format!(
-            "[database]\nurl = \"{db}\"\n\n[auth]\nchain = [\"password\", \"jwt\", \"anonymous\"]\n\
-             acl_default = \"allow\"\nacl_reload_secs = 1\n\n[auth.jwt]\nalgorithms = [\"HS256\"]\n\
-             secret_file = \"{secret}\"\nissuer = \"{JWT_ISS}\"\naudience = \"{JWT_AUD}\"\n\
-             client_id_claim = \"client_id\"\nleeway_secs = 0\n\n[auth.backoff]\nenabled = false\n",
-            db = self.db_url,
-            secret = self.dir.join("jwt.secret").display()
-        );
-        spawn_broker_with_config(&config, &[])
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A broker on `site`'s database: passwords, HS256 JWTs (bound to the client id,
+/// principal = `sub`), then anonymous; every topic allowed; no failure backoff.
+fn ownership_broker(site: &Site) -> Broker {
+    let tables = format!(
+        "[auth]\nchain = [\"password\", \"jwt\", \"anonymous\"]\n\
+         acl_default = \"allow\"\nacl_reload_secs = 1\n\n[auth.jwt]\nalgorithms = [\"HS256\"]\n\
+         secret_file = \"{secret}\"\nissuer = \"{JWT_ISS}\"\naudience = \"{JWT_AUD}\"\n\
+         client_id_claim = \"client_id\"\nleeway_secs = 0\n\n[auth.backoff]\nenabled = false\n",
+        secret = site.path("jwt.secret").display()
+    );
+    site.spawn_broker("", &tables)
 }
 
 // --- Principals -----------------------------------------------------------------------------
@@ -241,8 +184,8 @@ async fn expect_messages(c: &mut RawClient, want: &[&str], what: &str) -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_principal_cannot_resume_or_discard_an_offline_session() -> Result<()> {
-    let site = Site::new()?;
-    let mut broker = site.broker();
+    let site = ownership_site()?;
+    let mut broker = ownership_broker(&site);
     let addr = broker.addr();
     let v5 = ProtocolVersion::V5;
 
@@ -266,7 +209,7 @@ async fn foreign_principal_cannot_resume_or_discard_an_offline_session() -> Resu
 
     // Ownership is stored with the session: the same after kill -9 and a restart.
     broker.kill();
-    let broker = site.broker();
+    let broker = ownership_broker(&site);
     let addr = broker.addr();
     expect_refused(addr, connect_as(&bob, v5, SHARED, false), 0x87, "bob after the restart").await?;
     expect_refusals_logged(&broker, 1).await?;
@@ -285,8 +228,8 @@ async fn foreign_principal_cannot_resume_or_discard_an_offline_session() -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_principal_cannot_take_over_a_live_session() -> Result<()> {
-    let site = Site::new()?;
-    let broker = site.broker();
+    let site = ownership_site()?;
+    let broker = ownership_broker(&site);
     let addr = broker.addr();
     let v5 = ProtocolVersion::V5;
     let mut a = expect_accepted(addr, connect_as(&Who::Alice, v5, SHARED, true), false, "alice").await?;
@@ -325,8 +268,8 @@ async fn foreign_principal_cannot_take_over_a_live_session() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_and_authenticated_principals_do_not_share_sessions() -> Result<()> {
-    let site = Site::new()?;
-    let broker = site.broker();
+    let site = ownership_site()?;
+    let broker = ownership_broker(&site);
     let addr = broker.addr();
     let v5 = ProtocolVersion::V5;
     let anon = Who::Anonymous;
@@ -374,7 +317,7 @@ async fn anonymous_and_authenticated_principals_do_not_share_sessions() -> Resul
     c.subscribe_to("later/inbox", QoS::AtLeastOnce).await?;
     c.disconnect().await?;
     publish_as_other(addr, "later/inbox", "not for dave").await?;
-    site.add_device("later-dev", "dave", "dave's long password")?;
+    site.add_device("later-dev", Some("dave"), "dave's long password", &[])?;
     let mut dave = connect(v5, "later-dev");
     dave.clean_start = false;
     dave.properties.session_expiry_interval = Some(3600);

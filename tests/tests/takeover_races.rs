@@ -81,12 +81,6 @@ fn with_log(e: anyhow::Error, broker: &Broker) -> anyhow::Error {
     e.context(format!("broker log (last 30 lines):\n{}", log_tail(broker, 30)))
 }
 
-fn log_tail(broker: &Broker, n: usize) -> String {
-    let logs = broker.logs();
-    let lines: Vec<&str> = logs.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// A SQLite database in a fresh temporary directory, removed on drop.
 struct SqliteDir(PathBuf);
 
@@ -167,17 +161,6 @@ impl Spec {
 }
 
 // --- Frames ---------------------------------------------------------------------------------
-
-fn read_vbi(bytes: &[u8]) -> Option<(usize, usize)> {
-    let mut value = 0usize;
-    for (i, b) in bytes.iter().enumerate().take(4) {
-        value |= usize::from(b & 0x7F) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
 
 /// A PUBLISH frame, parsed without the codec.
 #[derive(Debug, Clone)]

@@ -9,17 +9,14 @@
 //! codec-independent frame, so the assertions are on the exact bytes.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use tern_e2e::site::Site;
 use tern_e2e::*;
 use tern_protocol::ProtocolVersion;
-use tern_test_support::config::spawn_broker_with_config;
 use tokio::time::Instant;
 
 // ------------------------------------------------------------------------------------------
@@ -791,68 +788,7 @@ async fn in_flight_message_over_a_new_maximum_packet_size_is_dropped_not_resent(
 // 9. SCRAM-SHA-256 re-authentication
 // ------------------------------------------------------------------------------------------
 
-/// A scratch directory with the SQLite database shared by the CLI and the broker.
-struct Site {
-    dir: PathBuf,
-    db_url: String,
-}
-
-impl Site {
-    fn new(tag: &str) -> Result<Site> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tern-e2e-v5rules-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let db_url = format!("sqlite://{}", dir.join("tern.db").to_str().context("temp path is not UTF-8")?);
-        Ok(Site { dir, db_url })
-    }
-
-    /// Runs `tern <args>` on this site's database, feeding `stdin`; fails unless it exits 0.
-    fn tern(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let bin = tern_binary()?;
-        let mut cmd = Command::new(&bin);
-        cmd.args(args).current_dir(&self.dir).stdout(Stdio::piped()).stderr(Stdio::piped());
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("TERN_") || k == "RUST_LOG" {
-                cmd.env_remove(k.as_ref());
-            }
-        }
-        cmd.env("TERN_DATABASE__URL", &self.db_url).env("NO_COLOR", "1");
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
-        if let Some(input) = stdin {
-            use std::io::Write as _;
-            child.stdin.take().context("stdin is piped")?.write_all(input.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        ensure!(
-            out.status.success(),
-            "`tern {}` failed ({}):\nstdout: {stdout}\nstderr: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(stdout)
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 const SCRAM: &str = "SCRAM-SHA-256";
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data).as_ref().to_vec()
-}
 
 /// The client side of RFC 5802 / RFC 7677 (no channel binding), from `ring` primitives.
 struct ScramClient {
@@ -889,23 +825,10 @@ impl ScramClient {
             bail!("malformed server-first message {server_first:?}");
         };
         ensure!(nonce.starts_with(&self.cnonce), "server nonce {nonce:?} must extend ours");
-        let mut salted = [0u8; 32];
-        ring::pbkdf2::derive(
-            ring::pbkdf2::PBKDF2_HMAC_SHA256,
-            std::num::NonZeroU32::new(iterations).context("zero iterations")?,
-            &salt,
-            self.password.as_bytes(),
-            &mut salted,
-        );
-        let client_key = hmac_sha256(&salted, b"Client Key");
-        let stored_key = ring::digest::digest(&ring::digest::SHA256, &client_key);
-        let without_proof = format!("c={},r={nonce}", B64.encode("n,,"));
-        let auth_message = format!("{},{server_first},{without_proof}", self.first_bare);
-        let signature = hmac_sha256(stored_key.as_ref(), auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(k, s)| k ^ s).collect();
-        let server_key = hmac_sha256(&salted, b"Server Key");
-        self.server_signature = Some(hmac_sha256(&server_key, auth_message.as_bytes()));
-        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+        let (client_final, server_signature) =
+            scram::client_final(&self.password, &self.first_bare, server_first, &nonce, &salt, iterations)?;
+        self.server_signature = Some(server_signature);
+        Ok(client_final)
     }
 
     fn verify_server_final(&self, server_final: &[u8]) -> Result<()> {
@@ -986,7 +909,7 @@ async fn reauthenticate(c: &mut RawClient, user: &str, password: &str) -> Result
 
 #[tokio::test]
 async fn scram_re_authentication() -> Result<()> {
-    let site = Site::new("reauth")?;
+    let site = Site::new("v5rules-reauth")?;
     site.tern(
         &["device", "add", "--client-id", "ra-1", "--username", "ra-user", "--password-stdin", "--scram"],
         Some("pencil-ra\n"),
@@ -995,12 +918,10 @@ async fn scram_re_authentication() -> Result<()> {
         &["device", "add", "--client-id", "ra-2", "--username", "ra-user-2", "--password-stdin", "--scram"],
         Some("pencil-ra2\n"),
     )?;
-    let config = format!(
-        "allow_anonymous = false\n[database]\nurl = \"{}\"\n\n[auth]\nchain = [\"password\"]\n\
-         acl_default = \"allow\"\n\n[auth.backoff]\nenabled = false\n",
-        site.db_url
+    let broker = site.spawn_broker(
+        "allow_anonymous = false\n",
+        "[auth]\nchain = [\"password\"]\nacl_default = \"allow\"\n\n[auth.backoff]\nenabled = false\n",
     );
-    let broker = spawn_broker_with_config(&config, &[]);
     let addr = broker.addr();
     let mut failures = Vec::new();
 
@@ -1079,12 +1000,6 @@ async fn scram_re_authentication() -> Result<()> {
     }
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
-}
-
-fn log_tail(broker: &Broker, n: usize) -> String {
-    let logs = broker.logs();
-    let lines: Vec<&str> = logs.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 // ------------------------------------------------------------------------------------------
