@@ -8,8 +8,17 @@ use tern_protocol::{Packet, ProtocolVersion, QoS};
 
 /// Opens a 5.0 connection and reports the CONNACK reason (None: closed without CONNACK).
 async fn try_connect_v5(broker: &Broker, id: &str) -> Result<(RawClient, Option<u8>)> {
-    let mut c = RawClient::open(broker.addr(), ProtocolVersion::V5).await?;
-    c.send_bytes(&ConnectBytes::v5(id).build()).await?;
+    try_connect(broker, ProtocolVersion::V5, &ConnectBytes::v5(id)).await
+}
+
+/// Sends `connect` and reports the CONNACK reason (None: closed without CONNACK).
+async fn try_connect(
+    broker: &Broker,
+    version: ProtocolVersion,
+    connect: &ConnectBytes,
+) -> Result<(RawClient, Option<u8>)> {
+    let mut c = RawClient::open(broker.addr(), version).await?;
+    c.send_bytes(&connect.build()).await?;
     match c.recv_frame(WAIT).await? {
         Event::Item(f) if f.packet_type() == raw::kind::CONNACK => Ok((c, f.reason_code())),
         Event::Item(f) => bail!("expected CONNACK, got {f:?}"),
@@ -133,15 +142,8 @@ async fn max_subscriptions_per_client_is_enforced() -> Result<()> {
 /// Connects with MQTT 3.1.1, Clean Session 0 (a persistent session), and reports the CONNACK
 /// return code (None: closed without CONNACK).
 async fn try_connect_persistent(broker: &Broker, id: &str) -> Result<(RawClient, Option<u8>)> {
-    let mut c = RawClient::open(broker.addr(), ProtocolVersion::V3_1_1).await?;
     let connect = ConnectBytes { clean_start: false, ..ConnectBytes::v311(id) };
-    c.send_bytes(&connect.build()).await?;
-    match c.recv_frame(WAIT).await? {
-        Event::Item(f) if f.packet_type() == raw::kind::CONNACK => Ok((c, f.reason_code())),
-        Event::Item(f) => bail!("expected CONNACK, got {f:?}"),
-        Event::Closed => Ok((c, None)),
-        Event::Timeout => bail!("no CONNACK and no close within {WAIT:?}"),
-    }
+    try_connect(broker, ProtocolVersion::V3_1_1, &connect).await
 }
 
 #[tokio::test]
