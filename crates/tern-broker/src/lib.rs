@@ -9,6 +9,7 @@ pub mod auth;
 mod broker;
 pub mod config;
 mod connection;
+pub mod control;
 mod lifecycle;
 mod message;
 mod persist;

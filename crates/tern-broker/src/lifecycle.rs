@@ -211,6 +211,7 @@ impl Inner {
             st.expiry_interval = e;
         }
         st.kick = None;
+        st.conn = None;
         // A waker keeps its task's memory alive: an offline session must not hold one.
         st.waker = None;
         session.set_keep_alive(0, 0);

@@ -35,6 +35,11 @@ impl RetainedStore {
         self.bytes
     }
 
+    /// Every retained message, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Message>> {
+        self.map.values()
+    }
+
     /// The retained message of `topic`.
     pub(crate) fn get(&self, topic: &str) -> Option<&Arc<Message>> {
         self.map.get(topic)

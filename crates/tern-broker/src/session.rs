@@ -166,6 +166,8 @@ pub(crate) struct SessionState {
     pub(crate) disconnected_at: Option<Instant>,
     /// User name of the principal that created the session (`None`: anonymous).
     pub(crate) owner: Option<Arc<str>>,
+    /// The attached connection, for the control surface (boxed: 8 bytes while offline).
+    pub(crate) conn: Option<Box<crate::control::ConnInfo>>,
     /// The timers armed at the last disconnect (session expiry, will delay), aborted when
     /// the session is resumed so reconnecting clients do not pile them up.
     // Boxed: 8 bytes in every session instead of an empty vector's 24.
@@ -254,6 +256,7 @@ impl Session {
                 protocol,
                 disconnected_at: None,
                 owner: None,
+                conn: None,
                 timers: None,
             }),
             rung: AtomicBool::new(false),

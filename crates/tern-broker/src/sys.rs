@@ -8,7 +8,6 @@ use tern_protocol::{ByteStr, QoS};
 
 use crate::broker::Inner;
 use crate::message::{Message, MessageProperties};
-use crate::stats::Stats;
 
 /// The broker version string published at `$SYS/broker/version`.
 pub const VERSION: &str = concat!("tern ", env!("CARGO_PKG_VERSION"));
@@ -48,27 +47,24 @@ pub(crate) async fn run(broker: Arc<Inner>) {
 }
 
 fn publish_all(broker: &Arc<Inner>) {
-    let s = &broker.stats;
     broker.sweep_retained(Instant::now());
-    let sessions = broker.sessions.lock().map_or(0, |m| m.len());
-    let subscriptions = broker.read_subs().len();
-    let retained = broker.retained.read().map_or(0, |r| r.len());
-    let connected = Stats::get(&s.clients_connected);
+    // The same snapshot the admin API and the metrics endpoint read.
+    let m = broker.metrics();
     let values: [(&str, String); 14] = [
         ("$SYS/broker/version", VERSION.to_string()),
-        ("$SYS/broker/uptime", format!("{} seconds", broker.started.elapsed().as_secs())),
-        ("$SYS/broker/clients/connected", connected.to_string()),
-        ("$SYS/broker/clients/total", sessions.to_string()),
-        ("$SYS/broker/clients/disconnected", (sessions as u64).saturating_sub(connected).to_string()),
-        ("$SYS/broker/clients/refused", Stats::get(&s.connections_refused).to_string()),
-        ("$SYS/broker/messages/received", Stats::get(&s.messages_received).to_string()),
-        ("$SYS/broker/messages/sent", Stats::get(&s.messages_sent).to_string()),
-        ("$SYS/broker/messages/dropped", Stats::get(&s.messages_dropped_queue_full).to_string()),
-        ("$SYS/broker/messages/expired", Stats::get(&s.messages_expired).to_string()),
-        ("$SYS/broker/subscriptions/count", subscriptions.to_string()),
-        ("$SYS/broker/retained messages/count", retained.to_string()),
-        ("$SYS/broker/load/bytes/received", Stats::get(&s.bytes_received).to_string()),
-        ("$SYS/broker/load/bytes/sent", Stats::get(&s.bytes_sent).to_string()),
+        ("$SYS/broker/uptime", format!("{} seconds", m.uptime_secs)),
+        ("$SYS/broker/clients/connected", m.clients_connected.to_string()),
+        ("$SYS/broker/clients/total", m.sessions.to_string()),
+        ("$SYS/broker/clients/disconnected", m.sessions.saturating_sub(m.clients_connected).to_string()),
+        ("$SYS/broker/clients/refused", m.connections_refused.to_string()),
+        ("$SYS/broker/messages/received", m.messages_received.to_string()),
+        ("$SYS/broker/messages/sent", m.messages_sent.to_string()),
+        ("$SYS/broker/messages/dropped", m.dropped_queue_full.to_string()),
+        ("$SYS/broker/messages/expired", m.dropped_expired.to_string()),
+        ("$SYS/broker/subscriptions/count", m.subscriptions.to_string()),
+        ("$SYS/broker/retained messages/count", m.retained_messages.to_string()),
+        ("$SYS/broker/load/bytes/received", m.bytes_received.to_string()),
+        ("$SYS/broker/load/bytes/sent", m.bytes_sent.to_string()),
     ];
     for (topic, value) in values {
         let _ = broker.publish(&Arc::new(sys_message(topic, value)), Vec::new(), false, false);

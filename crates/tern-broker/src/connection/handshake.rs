@@ -345,6 +345,19 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         let left = t.duration_since(SystemTime::now()).unwrap_or_default();
         now + left
     });
+    {
+        let mut st = session.lock();
+        if st.generation == generation {
+            st.conn = Some(Box::new(crate::control::ConnInfo {
+                username: principal.username.as_deref().map(Into::into),
+                listener: meta.listener.clone(),
+                peer,
+                protocol: version.level(),
+                keep_alive: keep_alive_secs,
+                connected_at: SystemTime::now(),
+            }));
+        }
+    }
     let connect = *connect;
     // The slot is given back when the `Conn` drops.
     permit.forget();
