@@ -195,3 +195,32 @@ async fn metrics_snapshot_counts_what_clients_did() -> Result<()> {
     ensure!(m.retained_bytes > 0 && m.bytes_received > 0 && m.connections_total == 1, "{m:?}");
     Ok(())
 }
+
+/// A persistent session's expiry and will-delay timers are aborted when it is resumed, so a
+/// client that reconnects over and over does not pile up sleeping tasks.
+#[tokio::test]
+async fn reconnects_do_not_pile_up_session_timers() -> Result<()> {
+    let (_broker, addr) = serve().await;
+    let mut c = connect_v5("reconnector");
+    c.properties.session_expiry_interval = Some(86_400);
+    c.will = Some(tern_protocol::LastWill {
+        topic: "wills/r".into(),
+        payload: Bytes::from_static(b"w"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: tern_protocol::WillProperties { will_delay_interval: Some(3600), ..Default::default() },
+    });
+    let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    // One round first: the accept loop and the keep-alive sweep exist from then on.
+    RawClient::connect_ok(addr, c.clone()).await?.drop_connection();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let baseline = tasks();
+    c.clean_start = false;
+    for _ in 0..50 {
+        // Dropped without DISCONNECT: the will (with its delay) and the expiry are armed.
+        RawClient::connect_ok(addr, c.clone()).await?.drop_connection();
+    }
+    let settled = eventually(|| tasks() <= baseline + 2).await;
+    ensure!(settled, "{} tasks alive after 50 reconnects, {baseline} after the first", tasks());
+    Ok(())
+}
