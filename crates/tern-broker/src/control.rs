@@ -261,32 +261,19 @@ impl Broker {
             if items.len() > limit {
                 break;
             }
-            let st = s.lock();
-            let Some(c) = st.conn.as_deref() else { continue };
-            if filter.username.as_deref().is_some_and(|u| c.username.as_deref() != Some(u)) {
+            let Some(info) = client_info(&s) else { continue };
+            if filter.username.as_deref().is_some_and(|u| info.username.as_deref() != Some(u)) {
                 continue;
             }
-            items.push(ClientInfo {
-                client_id: s.client_id.to_string(),
-                username: c.username.as_deref().map(str::to_string),
-                listener: c.listener.to_string(),
-                peer: c.peer,
-                protocol: c.protocol,
-                keep_alive: c.keep_alive,
-                connected_at: c.connected_at,
-                inflight: st.inflight.len(),
-                queued: st.queue.len(),
-                queued_bytes: st.queued_bytes,
-                persistent: s.is_persistent(),
-            });
+            items.push(info);
         }
         page(items, limit, |c| c.client_id.clone())
     }
 
     /// The connected client `client_id`, if any.
     pub fn client(&self, client_id: &str) -> Option<ClientInfo> {
-        let filter = ClientFilter { client_id_prefix: Some(client_id.to_string()), username: None };
-        self.clients(&filter, None, usize::MAX - 1).items.into_iter().find(|c| c.client_id == client_id)
+        let s = self.inner.sessions().get(client_id).cloned()?;
+        client_info(&s)
     }
 
     /// Sessions (online and offline), in client-id order.
@@ -466,6 +453,25 @@ impl crate::broker::Inner {
             store_available: self.persister().map(|p| p.is_available()),
         }
     }
+}
+
+/// The snapshot of `s`'s attached connection, if one is attached.
+fn client_info(s: &Session) -> Option<ClientInfo> {
+    let st = s.lock();
+    let c = st.conn.as_deref()?;
+    Some(ClientInfo {
+        client_id: s.client_id.to_string(),
+        username: c.username.as_deref().map(str::to_string),
+        listener: c.listener.to_string(),
+        peer: c.peer,
+        protocol: c.protocol,
+        keep_alive: c.keep_alive,
+        connected_at: c.connected_at,
+        inflight: st.inflight.len(),
+        queued: st.queue.len(),
+        queued_bytes: st.queued_bytes,
+        persistent: s.is_persistent(),
+    })
 }
 
 fn session_info(s: &Session, now: Instant) -> SessionInfo {

@@ -34,6 +34,17 @@ impl MessageProperties {
     }
 }
 
+/// A copy of `s` in an allocation of its own: decoded strings are slices of a connection's
+/// read buffer, which they keep alive whole.
+pub(crate) fn own_str(s: &ByteStr) -> ByteStr {
+    ByteStr::from(s.as_str())
+}
+
+/// Copies of user properties in allocations of their own (see [`own_str`]).
+pub(crate) fn own_user_properties(props: &[UserProperty]) -> Vec<UserProperty> {
+    props.iter().map(|(k, v)| (own_str(k), own_str(v))).collect()
+}
+
 /// Source of message ids: unique within the process and, once restored from the store, above
 /// every stored id.
 static NEXT_MESSAGE_ID: AtomicU64 = AtomicU64::new(1);
@@ -110,7 +121,6 @@ impl Message {
     /// it. Messages that are held for long (retained, queued for an offline or congested
     /// session) are copied once, so their memory is what their size says.
     pub fn owned(&self) -> Message {
-        let own = |b: &ByteStr| ByteStr::from(b.as_str());
         let p = &self.properties;
         // Topic and payload share one allocation.
         let mut buf = bytes::BytesMut::with_capacity(self.topic.len() + self.payload.len());
@@ -121,16 +131,16 @@ impl Message {
         Message {
             id: self.id,
             // The bytes were a valid topic a moment ago.
-            topic: ByteStr::try_from_bytes(topic_bytes).unwrap_or_else(|_| own(&self.topic)),
+            topic: ByteStr::try_from_bytes(topic_bytes).unwrap_or_else(|_| own_str(&self.topic)),
             payload: all,
             qos: self.qos,
             retain: self.retain,
             properties: MessageProperties {
                 payload_format_indicator: p.payload_format_indicator,
-                content_type: p.content_type.as_ref().map(own),
-                response_topic: p.response_topic.as_ref().map(own),
+                content_type: p.content_type.as_ref().map(own_str),
+                response_topic: p.response_topic.as_ref().map(own_str),
                 correlation_data: p.correlation_data.as_ref().map(|c| Bytes::copy_from_slice(c)),
-                user_properties: p.user_properties.iter().map(|(k, v)| (own(k), own(v))).collect(),
+                user_properties: own_user_properties(&p.user_properties),
             },
             expires_at: self.expires_at,
             publisher: self.publisher,

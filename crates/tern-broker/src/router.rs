@@ -250,7 +250,7 @@ impl Inner {
             targets.sort_by_key(|t| (t.share.is_some(), t.entry.session.id));
         }
         if refusable && msg.qos != QoS::AtMostOnce {
-            let cost = std::mem::size_of::<Pending>() + msg.cost();
+            let cost = Pending::cost_of(msg);
             let full = targets.iter().find(|t| {
                 t.entry.options.qos != QoS::AtMostOnce
                     && t.entry.session.would_refuse(cost, &self.config.limits)

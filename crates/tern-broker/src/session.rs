@@ -76,7 +76,13 @@ impl Pending {
     /// byte limit must hold even when every other holder of the message lets go).
     #[inline]
     pub(crate) fn cost(&self) -> usize {
-        std::mem::size_of::<Pending>() + self.msg.cost()
+        Pending::cost_of(&self.msg)
+    }
+
+    /// What a delivery of `msg` costs a queue (see [`Pending::cost`]).
+    #[inline]
+    pub(crate) fn cost_of(msg: &Message) -> usize {
+        std::mem::size_of::<Pending>() + msg.cost()
     }
 
     /// Whether its store write has been submitted (always, for non-durable deliveries).

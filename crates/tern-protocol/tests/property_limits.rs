@@ -1,42 +1,35 @@
 //! The decoder's limits on MQTT 5 property blocks: too many user properties or too many
 //! property bytes are refused (0x95) before the values are allocated.
 
-use bytes::BytesMut;
-use tern_protocol::{DecodeError, Decoder, Packet, PropertyLimits, ReasonCode};
+use bytes::{Bytes, BytesMut};
+use tern_protocol::{
+    ByteStr, DecodeError, Decoder, Packet, PropertyLimits, ProtocolVersion, Publish, PublishProperties, QoS,
+    ReasonCode, encode,
+};
 
 /// A v5 CONNECT with client id "c" and no properties.
 fn connect5() -> Vec<u8> {
     vec![0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 1, b'c'][..].to_vec()
 }
 
-/// A v5 QoS 0 PUBLISH to "t" whose property block holds `n` empty user properties.
+/// A v5 QoS 0 PUBLISH to "t" whose property block holds `n` empty user properties (5 bytes
+/// each on the wire), encoded by the crate's own encoder.
 fn publish_with_user_properties(n: usize) -> Vec<u8> {
-    let mut props = Vec::new();
-    for _ in 0..n {
-        props.extend_from_slice(&[0x26, 0, 0, 0, 0]);
-    }
-    let mut body = vec![0, 1, b't'];
-    push_vbi(&mut body, props.len());
-    body.extend_from_slice(&props);
-    body.extend_from_slice(b"payload");
-    let mut out = vec![0x30];
-    push_vbi(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
-}
-
-fn push_vbi(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
+    let publish = Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: "t".into(),
+        packet_id: None,
+        properties: PublishProperties {
+            user_properties: vec![(ByteStr::from(""), ByteStr::from("")); n],
+            ..PublishProperties::default()
+        },
+        payload: Bytes::from_static(b"payload"),
+    };
+    let mut out = BytesMut::new();
+    encode(&Packet::Publish(publish), ProtocolVersion::V5, &mut out).unwrap();
+    out.to_vec()
 }
 
 fn decoder(limits: PropertyLimits) -> Decoder {

@@ -15,7 +15,7 @@ use tracing::debug;
 use super::{Close, Conn, OnFail};
 use crate::auth::Action;
 use crate::broker::max_qos;
-use crate::message::Message;
+use crate::message::{Message, own_str};
 use crate::session::{Awaiting, Inflight, RetainedBatch};
 use crate::stats::Stats;
 use crate::store::StoreOp;
@@ -114,7 +114,7 @@ impl Conn {
                 // A copy of the topic's own bytes: the packet's topic is a slice of the read
                 // buffer, which the mapping would otherwise keep alive for the connection's
                 // whole life.
-                self.aliases[slot] = Some(ByteStr::from(p.topic.as_str()));
+                self.aliases[slot] = Some(own_str(&p.topic));
             }
         } else if p.topic.is_empty() {
             return Err(Close::Server(ReasonCode::TopicNameInvalid));
@@ -185,14 +185,11 @@ impl Conn {
                 if qos == QoS::ExactlyOnce {
                     self.session.lock().inbound_qos2.remove(&id);
                 }
-                if code == ReasonCode::QuotaExceeded {
-                    // A full persistent queue or retained store (0x97). 3.x has no way to say
-                    // it: acknowledged and dropped (counted), so the client does not retry
-                    // forever.
-                    self.refuse_publish(qos, id, code);
-                } else if self.version.is_v5() {
-                    // The store is down and this message needs it (0x80; 3.x: no
-                    // acknowledgement, the client resends after reconnecting).
+                // 5.0 hears the reason. 3.x cannot: a full persistent queue or retained
+                // store (0x97) is acknowledged and dropped (counted), so the client does not
+                // retry forever; a store that is down (0x80) gets no acknowledgement, and
+                // the client resends after reconnecting.
+                if self.version.is_v5() || code == ReasonCode::QuotaExceeded {
                     self.refuse_publish(qos, id, code);
                 }
             }

@@ -15,6 +15,7 @@ use super::io::Transport;
 use super::{Accepted, Conn, LocalStats};
 use crate::auth::{Action, AuthOutcome, AuthStep, ConnectInfo, Principal};
 use crate::broker::{Attached, Inner, max_qos};
+use crate::message::{own_str, own_user_properties};
 use crate::stats::Stats;
 
 /// Reads until one packet decodes, or the deadline passes / the stream ends (`Ok(None)`).
@@ -62,14 +63,13 @@ fn assign_client_id() -> String {
 /// Gives a will its own small allocations: its topic and payload are slices of the CONNECT's
 /// read buffer, which would otherwise stay allocated for the connection's whole life.
 fn own_will(mut w: tern_protocol::LastWill) -> Box<tern_protocol::LastWill> {
-    let own = |b: &ByteStr| ByteStr::from(b.as_str());
-    w.topic = own(&w.topic);
+    w.topic = own_str(&w.topic);
     w.payload = Bytes::copy_from_slice(&w.payload);
     let p = &mut w.properties;
-    p.content_type = p.content_type.as_ref().map(own);
-    p.response_topic = p.response_topic.as_ref().map(own);
+    p.content_type = p.content_type.as_ref().map(own_str);
+    p.response_topic = p.response_topic.as_ref().map(own_str);
     p.correlation_data = p.correlation_data.as_ref().map(|c| Bytes::copy_from_slice(c));
-    p.user_properties = p.user_properties.iter().map(|(k, v)| (own(k), own(v))).collect();
+    p.user_properties = own_user_properties(&p.user_properties);
     Box::new(w)
 }
 

@@ -148,9 +148,9 @@ impl Conn {
                 let mut bytes = queued_bytes;
                 while chunk.len() < up_to - queued
                     && let Some((msg, _)) = batch.msgs.front()
-                    && (chunk.is_empty() && queued == 0 || bytes + msg.cost() <= max_bytes)
+                    && (chunk.is_empty() && queued == 0 || bytes + Pending::cost_of(msg) <= max_bytes)
                 {
-                    bytes += msg.cost();
+                    bytes += Pending::cost_of(msg);
                     chunk.extend(batch.msgs.pop_front());
                 }
                 if batch.msgs.is_empty() {
