@@ -81,6 +81,8 @@ class TernServer:
         # a test passes what it wants explicitly.
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TERN_")}
         full_env.setdefault("NO_COLOR", "1")
+        # The admin API on a free port: tests run brokers side by side, none may take 8080.
+        full_env["TERN_ADMIN__ADDR"] = "127.0.0.1:0"
         full_env.update(env or {})
         self.cmd = cmd
         self.lines: list[str] = []

@@ -2,7 +2,8 @@
 //! (reads for `viewer` and up, writes for `operator` and up, each write audited), and the
 //! unauthenticated health probes.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -12,14 +13,15 @@ use bytes::Bytes;
 use serde_json::json;
 use tern_broker::MessageProperties;
 use tern_broker::control::{AdminPublish, ClientFilter};
-use tern_broker::store::AuditEntry;
 use tern_protocol::QoS;
 
 use crate::AppState;
+use crate::audit::record;
 use crate::auth::{Authenticated, Role};
 use crate::dto::{
-    Client, ClientPage, ClientQuery, DEFAULT_LIMIT, Health, MAX_LIMIT, Metrics, PublishRequest,
-    PublishResult, Readiness, Refusal, Retained, RetainedPage, RetainedQuery, Session, SessionPage,
+    Client, ClientPage, ClientQuery, Health, Metrics, PublishRequest, PublishResult, Readiness, Refusal,
+    Retained, RetainedPage, RetainedQuery, Session, SessionPage, SubscriptionItem, SubscriptionPage,
+    SubscriptionQuery, TopicList, TopicQuery, TopicStat, limit,
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, SourceAddr};
@@ -27,45 +29,8 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery, SourceAddr};
 /// How long `/readyz` waits for the directory database.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn limit(l: Option<u32>) -> Result<usize, ApiError> {
-    match l.unwrap_or(DEFAULT_LIMIT) {
-        0 => Err(ApiError::field("limit", "must be at least 1")),
-        n if n > MAX_LIMIT => Err(ApiError::field("limit", format!("must be at most {MAX_LIMIT}"))),
-        n => Ok(n as usize),
-    }
-}
-
 fn client_filter(q: &ClientQuery) -> ClientFilter {
     ClientFilter { client_id_prefix: q.prefix.clone(), username: q.username.clone() }
-}
-
-/// Appends an audit entry for a change that took effect. A failure is logged, not returned:
-/// the change has already happened and the caller must learn that it did.
-async fn audit(
-    state: &AppState,
-    who: &Authenticated,
-    source: SourceAddr,
-    action: &str,
-    detail: serde_json::Value,
-) {
-    let mut detail = detail;
-    if let (Some(addr), Some(obj)) = (source.0, detail.as_object_mut()) {
-        obj.insert("source_ip".into(), json!(addr.ip().to_string()));
-    }
-    let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let entry = AuditEntry {
-        id: 0,
-        at,
-        actor: who.username.clone(),
-        action: action.to_string(),
-        detail: detail.to_string(),
-    };
-    if let Err(e) = state.store.append_audit(&entry).await {
-        tracing::error!(
-            request_id = ?crate::error::current_request_id(),
-            action, actor = %who.username, "audit entry not written: {e}"
-        );
-    }
 }
 
 /// Liveness: the process answers.
@@ -75,19 +40,28 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok".into() })
 }
 
-/// Readiness: the broker's store (if any) and the directory database answer.
+/// Readiness: the broker's listeners are up, its store (if any) and the directory database
+/// answer, and the persister is not backlogged.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "A dependency is unavailable", body = Readiness),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let store = state.broker.metrics().store_available;
+    let m = state.broker.metrics();
+    let store = m.store_available;
     let directory =
         matches!(tokio::time::timeout(READY_TIMEOUT, state.store.directory_version()).await, Ok(Ok(_)));
-    let ready = store != Some(false) && directory;
+    let listeners = state.listeners_up.load(Ordering::Acquire);
+    let ready = listeners && store != Some(false) && directory;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = Readiness { status: if ready { "ready" } else { "unavailable" }.into(), store, directory };
+    let body = Readiness {
+        status: if ready { "ready" } else { "unavailable" }.into(),
+        listeners,
+        store,
+        directory,
+        clients_connected: m.clients_connected,
+    };
     (status, Json(body))
 }
 
@@ -150,7 +124,7 @@ pub async fn kick_client(
     if !state.broker.kick(&client_id) {
         return Err(ApiError::NotFound(format!("client `{client_id}` is not connected")));
     }
-    audit(&state, &who, source, "client.kick", json!({ "client_id": client_id })).await;
+    record(&state, &who, source, "client.kick", Some(format!("client:{client_id}")), json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -212,7 +186,7 @@ pub async fn delete_session(
     if !state.broker.delete_session(&client_id) {
         return Err(ApiError::NotFound(format!("no session for `{client_id}`")));
     }
-    audit(&state, &who, source, "session.delete", json!({ "client_id": client_id })).await;
+    record(&state, &who, source, "session.delete", Some(format!("session:{client_id}")), json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -278,7 +252,7 @@ pub async fn delete_retained(
     if !state.broker.delete_retained(&topic) {
         return Err(ApiError::NotFound(format!("no retained message on `{topic}`")));
     }
-    audit(&state, &who, source, "retained.delete", json!({ "topic": topic })).await;
+    record(&state, &who, source, "retained.delete", Some(format!("retained:{topic}")), json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -334,11 +308,12 @@ pub async fn publish(
         })
         .await;
     let refused = outcome.refused.map(|c| Refusal { code: c.as_u8(), reason: c.description().to_string() });
-    audit(
+    record(
         &state,
         &who,
         source,
         "message.publish",
+        Some(format!("topic:{}", req.topic)),
         json!({
             "topic": req.topic,
             "qos": req.qos,
@@ -350,6 +325,95 @@ pub async fn publish(
     )
     .await;
     Ok(Json(PublishResult { matched: outcome.matched as u64, committed: outcome.committed, refused }))
+}
+
+/// Subscriptions of all sessions, in (client id, filter) order, with filters and cursor
+/// paging.
+#[utoipa::path(get, path = "/api/v1/subscriptions", tag = "sessions", security(("bearer" = [])),
+    params(SubscriptionQuery),
+    responses(
+        (status = 200, description = "One page of subscriptions", body = SubscriptionPage),
+        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_subscriptions(
+    State(state): State<AppState>,
+    who: Authenticated,
+    ApiQuery(q): ApiQuery<SubscriptionQuery>,
+) -> Result<Json<SubscriptionPage>, ApiError> {
+    who.require(Role::Viewer)?;
+    let n = limit(q.limit)?;
+    let cursor = match q.after.as_deref() {
+        None => None,
+        Some(c) => {
+            Some(decode_cursor(c).ok_or_else(|| ApiError::field("after", "not a cursor of this listing"))?)
+        }
+    };
+    let filter = ClientFilter { client_id_prefix: q.prefix.clone(), username: None };
+    let wanted = |f: &str| q.filter.as_deref().is_none_or(|w| f.contains(w));
+    let mut items: Vec<SubscriptionItem> = Vec::new();
+    // The session the cursor points into: its filters after the cursor's.
+    if let Some((cid, after_filter)) = &cursor
+        && let Some(s) = state.broker.session(cid)
+    {
+        for sub in s.subscriptions.into_iter().filter(|x| x.filter > *after_filter && wanted(&x.filter)) {
+            items.push(SubscriptionItem::new(cid, s.online, sub));
+        }
+    }
+    let mut after = cursor.map(|(c, _)| c);
+    while items.len() <= n {
+        let page = state.broker.sessions(&filter, after.as_deref(), 100);
+        for s in page.items {
+            for sub in s.subscriptions.into_iter().filter(|x| wanted(&x.filter)) {
+                items.push(SubscriptionItem::new(&s.client_id, s.online, sub));
+            }
+            after = Some(s.client_id);
+        }
+        if page.next.is_none() {
+            break;
+        }
+    }
+    let next = if items.len() > n {
+        items.truncate(n);
+        items.last().map(|i| encode_cursor(&i.client_id, &i.subscription.filter))
+    } else {
+        None
+    };
+    Ok(Json(SubscriptionPage { items, next }))
+}
+
+fn encode_cursor(client_id: &str, filter: &str) -> String {
+    let json = serde_json::to_vec(&(client_id, filter)).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+fn decode_cursor(c: &str) -> Option<(String, String)> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Topics seen since start, busiest first (a bounded top-N: counts of topics that entered
+/// after others were evicted carry an `error` bound).
+#[utoipa::path(get, path = "/api/v1/topics", tag = "topics", security(("bearer" = [])),
+    params(TopicQuery),
+    responses(
+        (status = 200, description = "The busiest topics", body = TopicList),
+        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_topics(
+    State(state): State<AppState>,
+    who: Authenticated,
+    ApiQuery(q): ApiQuery<TopicQuery>,
+) -> Result<Json<TopicList>, ApiError> {
+    who.require(Role::Viewer)?;
+    let n = limit(q.limit)?;
+    let items = state.broker.topics(n, q.prefix.as_deref());
+    Ok(Json(TopicList {
+        items: items.into_iter().map(TopicStat::from).collect(),
+        tracked: state.broker.topic_count() as u64,
+        capacity: state.broker.config().limits.topic_stats_capacity as u64,
+    }))
 }
 
 /// The broker's counters and gauges.

@@ -13,6 +13,22 @@ pub const DEFAULT_LIMIT: u32 = 100;
 /// Largest page size.
 pub const MAX_LIMIT: u32 = 1000;
 
+/// The page size asked for, checked (400 outside 1..=[`MAX_LIMIT`]).
+pub fn limit(l: Option<u32>) -> Result<usize, crate::error::ApiError> {
+    use crate::error::ApiError;
+    match l.unwrap_or(DEFAULT_LIMIT) {
+        0 => Err(ApiError::field("limit", "must be at least 1")),
+        n if n > MAX_LIMIT => Err(ApiError::field("limit", format!("must be at most {MAX_LIMIT}"))),
+        n => Ok(n as usize),
+    }
+}
+
+/// Unix milliseconds as RFC 3339 (UTC).
+pub fn millis_rfc3339(ms: i64) -> String {
+    let t = u64::try_from(ms).map_or(UNIX_EPOCH, |ms| UNIX_EPOCH + std::time::Duration::from_millis(ms));
+    rfc3339(t)
+}
+
 /// Filters and paging for clients and sessions.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -235,6 +251,98 @@ impl From<RetainedInfo> for Retained {
     }
 }
 
+/// Filters and paging of subscriptions.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SubscriptionQuery {
+    /// Only sessions whose client id starts with this.
+    pub prefix: Option<String>,
+    /// Only filters containing this text.
+    pub filter: Option<String>,
+    /// Cursor: the `next` of the previous page (opaque).
+    pub after: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// A subscription and whose it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionItem {
+    /// The session's client id.
+    pub client_id: String,
+    /// Whether its client is connected.
+    pub online: bool,
+    /// The subscription.
+    pub subscription: Subscription,
+}
+
+impl SubscriptionItem {
+    pub(crate) fn new(client_id: &str, online: bool, s: SubscriptionInfo) -> SubscriptionItem {
+        SubscriptionItem { client_id: client_id.to_string(), online, subscription: s.into() }
+    }
+}
+
+/// One page of subscriptions.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionPage {
+    /// In (client id, filter) order.
+    pub items: Vec<SubscriptionItem>,
+    /// Pass as `after` for the next page (`null`: this was the last).
+    pub next: Option<String>,
+}
+
+/// Which topics to list.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TopicQuery {
+    /// Only topics starting with this.
+    pub prefix: Option<String>,
+    /// How many, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// Traffic on one topic since it entered the tracked set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TopicStat {
+    /// Topic name.
+    pub topic: String,
+    /// Messages published to it.
+    pub messages: u64,
+    /// Payload bytes published to it.
+    pub bytes: u64,
+    /// Upper bound of the overcount in `messages` (0: exact).
+    pub error: u64,
+    /// Last message (RFC 3339, UTC).
+    pub last_message_at: String,
+}
+
+impl From<tern_broker::topics::TopicStat> for TopicStat {
+    fn from(t: tern_broker::topics::TopicStat) -> TopicStat {
+        TopicStat {
+            topic: t.topic,
+            messages: t.messages,
+            bytes: t.bytes,
+            error: t.error,
+            last_message_at: rfc3339(t.last_message),
+        }
+    }
+}
+
+/// The busiest topics.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TopicList {
+    /// Busiest first.
+    pub items: Vec<TopicStat>,
+    /// Topics tracked now.
+    pub tracked: u64,
+    /// Most topics tracked (`limits.topic_stats_capacity`; 0: tracking is off).
+    pub capacity: u64,
+}
+
 /// One page of retained messages.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RetainedPage {
@@ -299,6 +407,10 @@ pub struct Health {
 pub struct Readiness {
     /// `ready` or `unavailable`.
     pub status: String,
+    /// Whether the broker's MQTT listeners are up.
+    pub listeners: bool,
+    /// Clients connected now.
+    pub clients_connected: u64,
     /// Whether the broker's message store answers (`null`: the broker has no store).
     pub store: Option<bool>,
     /// Whether the directory database (devices, ACLs, admin users) answers.

@@ -113,6 +113,9 @@ pub enum ApiError {
         /// Seconds to wait (`Retry-After`).
         retry_after: u64,
     },
+    /// 503: the request took longer than the configured timeout.
+    #[error("the request timed out")]
+    Timeout,
     /// 503: a dependency (the store) is unavailable.
     #[error("{0}")]
     Unavailable(String),
@@ -153,7 +156,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -171,6 +174,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             ApiError::TooManyRequests { .. } => ("rate-limited", "Too many requests"),
             ApiError::Unavailable(_) => ("unavailable", "Service unavailable"),
+            ApiError::Timeout => ("timeout", "Request timed out"),
             ApiError::Internal(_) => ("internal", "Internal server error"),
         }
     }
@@ -196,6 +200,20 @@ impl ApiError {
             detail,
             request_id: current_request_id(),
             errors,
+        }
+    }
+}
+
+impl From<tern_auth::provision::ProvisionError> for ApiError {
+    fn from(e: tern_auth::provision::ProvisionError) -> ApiError {
+        use tern_auth::provision::ProvisionError as P;
+        match e {
+            P::Invalid(m) => ApiError::bad_request(m),
+            P::NotFound(m) => ApiError::NotFound(m),
+            P::Store(e) => e.into(),
+            // The change was made; the caller must not believe it failed silently, and
+            // must not retry blindly either: 500 with the request id, details in the log.
+            P::Audit(e) => ApiError::Internal(format!("change applied but not audited: {e}")),
         }
     }
 }

@@ -100,14 +100,22 @@ where
     }
 }
 
-/// The peer address, when the server recorded it (`serve` does; in-process tests do not).
+/// The peer address, when the server recorded it (`serve` does; in-process tests may not).
 #[derive(Debug, Clone, Copy)]
 pub struct SourceAddr(pub Option<SocketAddr>);
+
+impl SourceAddr {
+    /// The address's IP as text, for the audit log.
+    pub fn ip_text(&self) -> Option<String> {
+        self.0.map(|a| a.ip().to_string())
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for SourceAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(SourceAddr(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)))
+        let peer = parts.extensions.get::<ConnectInfo<crate::listener::PeerAddr>>().map(|c| c.0.0);
+        Ok(SourceAddr(peer.or_else(|| parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0))))
     }
 }

@@ -17,7 +17,7 @@ async fn clients_are_listed_with_fields_and_paging() {
     let _a = RawClient::connect_ok(app.mqtt, c).await.unwrap();
     let _b = RawClient::connect_ok(app.mqtt, connect_v5("dev-2")).await.unwrap();
     let _c = RawClient::connect_ok(app.mqtt, connect_v311("other")).await.unwrap();
-    let t = app.token(Role::Viewer);
+    let t = app.token(Role::Viewer).await;
 
     let r = app.call("GET", "/api/v1/clients", Some(&t), None).await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
@@ -69,8 +69,8 @@ async fn sessions_are_listed_and_deleted() {
     k.subscribe_to("s/#", QoS::AtLeastOnce).await.unwrap();
     k.disconnect().await.unwrap();
     assert!(eventually(|| app.broker.session("keeper").is_some_and(|s| !s.online)).await);
-    let v = app.token(Role::Viewer);
-    let op = app.token(Role::Operator);
+    let v = app.token(Role::Viewer).await;
+    let op = app.token(Role::Operator).await;
 
     let list = app.call("GET", "/api/v1/sessions", Some(&v), None).await;
     assert_eq!(list.status, StatusCode::OK, "{list:?}");
@@ -91,7 +91,7 @@ async fn sessions_are_listed_and_deleted() {
     assert!(app.broker.session("keeper").is_none());
     app.call("DELETE", "/api/v1/sessions/keeper", Some(&op), None).await.assert_problem(404, "not-found");
     app.call("GET", "/api/v1/sessions/keeper", Some(&v), None).await.assert_problem(404, "not-found");
-    let audit = app.store.audit_log();
+    let audit = app.audit_log().await;
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0].action, "session.delete");
     assert_eq!(audit[0].actor, "operator");
@@ -101,19 +101,18 @@ async fn sessions_are_listed_and_deleted() {
 async fn kick_sends_0x98_and_is_audited() {
     let app = App::new().await;
     let mut victim = RawClient::connect_ok(app.mqtt, connect_v5("victim")).await.unwrap();
-    let op = app.token(Role::Operator);
+    let op = app.token(Role::Operator).await;
     let r = app.call("POST", "/api/v1/clients/victim/kick", Some(&op), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{r:?}");
     let (code, _) = victim.expect_disconnect_raw(WAIT).await.unwrap();
     assert_eq!(code, Some(0x98));
     assert!(eventually(|| app.broker.client("victim").is_none()).await);
     app.call("POST", "/api/v1/clients/victim/kick", Some(&op), None).await.assert_problem(404, "not-found");
-    let audit = app.store.audit_log();
+    let audit = app.audit_log().await;
     assert_eq!(audit.len(), 1, "{audit:?}");
     assert_eq!(audit[0].actor, "operator");
     assert_eq!(audit[0].action, "client.kick");
-    let detail: serde_json::Value = serde_json::from_str(&audit[0].detail).unwrap();
-    assert_eq!(detail["client_id"], "victim");
+    assert_eq!(audit[0].target.as_deref(), Some("client:victim"));
 }
 
 #[tokio::test]
@@ -121,7 +120,7 @@ async fn publish_reaches_a_subscriber() {
     let app = App::new().await;
     let mut sub = RawClient::connect_ok(app.mqtt, connect_v5("sub")).await.unwrap();
     sub.subscribe_to("cmd/#", QoS::AtLeastOnce).await.unwrap();
-    let op = app.token(Role::Operator);
+    let op = app.token(Role::Operator).await;
 
     let body = r#"{"topic":"cmd/dev-1","payload":"reboot","qos":1,"content_type":"text/plain"}"#;
     let r = app.call("POST", "/api/v1/publish", Some(&op), Some(body)).await;
@@ -156,14 +155,14 @@ async fn publish_reaches_a_subscriber() {
     ] {
         app.call("POST", "/api/v1/publish", Some(&op), Some(bad)).await.assert_problem(400, "validation");
     }
-    let actions: Vec<String> = app.store.audit_log().into_iter().map(|e| e.action).collect();
+    let actions: Vec<String> = app.audit_log().await.into_iter().map(|e| e.action).collect();
     assert_eq!(actions, ["message.publish"; 3]);
 }
 
 #[tokio::test]
 async fn retained_messages_are_read_and_deleted() {
     let app = App::new().await;
-    let op = app.token(Role::Operator);
+    let op = app.token(Role::Operator).await;
     for (topic, payload) in [("home/a/temp", "21"), ("home/b/temp", "19"), ("office/temp", "23")] {
         let body = format!(r#"{{"topic":"{topic}","payload":"{payload}","retain":true}}"#);
         let r = app.call("POST", "/api/v1/publish", Some(&op), Some(&body)).await;
@@ -206,7 +205,7 @@ async fn malformed_unknown_and_oversized_bodies_are_problems() {
     app.call("POST", login, None, Some(r#"{"username":"a"}"#)).await.assert_problem(400, "validation");
     app.call("POST", login, None, Some("[]")).await.assert_problem(400, "validation");
 
-    let op = app.token(Role::Operator);
+    let op = app.token(Role::Operator).await;
     let r = app.call("POST", "/api/v1/publish", Some(&op), Some(r#"{"topic":"a","colour":"red"}"#)).await;
     r.assert_problem(400, "validation");
 
@@ -232,9 +231,10 @@ async fn health_metrics_and_fallbacks() {
     assert_eq!(r.json["status"], "ready");
     assert!(r.json["store"].is_null(), "no store configured: {r:?}");
     assert_eq!(r.json["directory"], true);
+    assert_eq!(r.json["listeners"], true);
 
     let _c = RawClient::connect_ok(app.mqtt, connect_v5("m")).await.unwrap();
-    let m = app.call("GET", "/api/v1/metrics", Some(&app.token(Role::Viewer)), None).await;
+    let m = app.call("GET", "/api/v1/metrics", Some(&app.token(Role::Viewer).await), None).await;
     assert_eq!(m.status, StatusCode::OK);
     assert_eq!(m.json["clients_connected"], 1, "{m:?}");
     assert!(m.json["uptime_secs"].is_u64());
@@ -278,7 +278,7 @@ async fn serve_runs_until_shutdown() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(tern_admin::serve(listener, app.state.clone(), async {
+    let task = tokio::spawn(tern_admin::serve(listener, None, app.state.clone(), async {
         let _ = rx.await;
     }));
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

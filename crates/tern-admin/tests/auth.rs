@@ -22,6 +22,7 @@ async fn login_issues_a_token_that_works() {
     assert_eq!(r.json["token_type"], "Bearer");
     assert_eq!(r.json["expires_in"], 900);
     assert_eq!(r.json["role"], "admin");
+    assert!(r.json["refresh_token"].as_str().unwrap().starts_with("rt_"));
     let token = r.json["access_token"].as_str().unwrap().to_string();
     // The claims carry sub, role, iat, exp.
     let claims = token.split('.').nth(1).unwrap();
@@ -74,8 +75,10 @@ async fn missing_forged_alg_none_and_expired_tokens_are_401() {
 
     app.call("GET", uri, Some("not.a.jwt"), None).await.assert_problem(401, "unauthenticated");
 
-    let claims =
-        json!({ "sub": "eve", "role": "admin", "iat": now(), "exp": now() + 600, "iss": "tern-admin" });
+    // "viewer" exists (app.token creates it below); the claims escalate it to admin.
+    let claims = json!({
+        "sub": "viewer", "role": "admin", "iat": now(), "exp": now() + 600, "iss": "tern-admin", "sid": "s1"
+    });
 
     // Signed with another key.
     let forged = jsonwebtoken::encode(
@@ -87,7 +90,7 @@ async fn missing_forged_alg_none_and_expired_tokens_are_401() {
     app.call("GET", uri, Some(&forged), None).await.assert_problem(401, "unauthenticated");
 
     // A valid token with its payload swapped for an escalated one.
-    let viewer = app.token(Role::Viewer);
+    let viewer = app.token(Role::Viewer).await;
     let parts: Vec<&str> = viewer.split('.').collect();
     let tampered = format!("{}.{}.{}", parts[0], b64(&claims), parts[2]);
     app.call("GET", uri, Some(&tampered), None).await.assert_problem(401, "unauthenticated");
@@ -106,7 +109,9 @@ async fn missing_forged_alg_none_and_expired_tokens_are_401() {
     app.call("GET", uri, Some(&hs512), None).await.assert_problem(401, "unauthenticated");
 
     // Expired an hour ago, signed with the right key.
-    let expired = json!({ "sub": "alice", "role": "admin", "iat": now() - 7200, "exp": now() - 3600, "iss": "tern-admin" });
+    let expired = json!({
+        "sub": "viewer", "role": "admin", "iat": now() - 7200, "exp": now() - 3600, "iss": "tern-admin", "sid": "s1"
+    });
     let expired = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &expired,
@@ -115,7 +120,8 @@ async fn missing_forged_alg_none_and_expired_tokens_are_401() {
     .unwrap();
     app.call("GET", uri, Some(&expired), None).await.assert_problem(401, "unauthenticated");
 
-    // The same, unexpired, is accepted (the key and claims above are right).
+    // The same, unexpired, is accepted (the key and claims above are right), with the role
+    // the store gives the user, not the one the token claims.
     let fine = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
@@ -123,13 +129,16 @@ async fn missing_forged_alg_none_and_expired_tokens_are_401() {
     )
     .unwrap();
     assert_eq!(app.call("GET", uri, Some(&fine), None).await.status, StatusCode::OK);
+    let me = app.call("GET", "/api/v1/auth/me", Some(&fine), None).await;
+    assert_eq!(me.json["role"], "viewer", "{me:?}");
+    app.call("POST", "/api/v1/clients/x/kick", Some(&fine), None).await.assert_problem(403, "forbidden");
 }
 
 #[tokio::test]
 async fn roles_are_enforced() {
     let app = App::new().await;
-    let viewer = app.token(Role::Viewer);
-    let operator = app.token(Role::Operator);
+    let viewer = app.token(Role::Viewer).await;
+    let operator = app.token(Role::Operator).await;
     assert_eq!(app.call("GET", "/api/v1/clients", Some(&viewer), None).await.status, StatusCode::OK);
     app.call("POST", "/api/v1/clients/x/kick", Some(&viewer), None).await.assert_problem(403, "forbidden");
     app.call("DELETE", "/api/v1/sessions/x", Some(&viewer), None).await.assert_problem(403, "forbidden");
@@ -139,5 +148,5 @@ async fn roles_are_enforced() {
         .assert_problem(403, "forbidden");
     // An operator gets past the role check (and finds nothing to kick).
     app.call("POST", "/api/v1/clients/x/kick", Some(&operator), None).await.assert_problem(404, "not-found");
-    assert!(app.store.audit_log().is_empty(), "refused and failed writes are not audited");
+    assert!(app.audit_log().await.is_empty(), "refused and failed writes are not audited");
 }

@@ -411,6 +411,38 @@ impl RuleSet {
         }
         tally.finish()
     }
+
+    /// Like [`Self::evaluate`], also naming the rule that decided: the deny rule that
+    /// matched, else the first granting rule, else the first QoS/retain-restricted one.
+    pub(crate) fn explain(&self, req: &Request<'_>, ctx: &Ctx<'_>) -> (Decision, Option<i64>) {
+        let none: &[u32] = &[];
+        let by_client = self.by_client.get(ctx.client_id).map_or(none, Vec::as_slice);
+        let by_user = ctx.username.and_then(|u| self.by_user.get(u)).map_or(none, Vec::as_slice);
+        let mut tally = Tally::default();
+        let (mut granted_by, mut restricted_by) = (None, None);
+        for &i in self.everyone.iter().chain(by_client).chain(by_user) {
+            let rule = &self.rules[i as usize];
+            if !rule.selects(ctx) {
+                continue;
+            }
+            let hit = rule_hit(rule.core, rule.levels.iter().map(OwnedLvl::as_lvl), req, ctx);
+            match hit {
+                Hit::Grant => granted_by = granted_by.or(Some(rule.id)),
+                Hit::Restricted => restricted_by = restricted_by.or(Some(rule.id)),
+                Hit::Deny | Hit::None => {}
+            }
+            if let Some(d) = tally.add(hit) {
+                return (d, Some(rule.id));
+            }
+        }
+        let d = tally.finish();
+        let by = match d {
+            Decision::Allow => granted_by,
+            Decision::Deny => restricted_by,
+            Decision::NoMatch => None,
+        };
+        (d, by)
+    }
 }
 
 #[cfg(test)]

@@ -195,6 +195,57 @@ impl AclAuthorizer {
     }
 }
 
+/// What decided an [`AclAuthorizer::explain`] answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// The stored rule with this id.
+    Rule(i64),
+    /// No rule concerned the request: the default policy (`auth.acl_default`).
+    Default,
+    /// No rule set is loaded yet (the store has not answered): everything is refused.
+    NotLoaded,
+}
+
+/// The answer to "may this client publish / subscribe to this topic?", with its reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Explanation {
+    /// Allowed or not.
+    pub allowed: bool,
+    /// What decided.
+    pub decided_by: DecidedBy,
+}
+
+impl AclAuthorizer {
+    /// Whether the stored rules and the default policy allow `client_id` / `username` to
+    /// publish to a topic name or subscribe to a filter, and which rule decided (inline JWT
+    /// rules are not considered: they belong to a connection's token). `None` when the
+    /// topic is not a valid name (publish) or filter (subscribe), or `action` is `All`.
+    pub fn explain(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        action: Action,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+    ) -> Option<Explanation> {
+        if action == Action::Publish && tern_protocol::topic::validate_topic_name(topic).is_err() {
+            return None;
+        }
+        let req = Self::request(action, topic, qos, retain)?;
+        let guard = self.rules.load();
+        let Some(rules) = guard.as_deref() else {
+            return Some(Explanation { allowed: false, decided_by: DecidedBy::NotLoaded });
+        };
+        let ctx = Ctx::new(client_id, username);
+        Some(match rules.explain(&req, &ctx) {
+            (Decision::Allow, Some(id)) => Explanation { allowed: true, decided_by: DecidedBy::Rule(id) },
+            (Decision::Deny, Some(id)) => Explanation { allowed: false, decided_by: DecidedBy::Rule(id) },
+            _ => Explanation { allowed: self.default == AclPolicy::Allow, decided_by: DecidedBy::Default },
+        })
+    }
+}
+
 impl Authorizer for AclAuthorizer {
     fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)

@@ -149,6 +149,7 @@ mod tests {
                 cert_identity: None,
                 enabled: true,
                 created_at: 0,
+                labels: std::collections::BTreeMap::new(),
             });
             Box::pin(std::future::ready(Ok(d)))
         }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use tern_broker::store::DirectoryStore;
 
 pub use authenticator::TernAuthenticator;
-pub use authorizer::AclAuthorizer;
+pub use authorizer::{AclAuthorizer, DecidedBy, Explanation};
 pub use cert::{CertError, cert_identity};
 pub use config::{
     AclPolicy, AuthConfig, BackoffConfig, CertConfig, CertField, CertMapTo, CertMapping, JwtAlgorithm,

@@ -2,6 +2,8 @@
 //! the directory store, each change recorded in the audit log. The `tern device` / `tern acl`
 //! commands and the admin API call these; nothing here prints or returns a password hash.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use tern_broker::store::{AclAction, AclRule, AuditEntry, Device, DirectoryStore, Permission, StoreError};
 
@@ -61,6 +63,54 @@ pub struct NewDevice {
     pub cert_identity: Option<String>,
     /// Also store a SCRAM-SHA-256 verifier of the password (needs a password).
     pub scram: bool,
+    /// Labels (see [`check_labels`] for the limits).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Who makes a change, for the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actor<'a> {
+    /// Admin user name, API key id, or `cli`.
+    pub name: &'a str,
+    /// The request's source IP address, if it came over the network.
+    pub source: Option<&'a str>,
+}
+
+impl<'a> From<&'a str> for Actor<'a> {
+    fn from(name: &'a str) -> Actor<'a> {
+        Actor { name, source: None }
+    }
+}
+
+/// Most labels a device may carry.
+pub const MAX_LABELS: usize = 32;
+/// Longest label key, bytes.
+pub const MAX_LABEL_KEY: usize = 64;
+/// Longest label value, bytes.
+pub const MAX_LABEL_VALUE: usize = 256;
+
+/// Checks labels: at most [`MAX_LABELS`]; keys 1 to [`MAX_LABEL_KEY`] bytes of ASCII letters,
+/// digits and `.`, `_`, `-`, `/`; values at most [`MAX_LABEL_VALUE`] bytes without NUL.
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ProvisionError> {
+    if labels.len() > MAX_LABELS {
+        return Err(ProvisionError::Invalid(format!("at most {MAX_LABELS} labels")));
+    }
+    for (k, v) in labels {
+        let key_ok = !k.is_empty()
+            && k.len() <= MAX_LABEL_KEY
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+        if !key_ok {
+            return Err(ProvisionError::Invalid(format!(
+                "label key {k:?} must be 1 to {MAX_LABEL_KEY} ASCII letters, digits, '.', '_', '-' or '/'"
+            )));
+        }
+        if v.len() > MAX_LABEL_VALUE || v.contains('\0') {
+            return Err(ProvisionError::Invalid(format!(
+                "label {k:?}: the value must be at most {MAX_LABEL_VALUE} bytes without NUL"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The result of adding a device.
@@ -98,6 +148,8 @@ pub struct DeviceSummary {
     pub enabled: bool,
     /// Creation time, Unix milliseconds.
     pub created_at: i64,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl From<&Device> for DeviceSummary {
@@ -110,6 +162,7 @@ impl From<&Device> for DeviceSummary {
             cert_identity: d.cert_identity.clone(),
             enabled: d.enabled,
             created_at: d.created_at,
+            labels: d.labels.clone(),
         }
     }
 }
@@ -120,20 +173,36 @@ fn now_millis() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-async fn audit(
+/// Appends one audit entry for a change that was made.
+pub async fn audit(
     store: &dyn DirectoryStore,
-    actor: &str,
+    actor: Actor<'_>,
     action: &str,
+    target: Option<String>,
     detail: serde_json::Value,
 ) -> Result<(), ProvisionError> {
     let entry = AuditEntry {
         id: 0,
         at: now_millis(),
-        actor: actor.to_string(),
+        actor: actor.name.to_string(),
         action: action.to_string(),
+        target,
+        source: actor.source.map(str::to_string),
         detail: detail.to_string(),
     };
     store.append_audit(&entry).await.map(|_| ()).map_err(ProvisionError::Audit)
+}
+
+fn device_target(client_id: &str) -> String {
+    format!("device:{client_id}")
+}
+
+fn acl_target(id: i64) -> String {
+    format!("acl:{id}")
+}
+
+fn json_of<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
 }
 
 fn check_name(what: &str, v: &str) -> Result<(), ProvisionError> {
@@ -145,19 +214,49 @@ fn check_name(what: &str, v: &str) -> Result<(), ProvisionError> {
 
 /// Adds a device (hashing the password with argon2id on the blocking pool, and making a
 /// SCRAM verifier if asked) and audits `device.add`.
-pub async fn add_device(
+pub async fn add_device<'a>(
     store: &dyn DirectoryStore,
     req: NewDevice,
-    actor: &str,
+    actor: impl Into<Actor<'a>>,
 ) -> Result<AddedDevice, ProvisionError> {
     check_name("client id", &req.client_id)?;
+    check_labels(&req.labels)?;
     if let Some(u) = &req.username {
         check_name("user name", u)?;
     }
     if let Some(c) = &req.cert_identity {
         check_name("certificate identity", c)?;
     }
-    let (password, generated) = match req.password {
+    let secrets = secrets(req.password, req.scram).await?;
+    let device = Device {
+        client_id: req.client_id,
+        username: req.username,
+        password_hash: secrets.password_hash,
+        scram_verifier: secrets.scram_verifier,
+        cert_identity: req.cert_identity,
+        enabled: true,
+        created_at: now_millis(),
+        labels: req.labels,
+    };
+    store.add_device(&device).await?;
+    let summary = DeviceSummary::from(&device);
+    let target = Some(device_target(&summary.client_id));
+    audit(store, actor.into(), "device.add", target, serde_json::json!({ "after": json_of(&summary) }))
+        .await?;
+    Ok(AddedDevice { device: summary, generated_password: secrets.generated })
+}
+
+/// A device's password material, derived from a [`PasswordSource`].
+struct Secrets {
+    password_hash: Option<String>,
+    scram_verifier: Option<String>,
+    generated: Option<String>,
+}
+
+/// Hashes the password (argon2id, on the blocking pool) and derives the SCRAM verifier if
+/// asked.
+async fn secrets(source: PasswordSource, scram: bool) -> Result<Secrets, ProvisionError> {
+    let (password, generated) = match source {
         PasswordSource::None => (None, None),
         PasswordSource::Given(p) if p.is_empty() => {
             return Err(ProvisionError::Invalid("the password is empty".into()));
@@ -168,12 +267,9 @@ pub async fn add_device(
             (Some(p.clone()), Some(p))
         }
     };
-    if req.scram && password.is_none() {
-        return Err(ProvisionError::Invalid(
-            "--scram needs a password (--password-stdin or --generate-password)".into(),
-        ));
+    if scram && password.is_none() {
+        return Err(ProvisionError::Invalid("a SCRAM verifier needs a password (given or generated)".into()));
     }
-    let scram = req.scram;
     let (password_hash, scram_verifier) = match password {
         None => (None, None),
         Some(p) => tokio::task::spawn_blocking(move || {
@@ -183,19 +279,93 @@ pub async fn add_device(
         .await
         .map_err(|e| ProvisionError::Invalid(format!("hashing failed: {e}")))?,
     };
-    let device = Device {
-        client_id: req.client_id,
-        username: req.username,
-        password_hash,
-        scram_verifier,
-        cert_identity: req.cert_identity,
-        enabled: true,
-        created_at: now_millis(),
-    };
-    store.add_device(&device).await?;
+    Ok(Secrets { password_hash, scram_verifier, generated })
+}
+
+/// One device, without secrets.
+pub async fn get_device(
+    store: &dyn DirectoryStore,
+    client_id: &str,
+) -> Result<DeviceSummary, ProvisionError> {
+    store
+        .device_by_client_id(client_id)
+        .await?
+        .map(|d| DeviceSummary::from(&d))
+        .ok_or_else(|| ProvisionError::NotFound(format!("device {client_id:?}")))
+}
+
+/// Changes to a device's settings; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceUpdate {
+    /// Enable or disable it.
+    pub enabled: Option<bool>,
+    /// Replace its labels.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Set (`Some(Some)`) or clear (`Some(None)`) its certificate identity.
+    pub cert_identity: Option<Option<String>>,
+}
+
+/// Applies `update` to a device and audits `device.update` with the device before and after.
+/// Returns the device before and after (the caller disconnects a live connection that the
+/// change revokes).
+pub async fn update_device<'a>(
+    store: &dyn DirectoryStore,
+    client_id: &str,
+    update: DeviceUpdate,
+    actor: impl Into<Actor<'a>>,
+) -> Result<(DeviceSummary, DeviceSummary), ProvisionError> {
+    if let Some(labels) = &update.labels {
+        check_labels(labels)?;
+    }
+    if let Some(Some(c)) = &update.cert_identity {
+        check_name("certificate identity", c)?;
+    }
+    let mut device = store
+        .device_by_client_id(client_id)
+        .await?
+        .ok_or_else(|| ProvisionError::NotFound(format!("device {client_id:?}")))?;
+    let before = DeviceSummary::from(&device);
+    if let Some(e) = update.enabled {
+        device.enabled = e;
+    }
+    if let Some(l) = update.labels {
+        device.labels = l;
+    }
+    if let Some(c) = update.cert_identity {
+        device.cert_identity = c;
+    }
+    store.update_device(&device).await?;
+    let after = DeviceSummary::from(&device);
+    let detail = serde_json::json!({ "before": json_of(&before), "after": json_of(&after) });
+    audit(store, actor.into(), "device.update", Some(device_target(client_id)), detail).await?;
+    Ok((before, after))
+}
+
+/// Replaces a device's password (and SCRAM verifier: kept in step with the password, made
+/// anew when `scram`, removed otherwise) and audits `device.rotate`. Returns the device and
+/// the generated password, if one was asked for.
+pub async fn rotate_credentials<'a>(
+    store: &dyn DirectoryStore,
+    client_id: &str,
+    password: PasswordSource,
+    scram: bool,
+    actor: impl Into<Actor<'a>>,
+) -> Result<AddedDevice, ProvisionError> {
+    if password == PasswordSource::None {
+        return Err(ProvisionError::Invalid("rotating needs a new password (given or generated)".into()));
+    }
+    let mut device = store
+        .device_by_client_id(client_id)
+        .await?
+        .ok_or_else(|| ProvisionError::NotFound(format!("device {client_id:?}")))?;
+    let s = secrets(password, scram).await?;
+    device.password_hash = s.password_hash;
+    device.scram_verifier = s.scram_verifier;
+    store.update_device(&device).await?;
     let summary = DeviceSummary::from(&device);
-    audit(store, actor, "device.add", serde_json::to_value(&summary).unwrap_or_default()).await?;
-    Ok(AddedDevice { device: summary, generated_password: generated })
+    let detail = serde_json::json!({ "scram": scram, "generated": s.generated.is_some() });
+    audit(store, actor.into(), "device.rotate", Some(device_target(client_id)), detail).await?;
+    Ok(AddedDevice { device: summary, generated_password: s.generated })
 }
 
 /// Pretty JSON of listed devices or rules (for `--json` output).
@@ -208,34 +378,42 @@ pub async fn list_devices(store: &dyn DirectoryStore) -> Result<Vec<DeviceSummar
     Ok(store.list_devices().await?.iter().map(DeviceSummary::from).collect())
 }
 
-/// Enables or disables a device and audits `device.enable` / `device.disable`. Connected
-/// clients are not disconnected by this (new connections are refused).
-pub async fn set_device_enabled(
+/// Enables or disables a device and audits `device.enable` / `device.disable`. This only
+/// changes the directory: new connections are refused, and disconnecting a live one is the
+/// caller's (the admin API does; the CLI, in another process, cannot).
+pub async fn set_device_enabled<'a>(
     store: &dyn DirectoryStore,
     client_id: &str,
     enabled: bool,
-    actor: &str,
+    actor: impl Into<Actor<'a>>,
 ) -> Result<(), ProvisionError> {
     let mut device = store
         .device_by_client_id(client_id)
         .await?
         .ok_or_else(|| ProvisionError::NotFound(format!("device {client_id:?}")))?;
+    let was = device.enabled;
     device.enabled = enabled;
     store.update_device(&device).await?;
     let action = if enabled { "device.enable" } else { "device.disable" };
-    audit(store, actor, action, serde_json::json!({ "client_id": client_id })).await
+    let detail = serde_json::json!({ "before": { "enabled": was }, "after": { "enabled": enabled } });
+    audit(store, actor.into(), action, Some(device_target(client_id)), detail).await
 }
 
-/// Removes a device and audits `device.remove`.
-pub async fn remove_device(
+/// Removes a device and audits `device.remove` with what it was. Returns it.
+pub async fn remove_device<'a>(
     store: &dyn DirectoryStore,
     client_id: &str,
-    actor: &str,
-) -> Result<(), ProvisionError> {
+    actor: impl Into<Actor<'a>>,
+) -> Result<DeviceSummary, ProvisionError> {
+    let not_found = || ProvisionError::NotFound(format!("device {client_id:?}"));
+    let device = store.device_by_client_id(client_id).await?.ok_or_else(not_found)?;
     if !store.remove_device(client_id).await? {
-        return Err(ProvisionError::NotFound(format!("device {client_id:?}")));
+        return Err(not_found());
     }
-    audit(store, actor, "device.remove", serde_json::json!({ "client_id": client_id })).await
+    let before = DeviceSummary::from(&device);
+    let detail = serde_json::json!({ "before": json_of(&before) });
+    audit(store, actor.into(), "device.remove", Some(device_target(client_id)), detail).await?;
+    Ok(before)
 }
 
 /// An ACL rule to add.
@@ -300,12 +478,8 @@ impl From<&AclRule> for AclRuleSummary {
     }
 }
 
-/// Validates and adds an ACL rule, audits `acl.add`, and returns its id.
-pub async fn add_acl_rule(
-    store: &dyn DirectoryStore,
-    req: NewAclRule,
-    actor: &str,
-) -> Result<i64, ProvisionError> {
+/// Validates a rule to be stored with `id`.
+fn checked_rule(id: i64, req: NewAclRule) -> Result<AclRule, ProvisionError> {
     validate_rule_topic(&req.topic).map_err(ProvisionError::Invalid)?;
     if let Some(q) = req.max_qos
         && q > 2
@@ -314,7 +488,7 @@ pub async fn add_acl_rule(
     }
     if req.permission == Permission::Deny && (req.max_qos.is_some() || req.no_retain) {
         return Err(ProvisionError::Invalid(
-            "--max-qos and --no-retain limit allow rules; a deny rule refuses regardless".into(),
+            "a QoS limit and no-retain restrict allow rules only; a deny rule refuses regardless".into(),
         ));
     }
     for (what, v) in [("client id", &req.client_id), ("user name", &req.username)] {
@@ -322,8 +496,8 @@ pub async fn add_acl_rule(
             check_name(what, v)?;
         }
     }
-    let rule = AclRule {
-        id: 0,
+    Ok(AclRule {
+        id,
         client_id: req.client_id,
         username: req.username,
         permission: req.permission,
@@ -331,12 +505,58 @@ pub async fn add_acl_rule(
         topic: req.topic,
         max_qos: req.max_qos,
         allow_retain: req.no_retain.then_some(false),
-    };
+    })
+}
+
+/// Validates and adds an ACL rule, audits `acl.add`, and returns its id.
+pub async fn add_acl_rule<'a>(
+    store: &dyn DirectoryStore,
+    req: NewAclRule,
+    actor: impl Into<Actor<'a>>,
+) -> Result<i64, ProvisionError> {
+    let rule = checked_rule(0, req)?;
     let id = store.add_acl_rule(&rule).await?;
     let mut summary = AclRuleSummary::from(&rule);
     summary.id = id;
-    audit(store, actor, "acl.add", serde_json::to_value(&summary).unwrap_or_default()).await?;
+    audit(
+        store,
+        actor.into(),
+        "acl.add",
+        Some(acl_target(id)),
+        serde_json::json!({ "after": json_of(&summary) }),
+    )
+    .await?;
     Ok(id)
+}
+
+/// One ACL rule.
+pub async fn get_acl_rule(store: &dyn DirectoryStore, id: i64) -> Result<AclRuleSummary, ProvisionError> {
+    store
+        .list_acl_rules()
+        .await?
+        .iter()
+        .find(|r| r.id == id)
+        .map(AclRuleSummary::from)
+        .ok_or_else(|| ProvisionError::NotFound(format!("ACL rule {id}")))
+}
+
+/// Replaces ACL rule `id` with `req` (validated like a new rule) and audits `acl.update` with
+/// the rule before and after. Returns the rule as stored.
+pub async fn update_acl_rule<'a>(
+    store: &dyn DirectoryStore,
+    id: i64,
+    req: NewAclRule,
+    actor: impl Into<Actor<'a>>,
+) -> Result<AclRuleSummary, ProvisionError> {
+    let rule = checked_rule(id, req)?;
+    let before = get_acl_rule(store, id).await?;
+    if !store.update_acl_rule(&rule).await? {
+        return Err(ProvisionError::NotFound(format!("ACL rule {id}")));
+    }
+    let after = AclRuleSummary::from(&rule);
+    let detail = serde_json::json!({ "before": json_of(&before), "after": json_of(&after) });
+    audit(store, actor.into(), "acl.update", Some(acl_target(id)), detail).await?;
+    Ok(after)
 }
 
 /// All ACL rules.
@@ -344,10 +564,22 @@ pub async fn list_acl_rules(store: &dyn DirectoryStore) -> Result<Vec<AclRuleSum
     Ok(store.list_acl_rules().await?.iter().map(AclRuleSummary::from).collect())
 }
 
-/// Removes an ACL rule and audits `acl.remove`.
-pub async fn remove_acl_rule(store: &dyn DirectoryStore, id: i64, actor: &str) -> Result<(), ProvisionError> {
+/// Removes an ACL rule and audits `acl.remove` with what it was.
+pub async fn remove_acl_rule<'a>(
+    store: &dyn DirectoryStore,
+    id: i64,
+    actor: impl Into<Actor<'a>>,
+) -> Result<(), ProvisionError> {
+    let before = get_acl_rule(store, id).await?;
     if !store.remove_acl_rule(id).await? {
         return Err(ProvisionError::NotFound(format!("ACL rule {id}")));
     }
-    audit(store, actor, "acl.remove", serde_json::json!({ "id": id })).await
+    audit(
+        store,
+        actor.into(),
+        "acl.remove",
+        Some(acl_target(id)),
+        serde_json::json!({ "before": json_of(&before) }),
+    )
+    .await
 }

@@ -31,7 +31,9 @@ pub struct Broker {
 }
 
 /// Shared broker state. Lock order, where several are taken: sessions, then subs, then
-/// retained, then a session's own mutex. No lock is held across an `.await`.
+/// retained, then a session's own mutex. The tap list (then a tap's buffer) and the
+/// topic-statistics shards are taken with none of those held. No lock is held across an
+/// `.await`.
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) config: BrokerConfig,
@@ -51,6 +53,10 @@ pub(crate) struct Inner {
     pub(crate) persister: Option<Arc<Persister>>,
     persist_stop: CancellationToken,
     persist_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Live viewers of published messages (`tap.rs`).
+    pub(crate) taps: Arc<crate::tap::Taps>,
+    /// Per-topic statistics; `None` when `limits.topic_stats_capacity` is 0.
+    pub(crate) topics: Option<crate::topics::TopicStats>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -93,6 +99,10 @@ impl Broker {
 
     fn build(config: BrokerConfig, security: Security, persister: Option<Arc<Persister>>) -> Broker {
         let slots = Arc::new(Semaphore::new(config.limits.max_connections));
+        let topics = match config.limits.topic_stats_capacity {
+            0 => None,
+            n => Some(crate::topics::TopicStats::new(n)),
+        };
         Broker {
             inner: Arc::new(Inner {
                 config,
@@ -111,6 +121,8 @@ impl Broker {
                 persister,
                 persist_stop: CancellationToken::new(),
                 persist_tasks: Mutex::new(Vec::new()),
+                taps: Arc::default(),
+                topics,
             }),
         }
     }
@@ -221,6 +233,8 @@ impl Broker {
     /// every connection task has ended, or after `grace`; returns whether all ended in time.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.inner.shutdown.cancel();
+        // Viewers get what is buffered, then the end of the stream.
+        self.inner.taps.close();
         // Connected sessions are kicked, so the connection loop needs no shutdown future of
         // its own.
         let sessions: Vec<Arc<Session>> = self.inner.sessions().values().cloned().collect();

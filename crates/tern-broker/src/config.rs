@@ -130,6 +130,12 @@ pub struct LimitsConfig {
     pub write_timeout: u32,
     /// Bytes of cached authorization decisions per connection (topic keys included).
     pub acl_cache_bytes: usize,
+    /// Live taps (admin API message viewers) open at once; each buffers at most 8 MiB of
+    /// messages. 0 disables taps.
+    pub max_taps: usize,
+    /// Topics whose publish statistics are kept (the busiest, by the Space-Saving
+    /// algorithm); 0 turns topic statistics off.
+    pub topic_stats_capacity: usize,
 }
 
 impl Default for LimitsConfig {
@@ -148,6 +154,8 @@ impl Default for LimitsConfig {
             max_write_buffer: 1024 * 1024,
             write_timeout: 30,
             acl_cache_bytes: 64 * 1024,
+            max_taps: 16,
+            topic_stats_capacity: 1024,
         }
     }
 }
@@ -165,6 +173,9 @@ impl Default for SysConfig {
         SysConfig { interval: 10 }
     }
 }
+
+/// Largest `limits.topic_stats_capacity` (about 2 GiB of statistics with 64-byte topics).
+const MAX_TOPIC_STATS_CAPACITY: usize = 1 << 24;
 
 /// A setting that is out of range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -215,6 +226,9 @@ impl BrokerConfig {
         }
         if self.limits.max_topic_levels == 0 {
             return err("limits.max_topic_levels", "must be at least 1");
+        }
+        if self.limits.topic_stats_capacity > MAX_TOPIC_STATS_CAPACITY {
+            return err("limits.topic_stats_capacity", "must be at most 16777216");
         }
         Ok(())
     }

@@ -2,7 +2,8 @@
 //! sessions, subscriptions and retained messages, and operations (kick a client, delete a
 //! session, delete a retained message, publish with a result) that run inside the broker,
 //! in its lock order and through the same code paths as MQTT. Callers never see a lock
-//! guard or a `Session`'s internals.
+//! guard or a `Session`'s internals. Live taps on published messages ([`Broker::tap`]) and
+//! per-topic statistics ([`Broker::topics`]) live in [`crate::tap`] and [`crate::topics`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -214,6 +215,15 @@ pub struct MetricsSnapshot {
     pub write_timeouts: u64,
     /// Whether the store answers (`None`: no store).
     pub store_available: Option<bool>,
+    /// Live taps open now.
+    pub taps: u64,
+    /// Messages live taps dropped because their viewers did not keep up.
+    pub tap_dropped: u64,
+    /// Topics whose statistics are kept (at most `limits.topic_stats_capacity`).
+    pub topics_tracked: u64,
+    /// Times a tracked topic gave its place to an untracked one (0: every topic count is
+    /// exact).
+    pub topics_evicted: u64,
 }
 
 fn page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> Page<T> {
@@ -425,6 +435,8 @@ impl crate::broker::Inner {
             let r = self.retained.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             (r.len() as u64, r.bytes() as u64)
         };
+        let (topics_tracked, topics_evicted) =
+            self.topics.as_ref().map_or((0, 0), |t| (t.len() as u64, t.evictions()));
         MetricsSnapshot {
             uptime_secs: self.started.elapsed().as_secs(),
             clients_connected: g(&s.clients_connected),
@@ -451,6 +463,10 @@ impl crate::broker::Inner {
             protocol_errors: g(&s.protocol_errors),
             write_timeouts: g(&s.write_timeouts),
             store_available: self.persister().map(|p| p.is_available()),
+            taps: self.taps.len() as u64,
+            tap_dropped: self.taps.dropped(),
+            topics_tracked,
+            topics_evicted,
         }
     }
 }

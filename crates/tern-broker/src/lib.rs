@@ -20,6 +20,8 @@ mod session;
 mod stats;
 pub mod store;
 mod sys;
+pub mod tap;
+pub mod topics;
 mod trie;
 
 pub use auth::Security;

@@ -217,7 +217,18 @@ impl Inner {
             Ok(routed) => routed,
             Err(code) => return Published { refused: Some(code), ..Published::default() },
         };
+        // The message is published (a refused one returned above). Its observers come after
+        // the submission, which held-back deliveries wait for; switched off, they cost one
+        // relaxed load and one branch (this path is benchmarked). A tap may hold the
+        // message for long, so it takes the copy that owns its bytes if routing made one.
+        let tapped = self.taps.is_active().then(|| sink.owned.clone());
         let commit = sink.submit(self, wait);
+        if let Some(owned) = tapped {
+            self.taps.offer(msg, owned);
+        }
+        if let Some(topics) = &self.topics {
+            topics.record(&msg.topic, msg.payload.len());
+        }
         Published { delivered, congested, commit, refused: None }
     }
 

@@ -4,6 +4,7 @@
 //! The broker batches operations from many connections into one `apply` call (group commit)
 //! and acknowledges QoS 1/2 publishes only after that call returns `Ok`.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
@@ -249,6 +250,23 @@ pub struct Device {
     pub enabled: bool,
     /// When it was created.
     pub created_at: UnixMillis,
+    /// Operator-defined labels (e.g. `site` = `berlin`), for search and grouping.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Which devices to list: filters and a cursor, in client-id order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceQuery {
+    /// Client ids or user names containing this (case-insensitive).
+    pub search: Option<String>,
+    /// Only enabled (`true`) or disabled (`false`) devices.
+    pub enabled: Option<bool>,
+    /// Only devices with this label set to this value.
+    pub label: Option<(String, String)>,
+    /// Cursor: client ids after this one.
+    pub after: Option<String>,
+    /// Rows at most.
+    pub limit: u32,
 }
 
 /// Allow or deny.
@@ -299,8 +317,51 @@ pub struct AdminUser {
     pub username: String,
     /// Argon2id PHC string.
     pub password_hash: String,
+    /// Its role in the admin API (`admin`, `operator` or `viewer`).
+    pub role: String,
     /// When it was created.
     pub created_at: UnixMillis,
+}
+
+/// An admin API key (for automation): looked up by its public id, verified by a hash of its
+/// secret part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Public id (the part of the key before its secret; unique).
+    pub id: String,
+    /// What it is for.
+    pub name: String,
+    /// Hex SHA-256 of the secret part (the secret itself is never stored).
+    pub secret_hash: String,
+    /// Its role (`admin`, `operator` or `viewer`).
+    pub role: String,
+    /// Admin user who created it.
+    pub created_by: String,
+    /// When it was created.
+    pub created_at: UnixMillis,
+    /// When it was last used (updated at most about once a minute).
+    pub last_used_at: Option<UnixMillis>,
+    /// When it stops working, if it does.
+    pub expires_at: Option<UnixMillis>,
+}
+
+/// A refresh token of the admin API, stored by a hash of the token. Tokens of one login
+/// form a family: each refresh uses one up and issues the next; a used token presented
+/// again means it leaked, and the whole family is revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshToken {
+    /// Hex SHA-256 of the token.
+    pub id: String,
+    /// The login it descends from.
+    pub family: String,
+    /// Admin user it belongs to.
+    pub username: String,
+    /// When it was issued.
+    pub issued_at: UnixMillis,
+    /// When it stops working.
+    pub expires_at: UnixMillis,
+    /// How many times it was presented (0 for a fresh token; above 1 means reuse).
+    pub uses: i64,
 }
 
 /// An audit log entry of an administrative change.
@@ -314,12 +375,43 @@ pub struct AuditEntry {
     pub actor: String,
     /// What was done ("device.add", "acl.remove", ...).
     pub action: String,
-    /// Details as JSON text.
+    /// What it was done to ("device:dev-1", "acl:7", ...), if anything in particular.
+    pub target: Option<String>,
+    /// Where the request came from (IP address; `None` for the CLI).
+    pub source: Option<String>,
+    /// Details as JSON text (`before` / `after` for changes).
     pub detail: String,
 }
 
+/// Which audit entries to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only this actor's.
+    pub actor: Option<String>,
+    /// Only actions starting with this (`device.` for every device action).
+    pub action_prefix: Option<String>,
+    /// Only entries about this target.
+    pub target: Option<String>,
+    /// Only entries at or after this time.
+    pub since: Option<UnixMillis>,
+    /// Only entries before this time.
+    pub until: Option<UnixMillis>,
+    /// Cursor: entries with ids below this one.
+    pub before_id: Option<i64>,
+    /// Rows at most.
+    pub limit: u32,
+}
+
+/// The answer of a directory method a store does not implement.
+fn unsupported<'a, T: Send + 'a>(method: &str) -> StoreFuture<'a, T> {
+    let e = StoreError::Other(format!("this directory store does not support {method}"));
+    Box::pin(std::future::ready(Err(e)))
+}
+
 /// Devices, ACL rules, admin users and the audit log: the data the auth layer and the admin
-/// API share.
+/// API share. The admin API's methods (queries, admin accounts, API keys, refresh tokens,
+/// settings) have defaults that refuse, so a store serving only authentication (a test
+/// double) need not implement them; `tern-store` implements all.
 pub trait DirectoryStore: Send + Sync + Debug + 'static {
     /// Inserts a device; `Conflict` if the client id or user name is taken.
     fn add_device<'a>(&'a self, device: &'a Device) -> StoreFuture<'a, ()>;
@@ -333,21 +425,95 @@ pub trait DirectoryStore: Send + Sync + Debug + 'static {
     fn device_by_username<'a>(&'a self, username: &'a str) -> StoreFuture<'a, Option<Device>>;
     /// All devices, ordered by client id.
     fn list_devices(&self) -> StoreFuture<'_, Vec<Device>>;
+    /// Devices matching `query`, ordered by client id, `query.limit` at most.
+    fn query_devices<'a>(&'a self, _query: &'a DeviceQuery) -> StoreFuture<'a, Vec<Device>> {
+        unsupported("query_devices")
+    }
     /// Inserts an ACL rule; returns its id.
     fn add_acl_rule<'a>(&'a self, rule: &'a AclRule) -> StoreFuture<'a, i64>;
     /// Deletes an ACL rule; returns whether it existed.
     fn remove_acl_rule(&self, id: i64) -> StoreFuture<'_, bool>;
     /// All ACL rules, ordered by id.
     fn list_acl_rules(&self) -> StoreFuture<'_, Vec<AclRule>>;
+    /// Replaces an ACL rule's fields (keyed by id); returns whether it existed.
+    fn update_acl_rule<'a>(&'a self, _rule: &'a AclRule) -> StoreFuture<'a, bool> {
+        unsupported("update_acl_rule")
+    }
     /// A number that changes whenever devices or ACL rules change (for cache invalidation
     /// across processes, e.g. the CLI editing a running broker's database).
     fn directory_version(&self) -> StoreFuture<'_, i64>;
     /// Inserts or replaces an admin user.
     fn put_admin_user<'a>(&'a self, user: &'a AdminUser) -> StoreFuture<'a, ()>;
+    /// Inserts an admin user; `Conflict` if the name is taken.
+    fn add_admin_user<'a>(&'a self, _user: &'a AdminUser) -> StoreFuture<'a, ()> {
+        unsupported("add_admin_user")
+    }
     /// An admin user by name.
     fn admin_user<'a>(&'a self, username: &'a str) -> StoreFuture<'a, Option<AdminUser>>;
+    /// All admin users, ordered by name.
+    fn list_admin_users(&self) -> StoreFuture<'_, Vec<AdminUser>> {
+        unsupported("list_admin_users")
+    }
+    /// Deletes an admin user (and its refresh tokens); returns whether it existed.
+    fn remove_admin_user<'a>(&'a self, _username: &'a str) -> StoreFuture<'a, bool> {
+        unsupported("remove_admin_user")
+    }
+    /// Inserts an API key; `Conflict` if the id is taken.
+    fn add_api_key<'a>(&'a self, _key: &'a ApiKey) -> StoreFuture<'a, ()> {
+        unsupported("add_api_key")
+    }
+    /// An API key by id.
+    fn api_key<'a>(&'a self, _id: &'a str) -> StoreFuture<'a, Option<ApiKey>> {
+        unsupported("api_key")
+    }
+    /// All API keys, ordered by id.
+    fn list_api_keys(&self) -> StoreFuture<'_, Vec<ApiKey>> {
+        unsupported("list_api_keys")
+    }
+    /// Deletes an API key; returns whether it existed.
+    fn remove_api_key<'a>(&'a self, _id: &'a str) -> StoreFuture<'a, bool> {
+        unsupported("remove_api_key")
+    }
+    /// Records that an API key was used at `at`.
+    fn touch_api_key<'a>(&'a self, _id: &'a str, _at: UnixMillis) -> StoreFuture<'a, ()> {
+        unsupported("touch_api_key")
+    }
+    /// Stores a refresh token (its `uses` is stored as 0).
+    fn add_refresh_token<'a>(&'a self, _token: &'a RefreshToken) -> StoreFuture<'a, ()> {
+        unsupported("add_refresh_token")
+    }
+    /// Counts one use of a refresh token, atomically, and returns it as it is after that
+    /// (`uses` 1: first use; above 1: presented again). `None` if unknown.
+    fn use_refresh_token<'a>(&'a self, _id: &'a str) -> StoreFuture<'a, Option<RefreshToken>> {
+        unsupported("use_refresh_token")
+    }
+    /// Deletes a family's tokens; returns how many.
+    fn revoke_refresh_family<'a>(&'a self, _family: &'a str) -> StoreFuture<'a, u64> {
+        unsupported("revoke_refresh_family")
+    }
+    /// Deletes a user's refresh tokens; returns how many.
+    fn revoke_refresh_tokens_of<'a>(&'a self, _username: &'a str) -> StoreFuture<'a, u64> {
+        unsupported("revoke_refresh_tokens_of")
+    }
+    /// Deletes refresh tokens that expired before `now`; returns how many.
+    fn sweep_refresh_tokens(&self, _now: UnixMillis) -> StoreFuture<'_, u64> {
+        unsupported("sweep_refresh_tokens")
+    }
+    /// A stored setting (e.g. the generated admin signing key).
+    fn setting<'a>(&'a self, _name: &'a str) -> StoreFuture<'a, Option<String>> {
+        unsupported("setting")
+    }
+    /// Stores `value` under `name` unless a value is there; returns the value in force (so
+    /// two processes racing to initialise agree).
+    fn init_setting<'a>(&'a self, _name: &'a str, _value: &'a str) -> StoreFuture<'a, String> {
+        unsupported("init_setting")
+    }
     /// Appends to the audit log; returns the entry's id.
     fn append_audit<'a>(&'a self, entry: &'a AuditEntry) -> StoreFuture<'a, i64>;
     /// The newest `limit` audit entries, newest first.
     fn recent_audit(&self, limit: u32) -> StoreFuture<'_, Vec<AuditEntry>>;
+    /// Audit entries matching `query`, newest first.
+    fn query_audit<'a>(&'a self, _query: &'a AuditQuery) -> StoreFuture<'a, Vec<AuditEntry>> {
+        unsupported("query_audit")
+    }
 }

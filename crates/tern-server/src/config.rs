@@ -46,6 +46,8 @@ pub(crate) struct Config {
     pub(crate) database: StoreOptions,
     /// Authentication chain, ACL policy, JWT and certificate settings.
     pub(crate) auth: tern_auth::AuthConfig,
+    /// The admin HTTP API.
+    pub(crate) admin: crate::admin::AdminConfig,
     /// Whether `auth.acl_default` was set explicitly (file or environment), as opposed to
     /// taking its default; decides the policy of the anonymous loopback run.
     #[serde(skip)]
@@ -103,6 +105,7 @@ impl Default for Config {
             persistence: PersistenceConfig::default(),
             database: StoreOptions { url: DEFAULT_DATABASE_URL.to_string(), ..StoreOptions::default() },
             auth: tern_auth::AuthConfig::default(),
+            admin: crate::admin::AdminConfig::default(),
             acl_default_explicit: false,
         }
     }
@@ -318,6 +321,7 @@ pub(crate) fn load(file: Option<&Path>, env: impl Iterator<Item = (String, Strin
     config.acl_default_explicit = acl_default_explicit;
     config.broker().validate()?;
     config.auth.validate().context("invalid [auth] settings")?;
+    config.admin.validate().context("invalid [admin] settings")?;
     config.listener_specs()?;
     Ok(config)
 }

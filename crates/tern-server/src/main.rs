@@ -1,5 +1,6 @@
 //! The `tern` binary: command line, configuration, listeners and graceful shutdown.
 
+mod admin;
 mod config;
 mod listeners;
 mod provision;
@@ -54,6 +55,13 @@ enum Command {
         #[command(subcommand)]
         cmd: provision::AclCommand,
     },
+    /// Manage admin API users in the database of `database.url`.
+    Admin {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        cmd: admin::AdminCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -93,6 +101,12 @@ fn main() -> std::process::ExitCode {
             Box::pin(async move {
                 let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
                 provision::run_acl(cmd, db, &mut out, &mut err).await
+            })
+        }),
+        Command::Admin { config, cmd } => with_directory(&config, |db| {
+            Box::pin(async move {
+                let (mut stdin, mut out) = (std::io::stdin().lock(), std::io::stdout());
+                admin::run(cmd, db, &mut stdin, &mut out).await
             })
         }),
     };
@@ -156,10 +170,10 @@ fn with_directory(
 async fn security(
     config: &config::Config,
     directory: Option<std::sync::Arc<dyn tern_broker::store::DirectoryStore>>,
-) -> Result<Security> {
+) -> Result<(Security, Option<std::sync::Arc<tern_auth::AclAuthorizer>>)> {
     let anonymous = config.anonymous_allowed();
     let Some(directory) = directory else {
-        return Ok(if anonymous { Security::allow_all() } else { Security::deny_all() });
+        return Ok((if anonymous { Security::allow_all() } else { Security::deny_all() }, None));
     };
     let mut auth = config.auth.clone();
     if anonymous {
@@ -176,7 +190,8 @@ async fn security(
     let started = tern_auth::start(&auth, directory).await.context("cannot start authentication")?;
     let chain: Vec<&str> = auth.chain.iter().map(|m| m.as_str()).collect();
     info!(chain = ?chain, acl_default = ?auth.acl_default, "authentication ready");
-    Ok(Security { authenticator: started.authenticator, authorizer: started.authorizer })
+    let authorizer = started.authorizer.clone();
+    Ok((Security { authenticator: started.authenticator, authorizer: started.authorizer }, Some(authorizer)))
 }
 
 /// Opens the configured store, or `None` when persistence is off.
@@ -231,7 +246,7 @@ async fn run(config: config::Config) -> Result<()> {
     let anonymous = config.anonymous_allowed();
     let db = open_store(&config).await?;
     let directory = db.clone().map(|d| d as std::sync::Arc<dyn tern_broker::store::DirectoryStore>);
-    let security = security(&config, directory).await?;
+    let (security, authorizer) = security(&config, directory.clone()).await?;
     let broker = match db {
         Some(store) => Broker::with_store(config.broker(), security, store)
             .await
@@ -248,11 +263,40 @@ async fn run(config: config::Config) -> Result<()> {
     } else {
         info!("anonymous clients refused: devices authenticate per [auth] (see docs/security.md)");
     }
+    // The admin API binds before the broker starts serving, so that a taken port fails the
+    // start instead of leaving a broker without its control plane.
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = match (&directory, config.admin.enabled) {
+        (Some(dir), true) => {
+            let stop = async move {
+                let _ = admin_stopped.await;
+            };
+            Some(admin::start(&config.admin, broker.clone(), dir.clone(), authorizer, stop).await?)
+        }
+        (None, true) => {
+            warn!("admin API off: it needs a database (database.url is \"none\")");
+            None
+        }
+        (_, false) => {
+            info!("admin API off (admin.enabled = false)");
+            None
+        }
+    };
     broker.start();
     let acceptors = listeners.start(&broker);
+    if let Some((_, state)) = &admin {
+        state.set_listeners_up(true);
+    }
 
     signals.wait().await;
     info!("shutting down: closing listeners and disconnecting clients");
+    if let Some((_, state)) = &admin {
+        state.set_listeners_up(false);
+    }
+    let _ = admin_stop.send(());
+    if let Some((task, _)) = admin {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     let clean = broker.shutdown(Duration::from_secs(config.shutdown_grace)).await;
     acceptors.join().await;
     if clean {

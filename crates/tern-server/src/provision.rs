@@ -50,6 +50,9 @@ pub(crate) struct DeviceAddArgs {
     /// Also store a SCRAM-SHA-256 verifier (MQTT 5 enhanced authentication).
     #[arg(long)]
     pub(crate) scram: bool,
+    /// A label, `key=value` (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub(crate) labels: Vec<String>,
 }
 
 /// A device's client id.
@@ -146,12 +149,18 @@ pub(crate) fn new_device(args: DeviceAddArgs, stdin: &mut dyn BufRead) -> Result
     } else {
         PasswordSource::None
     };
+    let mut labels = std::collections::BTreeMap::new();
+    for l in &args.labels {
+        let Some((k, v)) = l.split_once('=') else { bail!("--label {l:?}: expected key=value") };
+        labels.insert(k.to_string(), v.to_string());
+    }
     Ok(NewDevice {
         client_id: args.client_id,
         username: args.username,
         password,
         cert_identity: args.cert_identity,
         scram: args.scram,
+        labels,
     })
 }
 
@@ -401,6 +410,7 @@ mod tests {
             cert_identity: None,
             enabled: true,
             created_at: 0,
+            labels: std::collections::BTreeMap::new(),
         };
         let t = device_table(&[d]);
         assert_eq!(

@@ -9,8 +9,8 @@ use sqlx::Connection;
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 use tern_broker::store::{
-    AclRule, AdminUser, AuditEntry, Device, DirectoryStore, Snapshot, Store, StoreError, StoreFuture,
-    StoreOp, UnixMillis,
+    AclRule, AdminUser, ApiKey, AuditEntry, AuditQuery, Device, DeviceQuery, DirectoryStore, RefreshToken,
+    Snapshot, Store, StoreError, StoreFuture, StoreOp, UnixMillis,
 };
 
 use crate::error::{self, context};
@@ -287,6 +287,10 @@ impl DirectoryStore for Db {
         Box::pin(async move { on_conn!(self, |conn, b| b::list_devices(conn).await?) })
     }
 
+    fn query_devices<'a>(&'a self, query: &'a DeviceQuery) -> StoreFuture<'a, Vec<Device>> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::query_devices(conn, query).await?) })
+    }
+
     fn add_acl_rule<'a>(&'a self, rule: &'a AclRule) -> StoreFuture<'a, i64> {
         Box::pin(async move { write_tx!(self, |conn, b| b::add_acl_rule(conn, rule).await?) })
     }
@@ -299,6 +303,10 @@ impl DirectoryStore for Db {
         Box::pin(async move { on_conn!(self, |conn, b| b::list_acl_rules(conn).await?) })
     }
 
+    fn update_acl_rule<'a>(&'a self, rule: &'a AclRule) -> StoreFuture<'a, bool> {
+        Box::pin(async move { write_tx!(self, |conn, b| b::update_acl_rule(conn, rule).await?) })
+    }
+
     fn directory_version(&self) -> StoreFuture<'_, i64> {
         Box::pin(async move { on_conn!(self, |conn, b| b::directory_version(conn).await?) })
     }
@@ -307,8 +315,68 @@ impl DirectoryStore for Db {
         Box::pin(async move { on_conn!(self, |conn, b| b::put_admin_user(conn, user).await?) })
     }
 
+    fn add_admin_user<'a>(&'a self, user: &'a AdminUser) -> StoreFuture<'a, ()> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::add_admin_user(conn, user).await?) })
+    }
+
     fn admin_user<'a>(&'a self, username: &'a str) -> StoreFuture<'a, Option<AdminUser>> {
         Box::pin(async move { on_conn!(self, |conn, b| b::admin_user(conn, username).await?) })
+    }
+
+    fn list_admin_users(&self) -> StoreFuture<'_, Vec<AdminUser>> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::list_admin_users(conn).await?) })
+    }
+
+    fn remove_admin_user<'a>(&'a self, username: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move { write_tx!(self, |conn, b| b::remove_admin_user(conn, username).await?) })
+    }
+
+    fn add_api_key<'a>(&'a self, key: &'a ApiKey) -> StoreFuture<'a, ()> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::add_api_key(conn, key).await?) })
+    }
+
+    fn api_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ApiKey>> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::api_key(conn, id).await?) })
+    }
+
+    fn list_api_keys(&self) -> StoreFuture<'_, Vec<ApiKey>> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::list_api_keys(conn).await?) })
+    }
+
+    fn remove_api_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::remove_api_key(conn, id).await?) })
+    }
+
+    fn touch_api_key<'a>(&'a self, id: &'a str, at: UnixMillis) -> StoreFuture<'a, ()> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::touch_api_key(conn, id, at).await?) })
+    }
+
+    fn add_refresh_token<'a>(&'a self, token: &'a RefreshToken) -> StoreFuture<'a, ()> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::add_refresh_token(conn, token).await?) })
+    }
+
+    fn use_refresh_token<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<RefreshToken>> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::use_refresh_token(conn, id).await?) })
+    }
+
+    fn revoke_refresh_family<'a>(&'a self, family: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::revoke_refresh_family(conn, family).await?) })
+    }
+
+    fn revoke_refresh_tokens_of<'a>(&'a self, username: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::revoke_refresh_tokens_of(conn, username).await?) })
+    }
+
+    fn sweep_refresh_tokens(&self, now: UnixMillis) -> StoreFuture<'_, u64> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::sweep_refresh_tokens(conn, now).await?) })
+    }
+
+    fn setting<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::setting(conn, name).await?) })
+    }
+
+    fn init_setting<'a>(&'a self, name: &'a str, value: &'a str) -> StoreFuture<'a, String> {
+        Box::pin(async move { write_tx!(self, |conn, b| b::init_setting(conn, name, value).await?) })
     }
 
     fn append_audit<'a>(&'a self, entry: &'a AuditEntry) -> StoreFuture<'a, i64> {
@@ -317,5 +385,9 @@ impl DirectoryStore for Db {
 
     fn recent_audit(&self, limit: u32) -> StoreFuture<'_, Vec<AuditEntry>> {
         Box::pin(async move { on_conn!(self, |conn, b| b::recent_audit(conn, limit).await?) })
+    }
+
+    fn query_audit<'a>(&'a self, query: &'a AuditQuery) -> StoreFuture<'a, Vec<AuditEntry>> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::query_audit(conn, query).await?) })
     }
 }

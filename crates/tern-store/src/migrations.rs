@@ -19,12 +19,14 @@ pub(crate) type Embedded = (i64, &'static str, &'static str);
 pub(crate) const POSTGRES: &[Embedded] = &[
     (1, "initial", include_str!("../../../migrations/postgres/0001_initial.sql")),
     (2, "session_owner", include_str!("../../../migrations/postgres/0002_session_owner.sql")),
+    (3, "admin", include_str!("../../../migrations/postgres/0003_admin.sql")),
 ];
 
 /// SQLite migrations, in version order.
 pub(crate) const SQLITE: &[Embedded] = &[
     (1, "initial", include_str!("../../../migrations/sqlite/0001_initial.sql")),
     (2, "session_owner", include_str!("../../../migrations/sqlite/0002_session_owner.sql")),
+    (3, "admin", include_str!("../../../migrations/sqlite/0003_admin.sql")),
 ];
 
 /// A `MigrationSource` over an embedded list.

@@ -13,6 +13,21 @@ use crate::plan::{DeliveryEffects, Plan, Step};
 
 crate::shared::backend_fns!(PgConnection);
 
+/// `query_devices`, the twin of `sqlite::QUERY_DEVICES` (which explains the cursor and the
+/// label test): `strpos` for `instr`, and the key looked up with `->>` on the text as `json`.
+/// `lower()` of a parameter would fold by the database's locale while the columns (`COLLATE
+/// "C"`) fold ASCII only; the search text gets `COLLATE "C"` too, which also matches SQLite.
+/// sqlx declares every parameter's type (`TEXT`, `BOOL`, `INT8`, NULL or not), so none needs
+/// a cast.
+pub(crate) const QUERY_DEVICES: &str = "SELECT client_id, username, password_hash, scram_verifier, \
+     cert_identity, enabled, created_at, labels FROM devices \
+     WHERE client_id >= COALESCE($1, '') AND ($1 IS NULL OR client_id <> $1) \
+     AND ($2 IS NULL OR enabled = $2) \
+     AND ($3 IS NULL OR strpos(lower(client_id), lower($3 COLLATE \"C\")) > 0 \
+     OR strpos(lower(username), lower($3 COLLATE \"C\")) > 0) \
+     AND ($4 IS NULL OR (strpos(labels, $4) > 0 AND (labels::json ->> $5) = $6)) \
+     ORDER BY client_id LIMIT $7";
+
 /// Connection settings from the URL, plus what Tern relies on: `synchronous_commit = on`
 /// whatever the server's default (a commit is durable when `apply` returns) and the
 /// `application_name` shown in `pg_stat_activity`.

@@ -1,12 +1,14 @@
 //! Conversions between rows and the broker's records, written once for both backends over a
 //! small column-reading trait, with range checks (a value out of range is an `Other` error).
 
+use std::collections::BTreeMap;
+
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Column, Row, TypeInfo};
 use tern_broker::store::{
-    AclAction, AclRule, AdminUser, AuditEntry, Device, Permission, StoredDelivery, StoredMessage,
-    StoredSession, StoredSubscription,
+    AclAction, AclRule, AdminUser, ApiKey, AuditEntry, Device, Permission, RefreshToken, StoredDelivery,
+    StoredMessage, StoredSession, StoredSubscription,
 };
 
 type Result<T> = std::result::Result<T, sqlx::Error>;
@@ -143,7 +145,7 @@ pub(crate) fn retained(r: &impl RowGet) -> Result<(String, i64)> {
     Ok((r.text(0)?, r.int(1)?))
 }
 
-/// `client_id, username, password_hash, scram_verifier, cert_identity, enabled, created_at`
+/// `client_id, username, password_hash, scram_verifier, cert_identity, enabled, created_at, labels`
 pub(crate) fn device(r: &impl RowGet) -> Result<Device> {
     Ok(Device {
         client_id: r.text(0)?,
@@ -153,6 +155,7 @@ pub(crate) fn device(r: &impl RowGet) -> Result<Device> {
         cert_identity: r.opt_text(4)?,
         enabled: r.boolean(5)?,
         created_at: r.int(6)?,
+        labels: decode_labels(&r.text(7)?)?,
     })
 }
 
@@ -170,14 +173,75 @@ pub(crate) fn acl_rule(r: &impl RowGet) -> Result<AclRule> {
     })
 }
 
-/// `username, password_hash, created_at`
+/// `username, password_hash, role, created_at`
 pub(crate) fn admin_user(r: &impl RowGet) -> Result<AdminUser> {
-    Ok(AdminUser { username: r.text(0)?, password_hash: r.text(1)?, created_at: r.int(2)? })
+    Ok(AdminUser { username: r.text(0)?, password_hash: r.text(1)?, role: r.text(2)?, created_at: r.int(3)? })
 }
 
-/// `id, at, actor, action, detail`
+/// `id, name, secret_hash, role, created_by, created_at, last_used_at, expires_at`
+pub(crate) fn api_key(r: &impl RowGet) -> Result<ApiKey> {
+    Ok(ApiKey {
+        id: r.text(0)?,
+        name: r.text(1)?,
+        secret_hash: r.text(2)?,
+        role: r.text(3)?,
+        created_by: r.text(4)?,
+        created_at: r.int(5)?,
+        last_used_at: r.opt_int(6)?,
+        expires_at: r.opt_int(7)?,
+    })
+}
+
+/// `id, family, username, issued_at, expires_at, uses`
+pub(crate) fn refresh_token(r: &impl RowGet) -> Result<RefreshToken> {
+    Ok(RefreshToken {
+        id: r.text(0)?,
+        family: r.text(1)?,
+        username: r.text(2)?,
+        issued_at: r.int(3)?,
+        expires_at: r.int(4)?,
+        uses: r.int(5)?,
+    })
+}
+
+/// `id, at, actor, action, target, source, detail`
 pub(crate) fn audit_entry(r: &impl RowGet) -> Result<AuditEntry> {
-    Ok(AuditEntry { id: r.int(0)?, at: r.int(1)?, actor: r.text(2)?, action: r.text(3)?, detail: r.text(4)? })
+    Ok(AuditEntry {
+        id: r.int(0)?,
+        at: r.int(1)?,
+        actor: r.text(2)?,
+        action: r.text(3)?,
+        target: r.opt_text(4)?,
+        source: r.opt_text(5)?,
+        detail: r.text(6)?,
+    })
+}
+
+/// Labels as stored: serde_json's text of the map, which is canonical (a `BTreeMap` serializes
+/// its keys in order, with no spaces), so equal label sets are equal texts and the label
+/// filter of `QUERY_DEVICES` can look for one pair's text.
+///
+/// A NUL character is refused: PostgreSQL's JSON functions reject the `\u0000` that serde_json
+/// would write, and SQLite's `json_each` cuts the text there, so the label filter could not
+/// treat it alike on both (PostgreSQL refuses NUL in every other text column anyway).
+pub(crate) fn encode_labels(labels: &BTreeMap<String, String>) -> Result<String> {
+    if labels.iter().any(|(k, v)| k.contains('\0') || v.contains('\0')) {
+        return Err(sqlx::Error::Encode("a device label contains a NUL character".into()));
+    }
+    serde_json::to_string(labels).map_err(|e| sqlx::Error::Encode(e.into()))
+}
+
+/// Inverse of [`encode_labels`]; anything but a JSON object of strings is a decode error.
+pub(crate) fn decode_labels(text: &str) -> Result<BTreeMap<String, String>> {
+    serde_json::from_str(text)
+        .map_err(|e| sqlx::Error::Decode(format!("bad devices.labels {text:?}: {e}").into()))
+}
+
+/// One label as it appears in [`encode_labels`]' text: `"key":"value"`.
+pub(crate) fn label_needle(key: &str, value: &str) -> Result<String> {
+    let key = serde_json::to_string(key).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    let value = serde_json::to_string(value).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    Ok(format!("{key}:{value}"))
 }
 
 /// Subscription identifiers as stored: decimal, comma-separated, `""` for none.
@@ -249,6 +313,25 @@ mod tests {
         assert_eq!(encode_ids(&[3, 14]), "3,14");
         assert!(decode_ids("1,x").is_err());
         assert!(decode_ids("1,").is_err());
+    }
+
+    #[test]
+    fn labels_are_canonical_and_checked() {
+        let labels: BTreeMap<String, String> =
+            [("site", "berlin"), ("a\"b", "x:\\y")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let text = encode_labels(&labels).unwrap();
+        assert_eq!(text, r#"{"a\"b":"x:\\y","site":"berlin"}"#, "sorted keys, no spaces, escaped");
+        assert_eq!(decode_labels(&text).unwrap(), labels);
+        assert_eq!(encode_labels(&BTreeMap::new()).unwrap(), "{}", "the column's default");
+        for nul in [("a\0", "b"), ("a", "b\0")] {
+            let map = BTreeMap::from([(nul.0.to_owned(), nul.1.to_owned())]);
+            assert!(matches!(encode_labels(&map), Err(sqlx::Error::Encode(_))), "{nul:?}");
+        }
+        assert!(text.contains(&label_needle("site", "berlin").unwrap()));
+        assert!(text.contains(&label_needle("a\"b", "x:\\y").unwrap()));
+        for bad in ["", "[]", r#"{"a":1}"#, r#"{"a":null}"#, "{", r#"{"a":{"b":"c"}}"#] {
+            assert!(matches!(decode_labels(bad), Err(sqlx::Error::Decode(_))), "{bad:?}");
+        }
     }
 
     #[test]

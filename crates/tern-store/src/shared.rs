@@ -11,8 +11,8 @@
 macro_rules! backend_fns {
     ($Conn:ty) => {
         use tern_broker::store::{
-            AclRule, AdminUser, AuditEntry, Device, Snapshot, StoreOp, StoredDelivery, StoredMessage,
-            StoredSession, StoredSubscription, UnixMillis,
+            AclRule, AdminUser, ApiKey, AuditEntry, AuditQuery, Device, DeviceQuery, RefreshToken, Snapshot,
+            StoreOp, StoredDelivery, StoredMessage, StoredSession, StoredSubscription, UnixMillis,
         };
 
         use crate::{rows, sql};
@@ -208,6 +208,7 @@ macro_rules! backend_fns {
                 .bind(d.cert_identity.as_deref())
                 .bind(d.enabled)
                 .bind(d.created_at)
+                .bind(rows::encode_labels(&d.labels)?)
                 .execute(&mut *conn)
                 .await?;
             bump_directory_version(conn).await
@@ -223,6 +224,7 @@ macro_rules! backend_fns {
                 .bind(d.cert_identity.as_deref())
                 .bind(d.enabled)
                 .bind(d.created_at)
+                .bind(rows::encode_labels(&d.labels)?)
                 .execute(&mut *conn)
                 .await?
                 .rows_affected();
@@ -264,6 +266,25 @@ macro_rules! backend_fns {
             found.iter().map(rows::device).collect()
         }
 
+        /// Devices matching `q` (`QUERY_DEVICES` is the backend module's own statement).
+        pub(crate) async fn query_devices(
+            conn: &mut $Conn,
+            q: &DeviceQuery,
+        ) -> Result<Vec<Device>, sqlx::Error> {
+            let needle = q.label.as_ref().map(|(key, value)| rows::label_needle(key, value)).transpose()?;
+            let found = sqlx::query(QUERY_DEVICES)
+                .bind(q.after.as_deref())
+                .bind(q.enabled)
+                .bind(q.search.as_deref())
+                .bind(needle)
+                .bind(q.label.as_ref().map(|(key, _)| key.as_str()))
+                .bind(q.label.as_ref().map(|(_, value)| value.as_str()))
+                .bind(i64::from(q.limit))
+                .fetch_all(&mut *conn)
+                .await?;
+            found.iter().map(rows::device).collect()
+        }
+
         /// Inserts an ACL rule, bumps the directory version, returns the rule's id.
         pub(crate) async fn add_acl_rule(conn: &mut $Conn, r: &AclRule) -> Result<i64, sqlx::Error> {
             let row = sqlx::query(sql::ADD_ACL_RULE)
@@ -291,6 +312,26 @@ macro_rules! backend_fns {
             Ok(removed > 0)
         }
 
+        /// Replaces an ACL rule's fields; returns whether it existed (the version is bumped if so).
+        pub(crate) async fn update_acl_rule(conn: &mut $Conn, r: &AclRule) -> Result<bool, sqlx::Error> {
+            let updated = sqlx::query(sql::UPDATE_ACL_RULE)
+                .bind(r.id)
+                .bind(r.client_id.as_deref())
+                .bind(r.username.as_deref())
+                .bind(rows::permission_text(r.permission))
+                .bind(rows::action_text(r.action))
+                .bind(&r.topic)
+                .bind(r.max_qos.map(i16::from))
+                .bind(r.allow_retain)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if updated > 0 {
+                bump_directory_version(conn).await?;
+            }
+            Ok(updated > 0)
+        }
+
         pub(crate) async fn list_acl_rules(conn: &mut $Conn) -> Result<Vec<AclRule>, sqlx::Error> {
             let found = sqlx::query(sql::LIST_ACL_RULES).fetch_all(&mut *conn).await?;
             found.iter().map(rows::acl_rule).collect()
@@ -301,10 +342,24 @@ macro_rules! backend_fns {
             rows::RowGet::int(&row, 0)
         }
 
+        /// Inserts or replaces an admin user.
         pub(crate) async fn put_admin_user(conn: &mut $Conn, u: &AdminUser) -> Result<(), sqlx::Error> {
             sqlx::query(sql::PUT_ADMIN_USER)
                 .bind(&u.username)
                 .bind(&u.password_hash)
+                .bind(&u.role)
+                .bind(u.created_at)
+                .execute(&mut *conn)
+                .await
+                .map(drop)
+        }
+
+        /// Inserts an admin user (a taken name is a unique violation: `Conflict`).
+        pub(crate) async fn add_admin_user(conn: &mut $Conn, u: &AdminUser) -> Result<(), sqlx::Error> {
+            sqlx::query(sql::ADD_ADMIN_USER)
+                .bind(&u.username)
+                .bind(&u.password_hash)
+                .bind(&u.role)
                 .bind(u.created_at)
                 .execute(&mut *conn)
                 .await
@@ -319,11 +374,137 @@ macro_rules! backend_fns {
             row.as_ref().map(rows::admin_user).transpose()
         }
 
+        pub(crate) async fn list_admin_users(conn: &mut $Conn) -> Result<Vec<AdminUser>, sqlx::Error> {
+            let found = sqlx::query(sql::LIST_ADMIN_USERS).fetch_all(&mut *conn).await?;
+            found.iter().map(rows::admin_user).collect()
+        }
+
+        /// Deletes an admin user and its refresh tokens (the caller runs it in one write
+        /// transaction); returns whether the user existed.
+        pub(crate) async fn remove_admin_user(conn: &mut $Conn, username: &str) -> Result<bool, sqlx::Error> {
+            revoke_refresh_tokens_of(conn, username).await?;
+            let removed =
+                sqlx::query(sql::REMOVE_ADMIN_USER).bind(username).execute(&mut *conn).await?.rows_affected();
+            Ok(removed > 0)
+        }
+
+        pub(crate) async fn add_api_key(conn: &mut $Conn, k: &ApiKey) -> Result<(), sqlx::Error> {
+            sqlx::query(sql::ADD_API_KEY)
+                .bind(&k.id)
+                .bind(&k.name)
+                .bind(&k.secret_hash)
+                .bind(&k.role)
+                .bind(&k.created_by)
+                .bind(k.created_at)
+                .bind(k.last_used_at)
+                .bind(k.expires_at)
+                .execute(&mut *conn)
+                .await
+                .map(drop)
+        }
+
+        pub(crate) async fn api_key(conn: &mut $Conn, id: &str) -> Result<Option<ApiKey>, sqlx::Error> {
+            let row = sqlx::query(sql::API_KEY).bind(id).fetch_optional(&mut *conn).await?;
+            row.as_ref().map(rows::api_key).transpose()
+        }
+
+        pub(crate) async fn list_api_keys(conn: &mut $Conn) -> Result<Vec<ApiKey>, sqlx::Error> {
+            let found = sqlx::query(sql::LIST_API_KEYS).fetch_all(&mut *conn).await?;
+            found.iter().map(rows::api_key).collect()
+        }
+
+        pub(crate) async fn remove_api_key(conn: &mut $Conn, id: &str) -> Result<bool, sqlx::Error> {
+            let removed =
+                sqlx::query(sql::REMOVE_API_KEY).bind(id).execute(&mut *conn).await?.rows_affected();
+            Ok(removed > 0)
+        }
+
+        pub(crate) async fn touch_api_key(
+            conn: &mut $Conn,
+            id: &str,
+            at: UnixMillis,
+        ) -> Result<(), sqlx::Error> {
+            sqlx::query(sql::TOUCH_API_KEY).bind(id).bind(at).execute(&mut *conn).await.map(drop)
+        }
+
+        pub(crate) async fn add_refresh_token(conn: &mut $Conn, t: &RefreshToken) -> Result<(), sqlx::Error> {
+            sqlx::query(sql::ADD_REFRESH_TOKEN)
+                .bind(&t.id)
+                .bind(&t.family)
+                .bind(&t.username)
+                .bind(t.issued_at)
+                .bind(t.expires_at)
+                .execute(&mut *conn)
+                .await
+                .map(drop)
+        }
+
+        /// Counts one use of a token and returns it after that (one atomic statement).
+        pub(crate) async fn use_refresh_token(
+            conn: &mut $Conn,
+            id: &str,
+        ) -> Result<Option<RefreshToken>, sqlx::Error> {
+            let row = sqlx::query(sql::USE_REFRESH_TOKEN).bind(id).fetch_optional(&mut *conn).await?;
+            row.as_ref().map(rows::refresh_token).transpose()
+        }
+
+        pub(crate) async fn revoke_refresh_family(
+            conn: &mut $Conn,
+            family: &str,
+        ) -> Result<u64, sqlx::Error> {
+            sqlx::query(sql::REVOKE_REFRESH_FAMILY)
+                .bind(family)
+                .execute(&mut *conn)
+                .await
+                .map(|r| r.rows_affected())
+        }
+
+        pub(crate) async fn revoke_refresh_tokens_of(
+            conn: &mut $Conn,
+            username: &str,
+        ) -> Result<u64, sqlx::Error> {
+            sqlx::query(sql::REVOKE_REFRESH_TOKENS_OF)
+                .bind(username)
+                .execute(&mut *conn)
+                .await
+                .map(|r| r.rows_affected())
+        }
+
+        pub(crate) async fn sweep_refresh_tokens(
+            conn: &mut $Conn,
+            now: UnixMillis,
+        ) -> Result<u64, sqlx::Error> {
+            sqlx::query(sql::SWEEP_REFRESH_TOKENS)
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map(|r| r.rows_affected())
+        }
+
+        pub(crate) async fn setting(conn: &mut $Conn, name: &str) -> Result<Option<String>, sqlx::Error> {
+            let row = sqlx::query(sql::SETTING).bind(name).fetch_optional(&mut *conn).await?;
+            row.as_ref().map(|r| rows::RowGet::text(r, 0)).transpose()
+        }
+
+        /// Stores `value` unless `name` has one; returns the value in force (the caller runs it
+        /// in one write transaction).
+        pub(crate) async fn init_setting(
+            conn: &mut $Conn,
+            name: &str,
+            value: &str,
+        ) -> Result<String, sqlx::Error> {
+            sqlx::query(sql::INIT_SETTING).bind(name).bind(value).execute(&mut *conn).await?;
+            let row = sqlx::query(sql::SETTING).bind(name).fetch_one(&mut *conn).await?;
+            rows::RowGet::text(&row, 0)
+        }
+
         pub(crate) async fn append_audit(conn: &mut $Conn, e: &AuditEntry) -> Result<i64, sqlx::Error> {
             let row = sqlx::query(sql::APPEND_AUDIT)
                 .bind(e.at)
                 .bind(&e.actor)
                 .bind(&e.action)
+                .bind(e.target.as_deref())
+                .bind(e.source.as_deref())
                 .bind(&e.detail)
                 .fetch_one(&mut *conn)
                 .await?;
@@ -335,6 +516,23 @@ macro_rules! backend_fns {
             limit: u32,
         ) -> Result<Vec<AuditEntry>, sqlx::Error> {
             let found = sqlx::query(sql::RECENT_AUDIT).bind(i64::from(limit)).fetch_all(&mut *conn).await?;
+            found.iter().map(rows::audit_entry).collect()
+        }
+
+        pub(crate) async fn query_audit(
+            conn: &mut $Conn,
+            q: &AuditQuery,
+        ) -> Result<Vec<AuditEntry>, sqlx::Error> {
+            let found = sqlx::query(sql::QUERY_AUDIT)
+                .bind(q.actor.as_deref())
+                .bind(q.action_prefix.as_deref())
+                .bind(q.target.as_deref())
+                .bind(q.since)
+                .bind(q.until)
+                .bind(q.before_id)
+                .bind(i64::from(q.limit))
+                .fetch_all(&mut *conn)
+                .await?;
             found.iter().map(rows::audit_entry).collect()
         }
     };

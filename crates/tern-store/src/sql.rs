@@ -108,41 +108,109 @@ pub(crate) const BUMP_DIRECTORY_VERSION: &str =
 pub(crate) const DIRECTORY_VERSION: &str = "SELECT version FROM directory_version WHERE id = 1";
 
 pub(crate) const ADD_DEVICE: &str = "INSERT INTO devices \
-     (client_id, username, password_hash, scram_verifier, cert_identity, enabled, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+     (client_id, username, password_hash, scram_verifier, cert_identity, enabled, created_at, labels) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 pub(crate) const UPDATE_DEVICE: &str = "UPDATE devices SET username = $2, password_hash = $3, \
-     scram_verifier = $4, cert_identity = $5, enabled = $6, created_at = $7 WHERE client_id = $1";
+     scram_verifier = $4, cert_identity = $5, enabled = $6, created_at = $7, labels = $8 \
+     WHERE client_id = $1";
 
 pub(crate) const REMOVE_DEVICE: &str = "DELETE FROM devices WHERE client_id = $1";
 
 pub(crate) const DEVICE_BY_CLIENT_ID: &str = "SELECT client_id, username, password_hash, scram_verifier, \
-     cert_identity, enabled, created_at FROM devices WHERE client_id = $1";
+     cert_identity, enabled, created_at, labels FROM devices WHERE client_id = $1";
 
 pub(crate) const DEVICE_BY_USERNAME: &str = "SELECT client_id, username, password_hash, scram_verifier, \
-     cert_identity, enabled, created_at FROM devices WHERE username = $1";
+     cert_identity, enabled, created_at, labels FROM devices WHERE username = $1";
 
 pub(crate) const LIST_DEVICES: &str = "SELECT client_id, username, password_hash, scram_verifier, \
-     cert_identity, enabled, created_at FROM devices ORDER BY client_id";
+     cert_identity, enabled, created_at, labels FROM devices ORDER BY client_id";
+
+// `query_devices` differs per backend (string functions): `QUERY_DEVICES` in pg.rs and sqlite.rs.
 
 pub(crate) const ADD_ACL_RULE: &str = "INSERT INTO acl_rules \
      (client_id, username, permission, action, topic, max_qos, allow_retain) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
+
+pub(crate) const UPDATE_ACL_RULE: &str = "UPDATE acl_rules SET client_id = $2, username = $3, \
+     permission = $4, action = $5, topic = $6, max_qos = $7, allow_retain = $8 WHERE id = $1";
 
 pub(crate) const REMOVE_ACL_RULE: &str = "DELETE FROM acl_rules WHERE id = $1";
 
 pub(crate) const LIST_ACL_RULES: &str = "SELECT id, client_id, username, permission, action, topic, max_qos, \
      allow_retain FROM acl_rules ORDER BY id";
 
-pub(crate) const PUT_ADMIN_USER: &str = "INSERT INTO admin_users (username, password_hash, created_at) \
-     VALUES ($1, $2, $3) ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash, \
-     created_at = excluded.created_at";
+// Admin users, API keys, refresh tokens, settings.
+
+pub(crate) const PUT_ADMIN_USER: &str = "INSERT INTO admin_users (username, password_hash, role, created_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash, \
+     role = excluded.role, created_at = excluded.created_at";
+
+pub(crate) const ADD_ADMIN_USER: &str =
+    "INSERT INTO admin_users (username, password_hash, role, created_at) VALUES ($1, $2, $3, $4)";
 
 pub(crate) const ADMIN_USER: &str =
-    "SELECT username, password_hash, created_at FROM admin_users WHERE username = $1";
+    "SELECT username, password_hash, role, created_at FROM admin_users WHERE username = $1";
 
-pub(crate) const APPEND_AUDIT: &str =
-    "INSERT INTO audit_log (at, actor, action, detail) VALUES ($1, $2, $3, $4) RETURNING id";
+pub(crate) const LIST_ADMIN_USERS: &str =
+    "SELECT username, password_hash, role, created_at FROM admin_users ORDER BY username";
 
-pub(crate) const RECENT_AUDIT: &str =
-    "SELECT id, at, actor, action, detail FROM audit_log ORDER BY id DESC LIMIT $1";
+pub(crate) const REMOVE_ADMIN_USER: &str = "DELETE FROM admin_users WHERE username = $1";
+
+pub(crate) const ADD_API_KEY: &str = "INSERT INTO api_keys \
+     (id, name, secret_hash, role, created_by, created_at, last_used_at, expires_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+pub(crate) const API_KEY: &str = "SELECT id, name, secret_hash, role, created_by, created_at, last_used_at, \
+     expires_at FROM api_keys WHERE id = $1";
+
+pub(crate) const LIST_API_KEYS: &str = "SELECT id, name, secret_hash, role, created_by, created_at, \
+     last_used_at, expires_at FROM api_keys ORDER BY id";
+
+pub(crate) const REMOVE_API_KEY: &str = "DELETE FROM api_keys WHERE id = $1";
+
+pub(crate) const TOUCH_API_KEY: &str = "UPDATE api_keys SET last_used_at = $2 WHERE id = $1";
+
+/// A new token has not been used, whatever the caller's record says.
+pub(crate) const ADD_REFRESH_TOKEN: &str = "INSERT INTO refresh_tokens \
+     (id, family, username, issued_at, expires_at, uses) VALUES ($1, $2, $3, $4, $5, 0)";
+
+/// One statement, so two requests presenting the same token at once get 1 and 2 (the row
+/// lock on PostgreSQL, the write lock on SQLite), never 1 twice.
+pub(crate) const USE_REFRESH_TOKEN: &str = "UPDATE refresh_tokens SET uses = uses + 1 WHERE id = $1 \
+     RETURNING id, family, username, issued_at, expires_at, uses";
+
+pub(crate) const REVOKE_REFRESH_FAMILY: &str = "DELETE FROM refresh_tokens WHERE family = $1";
+
+pub(crate) const REVOKE_REFRESH_TOKENS_OF: &str = "DELETE FROM refresh_tokens WHERE username = $1";
+
+pub(crate) const SWEEP_REFRESH_TOKENS: &str = "DELETE FROM refresh_tokens WHERE expires_at < $1";
+
+pub(crate) const SETTING: &str = "SELECT value FROM settings WHERE name = $1";
+
+/// Followed by `SETTING` in the same transaction: the value in force, whoever inserted it.
+pub(crate) const INIT_SETTING: &str =
+    "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+
+// Audit log.
+
+pub(crate) const APPEND_AUDIT: &str = "INSERT INTO audit_log (at, actor, action, target, source, detail) \
+     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
+
+pub(crate) const RECENT_AUDIT: &str = "SELECT id, at, actor, action, target, source, detail FROM audit_log \
+     ORDER BY id DESC LIMIT $1";
+
+/// `$1` actor, `$2` action prefix, `$3` target, `$4` since, `$5` until, `$6` before id, `$7`
+/// limit; a NULL filter is off. The prefix test is `substr`/`length`, not `LIKE`, so `_` and
+/// `%` in a prefix are plain characters (both count characters, on both backends). The cursor
+/// is a range on the ordering key even when absent (no id reaches i64::MAX), so that the scan
+/// starts at the cursor instead of filtering every newer row; PostgreSQL's custom plans also
+/// use the actor, target and time indexes, SQLite's planner cannot through `$n IS NULL OR`.
+pub(crate) const QUERY_AUDIT: &str = "SELECT id, at, actor, action, target, source, detail FROM audit_log \
+     WHERE id < COALESCE($6, 9223372036854775807) \
+     AND ($1 IS NULL OR actor = $1) \
+     AND ($2 IS NULL OR substr(action, 1, length($2)) = $2) \
+     AND ($3 IS NULL OR target = $3) \
+     AND ($4 IS NULL OR at >= $4) \
+     AND ($5 IS NULL OR at < $5) \
+     ORDER BY id DESC LIMIT $7";

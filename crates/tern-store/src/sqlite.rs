@@ -19,6 +19,28 @@ use crate::plan::{DeliveryEffects, Plan, Step};
 
 crate::shared::backend_fns!(SqliteConnection);
 
+/// `query_devices`: `$1` after, `$2` enabled, `$3` search, `$4` label needle, `$5` label key,
+/// `$6` label value, `$7` limit; a NULL filter is off.
+///
+/// - The cursor is a range on the primary key even when absent (every text is `>= ''`), so
+///   SQLite seeks to it instead of filtering every earlier row; `<>` makes it strict.
+/// - `search`: `instr`, not `LIKE` (no wildcards to escape); `lower()` folds ASCII letters
+///   only (no ICU), and the PostgreSQL twin does the same.
+/// - `label`: the needle is the pair as serde_json writes it (`"key":"value"`, see
+///   `rows::label_needle`). The labels column is serde_json's canonical text of the whole map,
+///   which writes every pair that way, so containing the needle is a cheap necessary test. It
+///   is not sufficient: a `"` inside a key is written `\"`, and the needle may start at that
+///   quote (the labels `{"x\"k":"v"}`, key `x"k`, contain `"k":"v"`). So the decoded pairs of
+///   the rows that pass (`json_each`) decide.
+pub(crate) const QUERY_DEVICES: &str = "SELECT client_id, username, password_hash, scram_verifier, \
+     cert_identity, enabled, created_at, labels FROM devices \
+     WHERE client_id >= COALESCE($1, '') AND ($1 IS NULL OR client_id <> $1) \
+     AND ($2 IS NULL OR enabled = $2) \
+     AND ($3 IS NULL OR instr(lower(client_id), lower($3)) > 0 OR instr(lower(username), lower($3)) > 0) \
+     AND ($4 IS NULL OR (instr(labels, $4) > 0 \
+     AND EXISTS (SELECT 1 FROM json_each(devices.labels) AS l WHERE l.key = $5 AND l.value = $6))) \
+     ORDER BY client_id LIMIT $7";
+
 /// Connection settings: creates the file if missing; WAL journal; `synchronous` as configured;
 /// `busy_timeout`; foreign keys enforced (the schema has none today, see the migrations, but a
 /// later one may).

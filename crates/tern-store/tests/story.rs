@@ -7,11 +7,13 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tern_broker::store::{
-    AclAction, AclRule, AdminUser, AuditEntry, Device, DirectoryStore, Permission, Snapshot, Store,
-    StoreError, StoreOp, StoredDelivery, StoredMessage, StoredSession, StoredSubscription,
+    AclAction, AclRule, AdminUser, ApiKey, AuditEntry, AuditQuery, Device, DeviceQuery, DirectoryStore,
+    Permission, RefreshToken, Snapshot, Store, StoreError, StoreOp, StoredDelivery, StoredMessage,
+    StoredSession, StoredSubscription,
 };
 use tern_store::{Db, StoreOptions};
 
@@ -52,6 +54,15 @@ chapter!(
     devices,
     acl_rules,
     admin_users_and_audit_log,
+    device_labels,
+    device_queries,
+    bad_labels_are_decode_errors,
+    acl_rule_updates,
+    admin_user_accounts,
+    api_keys,
+    refresh_tokens,
+    settings,
+    audit_queries,
 );
 
 async fn apply(db: &Db, ops: Vec<StoreOp>) {
@@ -569,32 +580,44 @@ async fn reopen_and_migrate(t: &TestDb) {
 
 // --- Schema upgrades (outside the chapter macro: the database starts at an older version) ---
 
-/// A database created by migration 0001 only, holding a session row, upgrades in place: the
-/// row keeps its values and gets no owner (anonymous), and an owner written afterwards sticks.
-async fn upgrade_from_0001(url: &str, backend: &str) {
+/// Creates the schema of the migrations `files` (of `migrations/<backend>`) at `url` with sqlx's
+/// own migrator, as an older Tern would have, then runs `inserts`.
+async fn old_database(url: &str, backend: &str, files: &[&str], inserts: &[&str]) {
     let old = tempfile::tempdir().expect("temp dir");
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations").join(backend);
-    std::fs::copy(source.join("0001_initial.sql"), old.path().join("0001_initial.sql")).expect("copy 0001");
-    let migrator = sqlx::migrate::Migrator::new(old.path()).await.expect("migrator of 0001");
-    let insert = "INSERT INTO sessions (client_id, expiry_interval, protocol, disconnected_at, will, \
-                  will_at, last_seq) VALUES ('old', 60, 4, 5, NULL, NULL, 9)";
+    for file in files {
+        std::fs::copy(source.join(file), old.path().join(file)).expect("copy a migration");
+    }
+    let migrator = sqlx::migrate::Migrator::new(old.path()).await.expect("migrator of the old files");
     if backend == "sqlite" {
         use sqlx::{ConnectOptions, Connection};
         let options: sqlx::sqlite::SqliteConnectOptions =
             url.parse::<sqlx::sqlite::SqliteConnectOptions>().expect("url").create_if_missing(true);
         let mut conn = options.connect().await.expect("connect");
-        migrator.run(&mut conn).await.expect("migrate to 0001");
-        sqlx::query(insert).execute(&mut conn).await.expect("insert");
+        migrator.run(&mut conn).await.expect("old migrations");
+        for insert in inserts {
+            sqlx::query(insert).execute(&mut conn).await.expect(insert);
+        }
         conn.close().await.expect("close");
     } else {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
-        migrator.run(&mut conn).await.expect("migrate to 0001");
-        sqlx::query(insert).execute(&mut conn).await.expect("insert");
+        migrator.run(&mut conn).await.expect("old migrations");
+        for insert in inserts {
+            sqlx::query(insert).execute(&mut conn).await.expect(insert);
+        }
         conn.close().await.expect("close");
     }
+}
 
-    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![2]);
+/// A database created by migration 0001 only, holding a session row, upgrades in place: the
+/// row keeps its values and gets no owner (anonymous), and an owner written afterwards sticks.
+async fn upgrade_from_0001(url: &str, backend: &str) {
+    let insert = "INSERT INTO sessions (client_id, expiry_interval, protocol, disconnected_at, will, \
+                  will_at, last_seq) VALUES ('old', 60, 4, 5, NULL, NULL, 9)";
+    old_database(url, backend, &["0001_initial.sql"], &[insert]).await;
+
+    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![2, 3]);
     let db = tern_store::connect(url, &support::options()).await.expect("connect");
     let old_row = StoredSession {
         expiry_interval: 60,
@@ -624,6 +647,68 @@ async fn upgrade_from_0001_postgres() {
     support::drop_postgres_database(&admin_url, &name).await;
 }
 
+/// A database at migration 0002 holding a device, an admin user and an audit entry upgrades to
+/// 0003 in place: the device has no labels, the admin user the role `admin` (all it could do
+/// before roles), the entry no target or source; and the new tables work.
+async fn upgrade_from_0002(url: &str, backend: &str) {
+    let inserts = [
+        "INSERT INTO devices (client_id, username, password_hash, scram_verifier, cert_identity, enabled, \
+         created_at) VALUES ('dev-old', 'olduser', 'hash', NULL, 'CN=dev-old', TRUE, 7)",
+        "INSERT INTO admin_users (username, password_hash, created_at) VALUES ('root', '$argon2id$old', 8)",
+        "INSERT INTO audit_log (at, actor, action, detail) VALUES (9, 'cli', 'device.add', '{}')",
+    ];
+    old_database(url, backend, &["0001_initial.sql", "0002_session_owner.sql"], &inserts).await;
+
+    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![3]);
+    let db = tern_store::connect(url, &support::options()).await.expect("connect");
+    let old_device = Device {
+        client_id: "dev-old".into(),
+        username: Some("olduser".into()),
+        password_hash: Some("hash".into()),
+        scram_verifier: None,
+        cert_identity: Some("CN=dev-old".into()),
+        enabled: true,
+        created_at: 7,
+        labels: BTreeMap::new(),
+    };
+    assert_eq!(db.device_by_client_id("dev-old").await.expect("get"), Some(old_device.clone()));
+    assert_eq!(db.device_by_username("olduser").await.expect("get"), Some(old_device.clone()));
+    let root = AdminUser {
+        username: "root".into(),
+        password_hash: "$argon2id$old".into(),
+        role: "admin".into(),
+        created_at: 8,
+    };
+    assert_eq!(db.list_admin_users().await.expect("list"), vec![root.clone()]);
+    let entries = db.recent_audit(10).await.expect("audit");
+    assert_eq!(entries.len(), 1);
+    assert_eq!((entries[0].target.as_deref(), entries[0].source.as_deref()), (None, None));
+
+    let labelled = Device { labels: labels(&[("site", "berlin")]), ..old_device };
+    db.update_device(&labelled).await.expect("update");
+    let query =
+        DeviceQuery { label: Some(("site".into(), "berlin".into())), limit: 10, ..DeviceQuery::default() };
+    assert_eq!(db.query_devices(&query).await.expect("query"), vec![labelled]);
+    assert_eq!(db.init_setting("k", "v").await.expect("init"), "v");
+    db.add_refresh_token(&token("t", "f", "root", 100)).await.expect("token");
+    assert!(db.remove_admin_user("root").await.expect("remove"));
+    assert_eq!(db.use_refresh_token("t").await.expect("use"), None);
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_from_0002_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    upgrade_from_0002(&format!("sqlite://{}/tern.db", dir.path().display()), "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_from_0002_postgres() {
+    let (admin_url, name, url) = support::create_postgres_database().await;
+    upgrade_from_0002(&url, "postgres").await;
+    support::drop_postgres_database(&admin_url, &name).await;
+}
+
 // --- Directory ------------------------------------------------------------------------------
 
 fn device(client_id: &str, username: Option<&str>) -> Device {
@@ -635,6 +720,31 @@ fn device(client_id: &str, username: Option<&str>) -> Device {
         cert_identity: None,
         enabled: true,
         created_at: 1_700_000_000_000,
+        labels: BTreeMap::new(),
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+fn admin(username: &str, role: &str) -> AdminUser {
+    AdminUser {
+        username: username.into(),
+        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1${username}"),
+        role: role.into(),
+        created_at: 1_700_000_000_000,
+    }
+}
+
+fn token(id: &str, family: &str, username: &str, expires_at: i64) -> RefreshToken {
+    RefreshToken {
+        id: id.into(),
+        family: family.into(),
+        username: username.into(),
+        issued_at: 1_000,
+        expires_at,
+        uses: 0,
     }
 }
 
@@ -752,10 +862,15 @@ async fn acl_rules(t: &TestDb) {
 async fn admin_users_and_audit_log(t: &TestDb) {
     let db = &t.db;
     assert_eq!(db.admin_user("root").await.expect("get"), None);
-    let admin = AdminUser { username: "root".into(), password_hash: "$argon2id$1".into(), created_at: 5 };
+    let admin = AdminUser {
+        username: "root".into(),
+        password_hash: "$argon2id$1".into(),
+        role: "admin".into(),
+        created_at: 5,
+    };
     db.put_admin_user(&admin).await.expect("put");
     assert_eq!(db.admin_user("root").await.expect("get"), Some(admin.clone()));
-    let changed = AdminUser { password_hash: "$argon2id$2".into(), ..admin };
+    let changed = AdminUser { password_hash: "$argon2id$2".into(), role: "viewer".into(), ..admin };
     db.put_admin_user(&changed).await.expect("replace");
     assert_eq!(db.admin_user("root").await.expect("get"), Some(changed));
 
@@ -767,6 +882,8 @@ async fn admin_users_and_audit_log(t: &TestDb) {
             at: 1_700_000_000_000 + i as i64,
             actor: if i == 1 { "cli".into() } else { "root".into() },
             action: action.into(),
+            target: (i != 1).then(|| format!("device:dev-{i}")),
+            source: (i == 2).then(|| "2001:db8::7".to_owned()),
             detail: format!(r#"{{"n":{i},"text":"ü \" quoted"}}"#),
         };
         let id = db.append_audit(&entry).await.expect("append");
@@ -777,6 +894,479 @@ async fn admin_users_and_audit_log(t: &TestDb) {
     assert_eq!(recent, vec![entries[2].clone(), entries[1].clone()], "newest first");
     assert_eq!(db.recent_audit(100).await.expect("audit").len(), 3);
     assert_eq!(db.recent_audit(0).await.expect("audit"), Vec::new());
+}
+
+/// Labels come back exactly as written, through every read, and an update replaces them.
+async fn device_labels(t: &TestDb) {
+    let db = &t.db;
+    let tricky = labels(&[
+        ("site", "berlin"),
+        ("note", r#"he said "a:b", then \ and \" and \\"#),
+        ("quote\"key:", "{\"x\":1}"),
+        ("ort", "München 🚀"),
+        ("empty", ""),
+        ("", "empty key"),
+        ("control", "tab\tnewline\nnul-free"),
+    ]);
+    let a = Device { labels: tricky.clone(), ..device("dev-a", Some("alice")) };
+    db.add_device(&a).await.expect("add");
+    db.add_device(&device("dev-b", None)).await.expect("add without labels");
+    assert_eq!(db.device_by_client_id("dev-a").await.expect("get"), Some(a.clone()));
+    assert_eq!(db.device_by_username("alice").await.expect("get"), Some(a.clone()));
+    assert_eq!(db.list_devices().await.expect("list"), vec![a.clone(), device("dev-b", None)]);
+    let all = DeviceQuery { limit: 10, ..DeviceQuery::default() };
+    assert_eq!(db.query_devices(&all).await.expect("query"), vec![a.clone(), device("dev-b", None)]);
+
+    let relabelled = Device { labels: labels(&[("site", "paris")]), ..a.clone() };
+    let v = db.directory_version().await.expect("version");
+    db.update_device(&relabelled).await.expect("update");
+    assert_ne!(db.directory_version().await.expect("version"), v, "a label change is a directory change");
+    assert_eq!(db.device_by_client_id("dev-a").await.expect("get"), Some(relabelled.clone()));
+    let cleared = Device { labels: BTreeMap::new(), ..relabelled };
+    db.update_device(&cleared).await.expect("update");
+    assert_eq!(db.device_by_client_id("dev-a").await.expect("get"), Some(cleared.clone()));
+
+    // NUL cannot be filtered alike on both backends (see rows::encode_labels): refused.
+    let nul = Device { labels: labels(&[("k", "a\0b")]), ..device("dev-nul", None) };
+    assert!(matches!(db.add_device(&nul).await, Err(StoreError::Other(_))));
+    let nul_key = Device { labels: labels(&[("k\0", "v")]), ..cleared.clone() };
+    assert!(matches!(db.update_device(&nul_key).await, Err(StoreError::Other(_))));
+    assert_eq!(db.device_by_client_id("dev-nul").await.expect("get"), None);
+    assert_eq!(db.device_by_client_id("dev-a").await.expect("get"), Some(cleared));
+}
+
+/// `query_devices`: each filter alone and combined, cursor paging to the end, and label
+/// matches that are exact (no match on a key or value that merely contains the pair's text).
+async fn device_queries(t: &TestDb) {
+    let db = &t.db;
+    let tricky_value = r#"he said "a:b" \ ok"#;
+    let fleet = [
+        Device {
+            labels: labels(&[("site", "berlin"), ("tier", "gold")]),
+            ..device("alpha-1", Some("Op-Alice"))
+        },
+        Device { enabled: false, labels: labels(&[("site", "berlin")]), ..device("alpha-2", None) },
+        Device { labels: labels(&[("site", "paris")]), ..device("beta-1", Some("bob")) },
+        Device { labels: labels(&[("note", tricky_value)]), ..device("Gamma", None) },
+        // Near misses for the label ("note", tricky_value): the pair's text starting at an
+        // escaped quote inside a longer key; the value with a suffix; the value with a prefix;
+        // the pair's text inside a value; the value under another key.
+        Device { labels: labels(&[("x\"note", tricky_value)]), ..device("miss-1", None) },
+        Device { labels: labels(&[("note", &format!("{tricky_value}!"))]), ..device("miss-2", None) },
+        Device { labels: labels(&[("note", &format!("!{tricky_value}"))]), ..device("miss-3", None) },
+        Device {
+            labels: labels(&[("other", &format!(r#""note":"{tricky_value}""#))]),
+            ..device("miss-4", None)
+        },
+        Device { labels: labels(&[("notes", tricky_value)]), ..device("miss-5", None) },
+    ];
+    for d in &fleet {
+        db.add_device(d).await.expect("add");
+    }
+    let ids = |devices: Vec<Device>| devices.into_iter().map(|d| d.client_id).collect::<Vec<_>>();
+    let run = |query: DeviceQuery| async move { ids(db.query_devices(&query).await.expect("query")) };
+    let q = DeviceQuery { limit: 100, ..DeviceQuery::default() };
+
+    let everything = run(q.clone()).await;
+    assert_eq!(
+        everything,
+        ["Gamma", "alpha-1", "alpha-2", "beta-1", "miss-1", "miss-2", "miss-3", "miss-4", "miss-5"],
+        "bytewise client-id order on both backends"
+    );
+
+    // search: client id or user name, case-insensitive, plain text (no wildcards).
+    let search = |s: &str| DeviceQuery { search: Some(s.into()), ..q.clone() };
+    assert_eq!(run(search("ALPHA")).await, ["alpha-1", "alpha-2"]);
+    assert_eq!(run(search("alice")).await, ["alpha-1"], "matches the user name");
+    assert_eq!(run(search("BoB")).await, ["beta-1"]);
+    assert_eq!(run(search("gam")).await, ["Gamma"]);
+    assert_eq!(run(search("-1")).await, ["alpha-1", "beta-1", "miss-1"]);
+    assert_eq!(run(search("zzz")).await, Vec::<String>::new(), "no device has it");
+    assert_eq!(run(search("a%1")).await, Vec::<String>::new(), "% is not a wildcard");
+    assert_eq!(run(search("alpha_1")).await, Vec::<String>::new(), "_ is not a wildcard");
+    assert_eq!(run(search("berlin")).await, Vec::<String>::new(), "labels are not searched");
+    assert_eq!(run(search("")).await, everything, "an empty search matches everything");
+
+    // enabled.
+    let enabled = |e: bool| DeviceQuery { enabled: Some(e), ..q.clone() };
+    assert_eq!(run(enabled(false)).await, ["alpha-2"]);
+    assert_eq!(run(enabled(true)).await.len(), everything.len() - 1);
+
+    // label: exact key and exact value.
+    let label = |k: &str, v: &str| DeviceQuery { label: Some((k.into(), v.into())), ..q.clone() };
+    assert_eq!(run(label("site", "berlin")).await, ["alpha-1", "alpha-2"]);
+    assert_eq!(run(label("tier", "gold")).await, ["alpha-1"], "not only the first pair");
+    assert_eq!(run(label("site", "Berlin")).await, Vec::<String>::new(), "values are case-sensitive");
+    assert_eq!(run(label("site", "ber")).await, Vec::<String>::new(), "no partial values");
+    assert_eq!(run(label("ite", "berlin")).await, Vec::<String>::new(), "no partial keys");
+    assert_eq!(run(label("note", tricky_value)).await, ["Gamma"], "exact, and none of the near misses");
+    assert_eq!(run(label("x\"note", tricky_value)).await, ["miss-1"]);
+    assert_eq!(run(label("missing", "x")).await, Vec::<String>::new());
+
+    // after: a strict cursor.
+    let after = |a: &str| DeviceQuery { after: Some(a.into()), ..q.clone() };
+    assert_eq!(run(after("alpha-2")).await, everything[3..].to_vec());
+    assert_eq!(run(after("alpha")).await, everything[1..].to_vec(), "a cursor need not exist");
+    assert_eq!(run(after("")).await, everything, "the empty cursor is before everything");
+    assert_eq!(run(after("zzz")).await, Vec::<String>::new());
+
+    // Combined.
+    let combined = DeviceQuery {
+        search: Some("ALPHA".into()),
+        enabled: Some(true),
+        label: Some(("site".into(), "berlin".into())),
+        ..q.clone()
+    };
+    assert_eq!(run(combined.clone()).await, ["alpha-1"]);
+    assert_eq!(run(DeviceQuery { enabled: Some(false), ..combined.clone() }).await, ["alpha-2"]);
+    assert_eq!(run(DeviceQuery { after: Some("alpha-1".into()), ..combined }).await, Vec::<String>::new());
+    let berlin_after = DeviceQuery { after: Some("alpha-1".into()), ..label("site", "berlin") };
+    assert_eq!(run(berlin_after).await, ["alpha-2"]);
+
+    // Paging to the end, two at a time, unfiltered and filtered.
+    for filter in [q.clone(), search("-"), enabled(true)] {
+        let expected = run(filter.clone()).await;
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = run(DeviceQuery { after: cursor.clone(), limit: 2, ..filter.clone() }).await;
+            assert!(page.len() <= 2);
+            if page.is_empty() {
+                break;
+            }
+            cursor = page.last().cloned();
+            seen.extend(page);
+        }
+        assert_eq!(seen, expected, "pages of {filter:?}");
+    }
+    assert_eq!(run(DeviceQuery { limit: 0, ..q.clone() }).await, Vec::<String>::new());
+}
+
+/// Runs `statement` on the test database behind the store's back (to plant what the store never
+/// writes).
+async fn raw_execute(url: &str, statement: &str) {
+    use sqlx::Connection;
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.expect("connect");
+        sqlx::query(statement).execute(&mut conn).await.expect(statement);
+        conn.close().await.expect("close");
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+        sqlx::query(statement).execute(&mut conn).await.expect(statement);
+        conn.close().await.expect("close");
+    }
+}
+
+/// A labels column that is not a JSON object of strings fails the read with `Other`.
+async fn bad_labels_are_decode_errors(t: &TestDb) {
+    let db = &t.db;
+    db.add_device(&device("dev-a", Some("alice"))).await.expect("add");
+    for bad in ["not json", "[]", r#"{"a":1}"#, r#"{"a":null}"#, ""] {
+        raw_execute(&t.url, &format!("UPDATE devices SET labels = '{bad}' WHERE client_id = 'dev-a'")).await;
+        let by_id = db.device_by_client_id("dev-a").await;
+        assert!(matches!(&by_id, Err(StoreError::Other(m)) if m.contains("labels")), "{bad:?}: {by_id:?}");
+        let by_name = db.device_by_username("alice").await;
+        assert!(matches!(by_name, Err(StoreError::Other(_))), "{bad:?}: {by_name:?}");
+        assert!(matches!(db.list_devices().await, Err(StoreError::Other(_))), "{bad:?}");
+        let all = DeviceQuery { limit: 10, ..DeviceQuery::default() };
+        assert!(matches!(db.query_devices(&all).await, Err(StoreError::Other(_))), "{bad:?}");
+    }
+    raw_execute(&t.url, "UPDATE devices SET labels = '{}' WHERE client_id = 'dev-a'").await;
+    assert_eq!(db.device_by_client_id("dev-a").await.expect("get"), Some(device("dev-a", Some("alice"))));
+}
+
+/// `update_acl_rule` replaces every field and changes the directory version; an unknown id is
+/// `false` and changes nothing.
+async fn acl_rule_updates(t: &TestDb) {
+    let db = &t.db;
+    let rule = AclRule {
+        id: 0,
+        client_id: Some("dev-a".into()),
+        username: None,
+        permission: Permission::Allow,
+        action: AclAction::Publish,
+        topic: "devices/%c/#".into(),
+        max_qos: Some(1),
+        allow_retain: Some(false),
+    };
+    let id = db.add_acl_rule(&rule).await.expect("add");
+    let other = db.add_acl_rule(&AclRule { topic: "other/#".into(), ..rule.clone() }).await.expect("add");
+    let v = db.directory_version().await.expect("version");
+    let changed = AclRule {
+        id,
+        client_id: None,
+        username: Some("ops".into()),
+        permission: Permission::Deny,
+        action: AclAction::All,
+        topic: "$SYS/#".into(),
+        max_qos: None,
+        allow_retain: None,
+    };
+    assert!(db.update_acl_rule(&changed).await.expect("update"));
+    let v2 = db.directory_version().await.expect("version");
+    assert_ne!(v2, v, "an update changes the version");
+    let list = db.list_acl_rules().await.expect("list");
+    assert_eq!(list, vec![changed.clone(), AclRule { id: other, topic: "other/#".into(), ..rule.clone() }]);
+
+    let back = AclRule { id, ..rule };
+    assert!(db.update_acl_rule(&back).await.expect("update back"));
+    assert_eq!(db.list_acl_rules().await.expect("list")[0], back);
+    let v3 = db.directory_version().await.expect("version");
+    assert_ne!(v3, v2);
+
+    assert!(!db.update_acl_rule(&AclRule { id: id + 1000, ..changed }).await.expect("update unknown"));
+    assert_eq!(db.directory_version().await.expect("version"), v3, "nothing changed");
+    let bad = db.update_acl_rule(&AclRule { max_qos: Some(3), ..back.clone() }).await;
+    assert!(matches!(bad, Err(StoreError::Other(_))), "QoS 3 violates a CHECK: {bad:?}");
+    assert_eq!(db.directory_version().await.expect("version"), v3, "a failed update changes nothing");
+    assert_eq!(db.list_acl_rules().await.expect("list")[0], back);
+}
+
+/// Adding (with conflicts), listing, replacing and removing admin users; removing one takes its
+/// refresh tokens and nobody else's.
+async fn admin_user_accounts(t: &TestDb) {
+    let db = &t.db;
+    assert_eq!(db.list_admin_users().await.expect("list"), Vec::new());
+    for user in
+        [admin("root", "admin"), admin("zed", "viewer"), admin("alice", "operator"), admin("Bob", "viewer")]
+    {
+        db.add_admin_user(&user).await.expect("add");
+    }
+    let dup = db.add_admin_user(&admin("root", "viewer")).await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    assert_eq!(db.admin_user("root").await.expect("get"), Some(admin("root", "admin")), "unchanged");
+    let bad_role = db.add_admin_user(&admin("eve", "superuser")).await;
+    assert!(matches!(bad_role, Err(StoreError::Other(_))), "{bad_role:?}");
+    let names: Vec<String> =
+        db.list_admin_users().await.expect("list").into_iter().map(|u| u.username).collect();
+    assert_eq!(names, ["Bob", "alice", "root", "zed"], "bytewise name order");
+    assert_eq!(db.admin_user("alice").await.expect("get"), Some(admin("alice", "operator")));
+
+    let demoted =
+        AdminUser { role: "viewer".into(), password_hash: "$argon2id$new".into(), ..admin("root", "") };
+    db.put_admin_user(&demoted).await.expect("put replaces");
+    assert_eq!(db.admin_user("root").await.expect("get"), Some(demoted.clone()));
+    let bad_put = db.put_admin_user(&admin("root", "nobody")).await;
+    assert!(matches!(bad_put, Err(StoreError::Other(_))), "{bad_put:?}");
+    assert_eq!(db.admin_user("root").await.expect("get"), Some(demoted));
+
+    db.add_refresh_token(&token("a1", "fa", "alice", 10_000)).await.expect("token");
+    db.add_refresh_token(&token("a2", "fb", "alice", 10_000)).await.expect("token");
+    db.add_refresh_token(&token("r1", "fr", "root", 10_000)).await.expect("token");
+    assert!(db.remove_admin_user("alice").await.expect("remove"));
+    assert_eq!(db.admin_user("alice").await.expect("get"), None);
+    assert_eq!(db.use_refresh_token("a1").await.expect("use"), None, "alice's tokens are gone");
+    assert_eq!(db.use_refresh_token("a2").await.expect("use"), None);
+    assert_eq!(db.use_refresh_token("r1").await.expect("use").map(|t| t.uses), Some(1), "root's stays");
+    assert!(!db.remove_admin_user("alice").await.expect("remove again"));
+    assert_eq!(db.list_admin_users().await.expect("list").len(), 3);
+    db.add_admin_user(&admin("alice", "admin")).await.expect("the name is free again");
+}
+
+async fn api_keys(t: &TestDb) {
+    let db = &t.db;
+    let k1 = ApiKey {
+        id: "tk_b1".into(),
+        name: "CI deploys".into(),
+        secret_hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        role: "operator".into(),
+        created_by: "root".into(),
+        created_at: 1_700_000_000_000,
+        last_used_at: None,
+        expires_at: Some(1_800_000_000_000),
+    };
+    let k2 = ApiKey {
+        id: "tk_a2".into(),
+        name: "dashboard ü".into(),
+        role: "viewer".into(),
+        last_used_at: Some(5),
+        expires_at: None,
+        ..k1.clone()
+    };
+    assert_eq!(db.list_api_keys().await.expect("list"), Vec::new());
+    db.add_api_key(&k1).await.expect("add");
+    db.add_api_key(&k2).await.expect("add");
+    let dup = db.add_api_key(&ApiKey { name: "other".into(), ..k1.clone() }).await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    let bad_role = db.add_api_key(&ApiKey { id: "tk_c".into(), role: "root".into(), ..k1.clone() }).await;
+    assert!(matches!(bad_role, Err(StoreError::Other(_))), "{bad_role:?}");
+    assert_eq!(db.api_key("tk_b1").await.expect("get"), Some(k1.clone()));
+    assert_eq!(db.api_key("tk_zz").await.expect("get"), None);
+    assert_eq!(db.list_api_keys().await.expect("list"), vec![k2.clone(), k1.clone()], "ordered by id");
+
+    db.touch_api_key("tk_b1", 1_700_000_060_000).await.expect("touch");
+    let touched = ApiKey { last_used_at: Some(1_700_000_060_000), ..k1 };
+    assert_eq!(db.api_key("tk_b1").await.expect("get"), Some(touched.clone()));
+    db.touch_api_key("tk_zz", 1).await.expect("touching an unknown key is no error");
+    assert!(db.remove_api_key("tk_a2").await.expect("remove"));
+    assert!(!db.remove_api_key("tk_a2").await.expect("remove again"));
+    assert_eq!(db.list_api_keys().await.expect("list"), vec![touched]);
+}
+
+/// Uses are counted atomically (1, then 2); families and users are revoked; expired tokens are
+/// swept.
+async fn refresh_tokens(t: &TestDb) {
+    let db = &t.db;
+    let t1 = RefreshToken { uses: 5, ..token("t1", "f1", "root", 5_000) };
+    db.add_refresh_token(&t1).await.expect("add");
+    db.add_refresh_token(&token("t2", "f1", "root", 5_000)).await.expect("add");
+    db.add_refresh_token(&token("t3", "f2", "root", 5_000)).await.expect("add");
+    db.add_refresh_token(&token("t4", "f3", "alice", 5_000)).await.expect("add");
+    let dup = db.add_refresh_token(&token("t1", "f9", "root", 5_000)).await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+
+    let first = db.use_refresh_token("t1").await.expect("use");
+    assert_eq!(first, Some(RefreshToken { uses: 1, ..t1.clone() }), "stored with 0 uses, whatever it said");
+    let second = db.use_refresh_token("t1").await.expect("use again");
+    assert_eq!(second.map(|t| t.uses), Some(2), "presented again");
+    assert_eq!(db.use_refresh_token("nope").await.expect("use"), None);
+
+    // Concurrent presentations of one token each get a different count.
+    db.add_refresh_token(&token("hot", "f4", "root", 5_000)).await.expect("add");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let db = t.db.clone();
+        tasks.push(tokio::spawn(async move { db.use_refresh_token("hot").await }));
+    }
+    let mut counts = Vec::new();
+    for task in tasks {
+        counts.push(task.await.expect("task").expect("use").expect("known").uses);
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=8).collect::<Vec<i64>>());
+
+    assert_eq!(db.revoke_refresh_family("f1").await.expect("revoke"), 2);
+    assert_eq!(db.use_refresh_token("t2").await.expect("use"), None);
+    assert_eq!(db.revoke_refresh_family("f1").await.expect("revoke again"), 0);
+    assert_eq!(db.revoke_refresh_tokens_of("root").await.expect("revoke"), 2, "t3 and hot");
+    assert_eq!(db.revoke_refresh_tokens_of("root").await.expect("revoke again"), 0);
+    assert_eq!(db.use_refresh_token("t4").await.expect("use").map(|t| t.uses), Some(1), "alice's stays");
+
+    db.add_refresh_token(&token("old", "f5", "bob", 100)).await.expect("add");
+    db.add_refresh_token(&token("older", "f5", "bob", 99)).await.expect("add");
+    db.add_refresh_token(&token("now", "f6", "bob", 200)).await.expect("add");
+    assert_eq!(db.sweep_refresh_tokens(200).await.expect("sweep"), 2, "expired before now");
+    assert_eq!(db.sweep_refresh_tokens(200).await.expect("sweep again"), 0);
+    assert_eq!(db.use_refresh_token("now").await.expect("use").map(|t| t.uses), Some(1), "expires at now");
+    assert_eq!(db.use_refresh_token("old").await.expect("use"), None);
+    assert_eq!(db.sweep_refresh_tokens(i64::MAX).await.expect("sweep all"), 2, "t4 and now");
+}
+
+/// `init_setting` keeps the first value, also when several processes race to set it.
+async fn settings(t: &TestDb) {
+    let db = &t.db;
+    assert_eq!(db.setting("signing_key").await.expect("get"), None);
+    assert_eq!(db.init_setting("signing_key", "first").await.expect("init"), "first");
+    assert_eq!(db.init_setting("signing_key", "second").await.expect("init again"), "first");
+    assert_eq!(db.setting("signing_key").await.expect("get"), Some("first".into()));
+    assert_eq!(db.init_setting("other", "").await.expect("init"), "", "an empty value is a value");
+    assert_eq!(db.init_setting("other", "x").await.expect("init again"), "");
+
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let db = t.db.clone();
+        tasks.push(tokio::spawn(async move { db.init_setting("race", &format!("value-{i}")).await }));
+    }
+    let mut values = Vec::new();
+    for task in tasks {
+        values.push(task.await.expect("task").expect("init"));
+    }
+    let winner = db.setting("race").await.expect("get").expect("set");
+    assert!(values.iter().all(|v| *v == winner), "every racer sees the winner {winner:?}: {values:?}");
+}
+
+/// `query_audit`: each filter, the `before_id` cursor, limits, and combinations.
+async fn audit_queries(t: &TestDb) {
+    let db = &t.db;
+    let rows = [
+        (1000, "root", "device.add", Some("device:a"), Some("10.0.0.1")),
+        (2000, "cli", "acl.add", Some("acl:1"), None),
+        (3000, "root", "device.remove", Some("device:a"), Some("10.0.0.1")),
+        (4000, "alice", "device_x.add", Some("device:b"), Some("2001:db8::1")),
+        (5000, "root", "login", None, Some("192.0.2.7")),
+    ];
+    let mut entries = Vec::new();
+    for (at, actor, action, target, source) in rows {
+        let entry = AuditEntry {
+            id: 0,
+            at,
+            actor: actor.into(),
+            action: action.into(),
+            target: target.map(Into::into),
+            source: source.map(Into::into),
+            detail: "{}".into(),
+        };
+        let id = db.append_audit(&entry).await.expect("append");
+        entries.push(AuditEntry { id, ..entry });
+    }
+    let newest_first: Vec<AuditEntry> = entries.iter().rev().cloned().collect();
+    assert_eq!(db.recent_audit(10).await.expect("recent"), newest_first, "target and source round-trip");
+
+    let id = |i: usize| entries[i].id;
+    let run = |query: AuditQuery| async move {
+        db.query_audit(&query).await.expect("query").into_iter().map(|e| e.id).collect::<Vec<i64>>()
+    };
+    let q = AuditQuery { limit: 100, ..AuditQuery::default() };
+    assert_eq!(db.query_audit(&q).await.expect("query"), newest_first, "no filter: everything");
+    assert_eq!(run(AuditQuery { limit: 2, ..q.clone() }).await, [id(4), id(3)]);
+    assert_eq!(run(AuditQuery { limit: 0, ..q.clone() }).await, Vec::<i64>::new());
+
+    let actor = |a: &str| AuditQuery { actor: Some(a.into()), ..q.clone() };
+    assert_eq!(run(actor("root")).await, [id(4), id(2), id(0)]);
+    assert_eq!(run(actor("Root")).await, Vec::<i64>::new(), "actors are exact");
+
+    let prefix = |p: &str| AuditQuery { action_prefix: Some(p.into()), ..q.clone() };
+    assert_eq!(run(prefix("device.")).await, [id(2), id(0)]);
+    assert_eq!(run(prefix("device_")).await, [id(3)], "_ is not a wildcard");
+    assert_eq!(run(prefix("device")).await, [id(3), id(2), id(0)]);
+    assert_eq!(run(prefix("%")).await, Vec::<i64>::new(), "% is not a wildcard");
+    assert_eq!(run(prefix("device.add.more")).await, Vec::<i64>::new(), "longer than the action");
+    assert_eq!(run(prefix("")).await.len(), 5);
+
+    let target = |t: &str| AuditQuery { target: Some(t.into()), ..q.clone() };
+    assert_eq!(run(target("device:a")).await, [id(2), id(0)]);
+    assert_eq!(run(target("device:")).await, Vec::<i64>::new(), "targets are exact");
+
+    assert_eq!(run(AuditQuery { since: Some(2000), ..q.clone() }).await, [id(4), id(3), id(2), id(1)]);
+    assert_eq!(
+        run(AuditQuery { until: Some(3000), ..q.clone() }).await,
+        [id(1), id(0)],
+        "until is exclusive"
+    );
+    assert_eq!(run(AuditQuery { since: Some(2000), until: Some(4000), ..q.clone() }).await, [id(2), id(1)]);
+    assert_eq!(run(AuditQuery { since: Some(6000), ..q.clone() }).await, Vec::<i64>::new());
+
+    assert_eq!(run(AuditQuery { before_id: Some(id(2)), ..q.clone() }).await, [id(1), id(0)]);
+    assert_eq!(run(AuditQuery { before_id: Some(id(0)), ..q.clone() }).await, Vec::<i64>::new());
+    assert_eq!(run(AuditQuery { before_id: Some(i64::MAX), ..q.clone() }).await.len(), 5);
+
+    let combined = AuditQuery {
+        actor: Some("root".into()),
+        action_prefix: Some("device.".into()),
+        target: Some("device:a".into()),
+        since: Some(1000),
+        until: Some(5000),
+        ..q.clone()
+    };
+    assert_eq!(run(combined.clone()).await, [id(2), id(0)]);
+    assert_eq!(run(AuditQuery { before_id: Some(id(2)), ..combined.clone() }).await, [id(0)]);
+    assert_eq!(run(AuditQuery { since: Some(1001), ..combined }).await, [id(2)]);
+
+    // Paging with the cursor, two at a time, to the end.
+    for filter in [q.clone(), actor("root")] {
+        let expected = run(filter.clone()).await;
+        let mut seen = Vec::new();
+        let mut before_id = None;
+        loop {
+            let page = run(AuditQuery { before_id, limit: 2, ..filter.clone() }).await;
+            if page.is_empty() {
+                break;
+            }
+            before_id = page.last().copied();
+            seen.extend(page);
+        }
+        assert_eq!(seen, expected, "pages of {filter:?}");
+    }
 }
 
 // --- Unreachable databases (outside the chapter macro: each backend fails its own way) -------

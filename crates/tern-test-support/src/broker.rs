@@ -157,6 +157,8 @@ pub fn try_spawn_broker(env: &[(&str, &str)]) -> Result<Broker> {
     }
     cmd.env("RUST_LOG", std::env::var("TERN_E2E_LOG").unwrap_or_else(|_| "info".into()));
     cmd.env("NO_COLOR", "1");
+    // The admin API on a free port: many brokers run at once, and none may take 8080.
+    cmd.env("TERN_ADMIN__ADDR", "127.0.0.1:0");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -226,6 +228,16 @@ fn spawn_drain<R: Read + Send + 'static>(
     });
 }
 
+/// Parses `... admin API listening addr=127.0.0.1:43211 ...`.
+pub fn parse_admin_line(line: &str) -> Option<SocketAddr> {
+    let line = strip_ansi(line);
+    if !line.contains("admin API listening") {
+        return None;
+    }
+    let rest = &line[line.find("addr=")? + "addr=".len()..];
+    rest.split_whitespace().next()?.trim_matches('"').parse().ok()
+}
+
 /// Parses `... MQTT listener ready kind=tcp addr=127.0.0.1:43211 ...`.
 pub fn parse_ready_line(line: &str) -> Option<SocketAddr> {
     if !line.contains("MQTT listener ready") {
@@ -261,6 +273,22 @@ impl Broker {
     /// The MQTT listener address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin API's address, from its `admin API listening addr=...` log line (waiting
+    /// up to `timeout` for it).
+    pub fn admin_addr(&self, timeout: Duration) -> Result<SocketAddr> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let logs = self.logs();
+            if let Some(a) = logs.lines().find_map(parse_admin_line) {
+                return Ok(a);
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!("no `admin API listening addr=` line within {timeout:?}; log:\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The process id.
@@ -389,6 +417,11 @@ mod tests {
         assert_eq!(parse_ready_line(l), Some("127.0.0.1:1".parse().unwrap()));
         assert_eq!(parse_ready_line("INFO MQTT listener ready kind=ws addr=127.0.0.1:2"), None);
         assert_eq!(parse_ready_line("INFO admin listener ready addr=127.0.0.1:2"), None);
+        assert_eq!(
+            parse_admin_line("INFO tern_admin: admin API listening addr=127.0.0.1:8081 tls=false"),
+            Some("127.0.0.1:8081".parse().unwrap())
+        );
+        assert_eq!(parse_admin_line("INFO MQTT listener ready addr=127.0.0.1:2"), None);
         assert_eq!(
             parse_ready_line(&strip_ansi("\u{1b}[32mINFO\u{1b}[0m MQTT listener ready addr=[::1]:5")),
             { Some("[::1]:5".parse().unwrap()) }

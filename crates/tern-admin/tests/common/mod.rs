@@ -1,97 +1,23 @@
-//! Shared test helpers: an in-memory `DirectoryStore` (admin users and the audit log; the
-//! device and ACL parts are kept minimal), an in-process broker on a loopback port, and a
-//! request helper over tower's `oneshot`.
+//! Shared test helpers: an in-process broker on a loopback port with a real SQLite directory
+//! (tern-store) and the real ACL authorizer, its admin API, and a request helper over tower's
+//! `oneshot`.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
-use tern_admin::AppState;
-use tern_broker::auth::{AllowAll, AuthFuture, AuthOutcome, Authenticator, ConnectInfo, Principal};
-use tern_broker::store::{AclRule, AdminUser, AuditEntry, Device, DirectoryStore, StoreError, StoreFuture};
+use tern_admin::{AdminOptions, AppState, Role};
+use tern_broker::auth::{AuthFuture, AuthOutcome, Authenticator, ConnectInfo, Principal};
+use tern_broker::store::{AdminUser, AuditEntry, DirectoryStore};
 use tern_broker::{Broker, BrokerConfig, ConnMeta, Security};
 use tower::ServiceExt as _;
 
 pub(crate) const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test-secret";
 pub(crate) const WAIT: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Default)]
-struct Inner {
-    admins: Vec<AdminUser>,
-    audit: Vec<AuditEntry>,
-}
-
-/// The in-memory directory.
-#[derive(Debug, Default)]
-pub(crate) struct MemStore {
-    inner: Mutex<Inner>,
-}
-
-fn ready<'a, T: Send + 'a>(v: Result<T, StoreError>) -> StoreFuture<'a, T> {
-    Box::pin(std::future::ready(v))
-}
-
-impl MemStore {
-    pub(crate) fn audit_log(&self) -> Vec<AuditEntry> {
-        self.inner.lock().unwrap().audit.clone()
-    }
-}
-
-impl DirectoryStore for MemStore {
-    fn add_device<'a>(&'a self, _device: &'a Device) -> StoreFuture<'a, ()> {
-        ready(Ok(()))
-    }
-    fn update_device<'a>(&'a self, device: &'a Device) -> StoreFuture<'a, ()> {
-        ready(Err(StoreError::NotFound(device.client_id.clone())))
-    }
-    fn remove_device<'a>(&'a self, _client_id: &'a str) -> StoreFuture<'a, bool> {
-        ready(Ok(false))
-    }
-    fn device_by_client_id<'a>(&'a self, _client_id: &'a str) -> StoreFuture<'a, Option<Device>> {
-        ready(Ok(None))
-    }
-    fn device_by_username<'a>(&'a self, _username: &'a str) -> StoreFuture<'a, Option<Device>> {
-        ready(Ok(None))
-    }
-    fn list_devices(&self) -> StoreFuture<'_, Vec<Device>> {
-        ready(Ok(Vec::new()))
-    }
-    fn add_acl_rule<'a>(&'a self, _rule: &'a AclRule) -> StoreFuture<'a, i64> {
-        ready(Ok(1))
-    }
-    fn remove_acl_rule(&self, _id: i64) -> StoreFuture<'_, bool> {
-        ready(Ok(false))
-    }
-    fn list_acl_rules(&self) -> StoreFuture<'_, Vec<AclRule>> {
-        ready(Ok(Vec::new()))
-    }
-    fn directory_version(&self) -> StoreFuture<'_, i64> {
-        ready(Ok(0))
-    }
-    fn put_admin_user<'a>(&'a self, user: &'a AdminUser) -> StoreFuture<'a, ()> {
-        let mut i = self.inner.lock().unwrap();
-        i.admins.retain(|a| a.username != user.username);
-        i.admins.push(user.clone());
-        ready(Ok(()))
-    }
-    fn admin_user<'a>(&'a self, username: &'a str) -> StoreFuture<'a, Option<AdminUser>> {
-        ready(Ok(self.inner.lock().unwrap().admins.iter().find(|a| a.username == username).cloned()))
-    }
-    fn append_audit<'a>(&'a self, entry: &'a AuditEntry) -> StoreFuture<'a, i64> {
-        let mut i = self.inner.lock().unwrap();
-        let mut e = entry.clone();
-        e.id = i.audit.len() as i64 + 1;
-        i.audit.push(e);
-        ready(Ok(i.audit.len() as i64))
-    }
-    fn recent_audit(&self, limit: u32) -> StoreFuture<'_, Vec<AuditEntry>> {
-        ready(Ok(self.inner.lock().unwrap().audit.iter().rev().take(limit as usize).cloned().collect()))
-    }
-}
 
 /// Accepts everyone, taking the CONNECT's user name as the principal's (so clients show one).
 #[derive(Debug)]
@@ -113,16 +39,29 @@ impl Authenticator for TrustUserName {
 pub(crate) struct App {
     pub(crate) broker: Broker,
     pub(crate) mqtt: SocketAddr,
-    pub(crate) store: Arc<MemStore>,
+    pub(crate) store: Arc<tern_store::Db>,
+    pub(crate) authorizer: Arc<tern_auth::AclAuthorizer>,
     pub(crate) state: AppState,
     pub(crate) router: Router,
+    _dir: tempfile::TempDir,
 }
 
 impl App {
+    /// An app whose ACL default policy allows (no stored rule: everything allowed).
     pub(crate) async fn new() -> App {
+        App::with(BrokerConfig::default(), AdminOptions::default()).await
+    }
+
+    pub(crate) async fn with(config: BrokerConfig, opts: AdminOptions) -> App {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("tern.db").display());
+        let store = Arc::new(tern_store::connect(&url, &tern_store::StoreOptions::default()).await.unwrap());
+        let auth = tern_auth::AuthConfig { acl_default: tern_auth::AclPolicy::Allow, ..Default::default() };
+        let dir_store: Arc<dyn DirectoryStore> = store.clone();
+        let authorizer = tern_auth::AclAuthorizer::start(dir_store.clone(), &auth).await;
         let broker = Broker::new(
-            BrokerConfig::default(),
-            Security { authenticator: Arc::new(TrustUserName), authorizer: Arc::new(AllowAll) },
+            config,
+            Security { authenticator: Arc::new(TrustUserName), authorizer: authorizer.clone() },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mqtt = listener.local_addr().unwrap();
@@ -132,25 +71,50 @@ impl App {
                 b.accept_tcp(stream, peer, ConnMeta::plain("tcp"));
             }
         });
-        let store = Arc::new(MemStore::default());
-        let state = AppState::new(broker.clone(), store.clone(), SECRET, Duration::from_mins(15))
+        let state = AppState::new(broker.clone(), dir_store, Some(authorizer.clone()), SECRET, opts)
             .expect("valid config");
+        state.set_listeners_up(true);
         let router = tern_admin::router(state.clone());
-        App { broker, mqtt, store, state, router }
+        App { broker, mqtt, store, authorizer, state, router, _dir: dir }
     }
 
-    /// Adds an admin user with `password`.
-    pub(crate) async fn add_admin(&self, username: &str, password: &str) {
+    /// Adds an admin user with `password` and `role`.
+    pub(crate) async fn add_user(&self, username: &str, password: &str, role: Role) {
         let user = AdminUser {
             username: username.into(),
             password_hash: tern_auth::hash_password(password),
+            role: role.as_str().into(),
             created_at: 0,
         };
         self.store.put_admin_user(&user).await.unwrap();
     }
 
-    pub(crate) fn token(&self, role: tern_admin::Role) -> String {
-        self.state.issue_token(&format!("{role:?}").to_lowercase(), role).unwrap()
+    /// Adds an admin user with `password` (role admin).
+    pub(crate) async fn add_admin(&self, username: &str, password: &str) {
+        self.add_user(username, password, Role::Admin).await;
+    }
+
+    /// An access token of a user named after `role` that has it (created on first use, with
+    /// a cheap placeholder hash: these users never log in).
+    pub(crate) async fn token(&self, role: Role) -> String {
+        let name = role.as_str();
+        if self.store.admin_user(name).await.unwrap().is_none() {
+            let user = AdminUser {
+                username: name.into(),
+                password_hash: "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+                role: name.into(),
+                created_at: 0,
+            };
+            self.store.put_admin_user(&user).await.unwrap();
+        }
+        self.state.issue_token(name, role).unwrap()
+    }
+
+    /// The audit log, oldest first.
+    pub(crate) async fn audit_log(&self) -> Vec<AuditEntry> {
+        let mut log = self.store.recent_audit(10_000).await.unwrap();
+        log.reverse();
+        log
     }
 
     /// Sends a request; `body` is sent as JSON text when given.

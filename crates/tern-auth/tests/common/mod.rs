@@ -210,6 +210,7 @@ pub(crate) fn device(client_id: &str, username: Option<&str>) -> Device {
         cert_identity: None,
         enabled: true,
         created_at: 0,
+        labels: std::collections::BTreeMap::new(),
     }
 }
 

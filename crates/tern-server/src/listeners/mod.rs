@@ -3,7 +3,7 @@
 //! their own (bounded in number and time), and reloads TLS certificates on SIGHUP.
 
 pub(crate) mod config;
-mod tls;
+pub(crate) mod tls;
 mod ws;
 
 use std::fmt::Write as _;

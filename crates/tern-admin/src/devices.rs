@@ -1,0 +1,386 @@
+//! Devices: provision, list with search, filters and cursor paging, inspect (with the live
+//! connection), update, rotate credentials and delete. Reads need `viewer`, changes
+//! `operator`; every change is audited by `tern_auth::provision`, the code path the CLI
+//! uses too.
+//!
+//! A change that revokes what a connected device authenticated with (disabled, credentials
+//! rotated, certificate identity changed, deleted) disconnects it at once with DISCONNECT
+//! 0x98 Administrative action; its next CONNECT meets the new directory state.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Deserializer, Serialize};
+use tern_auth::provision::{self, DeviceSummary, DeviceUpdate, NewDevice, PasswordSource};
+use tern_broker::store::DeviceQuery;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::audit::actor;
+use crate::auth::{Authenticated, Role};
+use crate::dto::{Client, limit, millis_rfc3339};
+use crate::error::{ApiError, Problem};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, SourceAddr};
+
+/// A provisioned device (never its secrets: only whether they are set).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Device {
+    /// The client id it connects with.
+    pub client_id: String,
+    /// The user name it presents, if any.
+    pub username: Option<String>,
+    /// Whether a password is set.
+    pub has_password: bool,
+    /// Whether a SCRAM-SHA-256 verifier is set.
+    pub has_scram: bool,
+    /// Expected certificate identity, if any.
+    pub cert_identity: Option<String>,
+    /// Whether it may connect.
+    pub enabled: bool,
+    /// When it was created (RFC 3339, UTC).
+    pub created_at: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<DeviceSummary> for Device {
+    fn from(d: DeviceSummary) -> Device {
+        Device {
+            client_id: d.client_id,
+            username: d.username,
+            has_password: d.has_password,
+            has_scram: d.has_scram,
+            cert_identity: d.cert_identity,
+            enabled: d.enabled,
+            created_at: millis_rfc3339(d.created_at),
+            labels: d.labels,
+        }
+    }
+}
+
+/// A device to provision.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDevice {
+    /// The client id it will connect with (unique, 1 to 65535 bytes).
+    pub client_id: String,
+    /// The user name it will present (unique when set).
+    pub username: Option<String>,
+    /// Its password (give this or `generate_password`; neither: no password, for
+    /// certificate or JWT devices).
+    pub password: Option<String>,
+    /// Generate a random password, returned once in the response.
+    #[serde(default)]
+    pub generate_password: bool,
+    /// Also store a SCRAM-SHA-256 verifier (MQTT 5 enhanced authentication).
+    #[serde(default)]
+    pub scram: bool,
+    /// Expected certificate identity (CN, DN, SAN or SHA-256 fingerprint, per listener).
+    pub cert_identity: Option<String>,
+    /// Labels: up to 32; keys of ASCII letters, digits, `.`, `_`, `-`, `/`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A provisioned device and, if one was generated, its password (shown this once).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedDevice {
+    /// The device.
+    pub device: Device,
+    /// The generated password: store it now, it cannot be read again.
+    pub password: Option<String>,
+}
+
+/// A device and its live connection.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceDetail {
+    /// The device.
+    pub device: Device,
+    /// Its connection, if connected.
+    pub connection: Option<Client>,
+}
+
+/// `Some(None)` for an explicit `null`, `None` for an absent field (JSON merge-patch
+/// semantics need the three cases).
+#[allow(clippy::option_option)]
+fn explicit_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// Changes to a device; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateDevice {
+    /// Enable or disable it (disabling disconnects it).
+    pub enabled: Option<bool>,
+    /// Replace its labels.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Set its certificate identity, or clear it with `null` (either disconnects it).
+    #[serde(default, deserialize_with = "explicit_null")]
+    #[allow(clippy::option_option)]
+    #[schema(value_type = Option<String>)]
+    pub cert_identity: Option<Option<String>>,
+}
+
+/// New credentials for a device.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateCredentials {
+    /// The new password (absent: one is generated and returned once).
+    pub password: Option<String>,
+    /// Also store a SCRAM-SHA-256 verifier of it (otherwise any old verifier is removed).
+    #[serde(default)]
+    pub scram: bool,
+}
+
+/// Search, filters and paging of devices.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceParams {
+    /// Client ids or user names containing this (case-insensitive).
+    pub search: Option<String>,
+    /// Only enabled (`true`) or disabled (`false`) devices.
+    pub enabled: Option<bool>,
+    /// Only devices with this label, as `key=value`.
+    pub label: Option<String>,
+    /// Cursor: the `next` of the previous page.
+    pub after: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// One page of devices.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DevicePage {
+    /// The devices, in client-id order.
+    pub items: Vec<Device>,
+    /// Pass as `after` for the next page (`null`: this was the last).
+    pub next: Option<String>,
+}
+
+/// Disconnects `client_id` if connected (after a change that revokes its credentials).
+/// Only a client that authenticated as someone (devices always do) is kicked: an anonymous
+/// client cannot hold a device's client id.
+fn disconnect(state: &AppState, client_id: &str) -> bool {
+    match state.broker.client(client_id) {
+        Some(c) if c.username.is_some() => state.broker.kick(client_id),
+        _ => false,
+    }
+}
+
+/// Devices, in client-id order, with search, filters and cursor paging.
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", security(("bearer" = [])),
+    params(DeviceParams),
+    responses(
+        (status = 200, description = "One page of devices", body = DevicePage),
+        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_devices(
+    State(state): State<AppState>,
+    who: Authenticated,
+    ApiQuery(params): ApiQuery<DeviceParams>,
+) -> Result<Json<DevicePage>, ApiError> {
+    who.require(Role::Viewer)?;
+    let n = limit(params.limit)?;
+    let label = match params.label.as_deref() {
+        None => None,
+        Some(text) => {
+            let (key, value) =
+                text.split_once('=').ok_or_else(|| ApiError::field("label", "expected `key=value`"))?;
+            Some((key.to_string(), value.to_string()))
+        }
+    };
+    let query = DeviceQuery {
+        search: params.search.filter(|s| !s.is_empty()),
+        enabled: params.enabled,
+        label,
+        after: params.after,
+        limit: n as u32 + 1,
+    };
+    let mut found = state.store.query_devices(&query).await?;
+    let next = if found.len() > n {
+        found.truncate(n);
+        found.last().map(|d| d.client_id.clone())
+    } else {
+        None
+    };
+    let items = found.iter().map(|d| Device::from(DeviceSummary::from(d))).collect();
+    Ok(Json(DevicePage { items, next }))
+}
+
+/// Provisions a device. With `generate_password`, the response carries the password once.
+#[utoipa::path(post, path = "/api/v1/devices", tag = "devices", security(("bearer" = [])),
+    request_body = CreateDevice,
+    responses(
+        (status = 201, description = "Provisioned", body = CreatedDevice,
+            headers(("Location" = String, description = "The device's URL"))),
+        (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The client id or user name is taken", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_device(
+    State(state): State<AppState>,
+    who: Authenticated,
+    source: SourceAddr,
+    ApiJson(req): ApiJson<CreateDevice>,
+) -> Result<Response, ApiError> {
+    who.require(Role::Operator)?;
+    let password = match (req.password, req.generate_password) {
+        (Some(_), true) => {
+            return Err(ApiError::bad_request("give `password` or `generate_password`, not both"));
+        }
+        (Some(p), false) => PasswordSource::Given(p),
+        (None, true) => PasswordSource::Generate,
+        (None, false) => PasswordSource::None,
+    };
+    let new = NewDevice {
+        client_id: req.client_id,
+        username: req.username,
+        password,
+        cert_identity: req.cert_identity,
+        scram: req.scram,
+        labels: req.labels,
+    };
+    let ip = source.ip_text();
+    let added = provision::add_device(state.store.as_ref(), new, actor(&who, ip.as_deref())).await?;
+    let location = format!("/api/v1/devices/{}", urlencode(&added.device.client_id));
+    let body = CreatedDevice { device: added.device.into(), password: added.generated_password };
+    let mut res = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(res)
+}
+
+/// Percent-encodes a path segment.
+pub(crate) fn urlencode(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// One device, with its live connection if connected.
+#[utoipa::path(get, path = "/api/v1/devices/{client_id}", tag = "devices", security(("bearer" = [])),
+    params(("client_id" = String, Path, description = "The device's client id")),
+    responses(
+        (status = 200, description = "The device", body = DeviceDetail),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_device(
+    State(state): State<AppState>,
+    who: Authenticated,
+    ApiPath(client_id): ApiPath<String>,
+) -> Result<Json<DeviceDetail>, ApiError> {
+    who.require(Role::Viewer)?;
+    let device = provision::get_device(state.store.as_ref(), &client_id).await?;
+    let connection = state.broker.client(&client_id).filter(|c| c.username.is_some()).map(Client::from);
+    Ok(Json(DeviceDetail { device: device.into(), connection }))
+}
+
+/// Updates a device: enable or disable it, replace its labels, set or clear its certificate
+/// identity. Disabling it or changing its certificate identity disconnects it (0x98).
+#[utoipa::path(patch, path = "/api/v1/devices/{client_id}", tag = "devices", security(("bearer" = [])),
+    params(("client_id" = String, Path, description = "The device's client id")),
+    request_body = UpdateDevice,
+    responses(
+        (status = 200, description = "Updated", body = Device),
+        (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update_device(
+    State(state): State<AppState>,
+    who: Authenticated,
+    source: SourceAddr,
+    ApiPath(client_id): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateDevice>,
+) -> Result<Json<Device>, ApiError> {
+    who.require(Role::Operator)?;
+    let update = DeviceUpdate { enabled: req.enabled, labels: req.labels, cert_identity: req.cert_identity };
+    let ip = source.ip_text();
+    let (before, after) =
+        provision::update_device(state.store.as_ref(), &client_id, update, actor(&who, ip.as_deref()))
+            .await?;
+    let revoked = (before.enabled && !after.enabled) || before.cert_identity != after.cert_identity;
+    if revoked && disconnect(&state, &client_id) {
+        tracing::info!(client_id, "device changed: its connection was closed");
+    }
+    Ok(Json(after.into()))
+}
+
+/// Replaces a device's password (and SCRAM verifier) and disconnects it (0x98). Without a
+/// `password`, one is generated and returned once.
+#[utoipa::path(post, path = "/api/v1/devices/{client_id}/rotate", tag = "devices", security(("bearer" = [])),
+    params(("client_id" = String, Path, description = "The device's client id")),
+    request_body = RotateCredentials,
+    responses(
+        (status = 200, description = "Rotated", body = CreatedDevice),
+        (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn rotate_device(
+    State(state): State<AppState>,
+    who: Authenticated,
+    source: SourceAddr,
+    ApiPath(client_id): ApiPath<String>,
+    ApiJson(req): ApiJson<RotateCredentials>,
+) -> Result<Json<CreatedDevice>, ApiError> {
+    who.require(Role::Operator)?;
+    let password = req.password.map_or(PasswordSource::Generate, PasswordSource::Given);
+    let ip = source.ip_text();
+    let rotated = provision::rotate_credentials(
+        state.store.as_ref(),
+        &client_id,
+        password,
+        req.scram,
+        actor(&who, ip.as_deref()),
+    )
+    .await?;
+    if disconnect(&state, &client_id) {
+        tracing::info!(client_id, "device credentials rotated: its connection was closed");
+    }
+    Ok(Json(CreatedDevice { device: rotated.device.into(), password: rotated.generated_password }))
+}
+
+/// Deletes a device and disconnects it (0x98). Its session, if persistent, stays until it
+/// expires or is deleted.
+#[utoipa::path(delete, path = "/api/v1/devices/{client_id}", tag = "devices", security(("bearer" = [])),
+    params(("client_id" = String, Path, description = "The device's client id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete_device(
+    State(state): State<AppState>,
+    who: Authenticated,
+    source: SourceAddr,
+    ApiPath(client_id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    who.require(Role::Operator)?;
+    let ip = source.ip_text();
+    provision::remove_device(state.store.as_ref(), &client_id, actor(&who, ip.as_deref())).await?;
+    if disconnect(&state, &client_id) {
+        tracing::info!(client_id, "device deleted: its connection was closed");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
