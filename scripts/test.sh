@@ -201,8 +201,8 @@ ensure_apt_packages() {
 ensure_python_venv() {
   local stamp="$VENV/.tern-requirements.sha256" want have=""
   command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found"
-  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 9))' \
-    || die "$PYTHON is older than 3.9: set PYTHON=/path/to/python3.9+"
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "$PYTHON is older than 3.11 (schemathesis needs 3.11): set PYTHON=/path/to/python3.11+"
   # Serialise venv changes between concurrent runs in the same checkout.
   if command -v flock >/dev/null 2>&1; then
     exec 9>"${TMPDIR:-/tmp}/tern-venv-$(id -u)-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1).lock" \
@@ -221,7 +221,7 @@ ensure_python_venv() {
   want="$( (cat "$PY_REQUIREMENTS" && "$VENV/bin/python" -VV) | sha256sum | cut -d' ' -f1)" \
     || die "cannot read $PY_REQUIREMENTS"
   [ ! -f "$stamp" ] || have="$(cat "$stamp")"
-  if [ "$want" = "$have" ] && "$VENV/bin/python" -c 'import paho.mqtt, pytest, pytest_timeout' >/dev/null 2>&1; then
+  if [ "$want" = "$have" ] && "$VENV/bin/python" -c 'import paho.mqtt, pytest, pytest_timeout, schemathesis' >/dev/null 2>&1; then
     say "Python venv up to date (.venv)"
   else
     say "installing Python test dependencies into .venv"

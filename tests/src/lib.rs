@@ -487,6 +487,15 @@ pub mod site {
             Ok(Site { dir, db_url })
         }
 
+        /// Like [`Site::new`], but the CLI and the brokers use the database at `db_url` (e.g.
+        /// a [`crate::store::TestDb`]'s, which owns and removes it); the scratch directory is
+        /// still the CLI's working directory.
+        pub fn with_database(name: &str, db_url: &str) -> Result<Site> {
+            let mut site = Site::new(name)?;
+            db_url.clone_into(&mut site.db_url);
+            Ok(site)
+        }
+
         /// A file in the site's directory.
         pub fn path(&self, name: &str) -> PathBuf {
             self.dir.join(name)

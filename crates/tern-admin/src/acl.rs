@@ -93,11 +93,15 @@ pub struct AclRuleBody {
     pub permission: AclPermission,
     /// What it governs.
     pub action: AclRuleAction,
-    /// Topic filter; `%c` and `%u` stand for the client id and user name.
+    /// Topic filter (wildcards `+` and `#` as whole levels, `#` last); `%c` and `%u` stand
+    /// for the client id and user name.
+    #[schema(min_length = 1, pattern = r"^(?:(?:\+|[^/+#]*)/)*(?:#|\+|[^/+#]*)$")]
     pub topic: String,
-    /// Only for this client id (a per-device rule).
+    /// Only for this client id (a per-device rule; 1 to 65535 bytes, no NUL).
+    #[schema(min_length = 1, pattern = r"^[^\x00]*$")]
     pub client_id: Option<String>,
-    /// Only for this user name.
+    /// Only for this user name (1 to 65535 bytes, no NUL).
+    #[schema(min_length = 1, pattern = r"^[^\x00]*$")]
     pub username: Option<String>,
     /// Highest QoS allowed, 0 to 2 (allow rules only).
     #[schema(minimum = 0, maximum = 2)]
@@ -163,7 +167,6 @@ async fn reload(state: &AppState) {
     params(RuleParams),
     responses(
         (status = 200, description = "The rules", body = AclRuleList),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_rules(
     State(state): State<AppState>,
@@ -189,7 +192,6 @@ pub async fn list_rules(
         (status = 201, description = "Created", body = AclRule,
             headers(("Location" = String, description = "The rule's URL"))),
         (status = 400, description = "Invalid rule", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_rule(
@@ -215,7 +217,6 @@ pub async fn create_rule(
     params(("id" = i64, Path, description = "Rule id")),
     responses(
         (status = 200, description = "The rule", body = AclRule),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such rule", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_rule(
@@ -234,7 +235,6 @@ pub async fn get_rule(
     responses(
         (status = 200, description = "Replaced", body = AclRule),
         (status = 400, description = "Invalid rule", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such rule", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -258,7 +258,6 @@ pub async fn replace_rule(
     params(("id" = i64, Path, description = "Rule id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such rule", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -297,6 +296,7 @@ pub struct AclCheckRequest {
     /// Publish or subscribe.
     pub action: CheckAction,
     /// Topic name (publish) or filter (subscribe).
+    #[schema(min_length = 1)]
     pub topic: String,
     /// QoS, 0 to 2 (default 0).
     #[serde(default)]
@@ -325,9 +325,7 @@ pub struct AclCheckResult {
     request_body = AclCheckRequest,
     responses(
         (status = 200, description = "The decision", body = AclCheckResult),
-        (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Authorization by rules is not configured", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Authorization by rules is not configured on this broker, the database is unavailable, or the request timed out", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn check(
     State(state): State<AppState>,

@@ -20,8 +20,10 @@ use crate::dto::millis_rfc3339;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, SourceAddr};
 
-/// Shortest admin password accepted.
+/// Shortest admin password accepted, characters.
 pub const MIN_PASSWORD_LEN: usize = 12;
+/// Longest admin password accepted, characters.
+pub const MAX_PASSWORD_LEN: usize = 1024;
 
 /// An admin user (never its password hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -54,10 +56,12 @@ pub struct AdminUserList {
 #[serde(deny_unknown_fields)]
 pub struct CreateAdminUser {
     /// Login name: 1 to 64 ASCII letters, digits, `.`, `_`, `-`, `@`.
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
     pub username: String,
     /// Role.
     pub role: Role,
-    /// Password, at least 12 characters (absent: one is generated and returned once).
+    /// Password, 12 to 1024 characters (absent: one is generated and returned once).
+    #[schema(min_length = 12, max_length = 1024)]
     pub password: Option<String>,
 }
 
@@ -76,7 +80,8 @@ pub struct CreatedAdminUser {
 pub struct UpdateAdminUser {
     /// New role.
     pub role: Option<Role>,
-    /// New password, at least 12 characters.
+    /// New password, 12 to 1024 characters.
+    #[schema(min_length = 12, max_length = 1024)]
     pub password: Option<String>,
 }
 
@@ -93,8 +98,12 @@ fn check_username(u: &str) -> Result<(), ApiError> {
 }
 
 fn check_password(p: &str) -> Result<(), ApiError> {
-    if p.chars().count() < MIN_PASSWORD_LEN || p.len() > 1024 {
-        return Err(ApiError::field("password", format!("must be {MIN_PASSWORD_LEN} to 1024 characters")));
+    let n = p.chars().count();
+    if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&n) {
+        return Err(ApiError::field(
+            "password",
+            format!("must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters"),
+        ));
     }
     Ok(())
 }
@@ -113,7 +122,6 @@ async fn keep_an_admin(state: &AppState, leaving: &str) -> Result<(), ApiError> 
 #[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, description = "The users", body = AdminUserList),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_users(
@@ -130,8 +138,6 @@ pub async fn list_users(
     request_body = CreateAdminUser,
     responses(
         (status = 201, description = "Created", body = CreatedAdminUser),
-        (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The name is taken", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -174,7 +180,6 @@ pub async fn create_user(
     params(("username" = String, Path, description = "Login name")),
     responses(
         (status = 200, description = "The user", body = AdminUserItem),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -198,8 +203,6 @@ pub async fn get_user(
     request_body = UpdateAdminUser,
     responses(
         (status = 200, description = "Updated", body = AdminUserItem),
-        (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Would demote the last admin", body = Problem, content_type = "application/problem+json"),
@@ -245,7 +248,6 @@ pub async fn update_user(
     params(("username" = String, Path, description = "Login name")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The last admin", body = Problem, content_type = "application/problem+json"),
@@ -324,7 +326,9 @@ pub struct ApiKeyList {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
-    /// What it is for (1 to 128 characters).
+    /// What it is for: 1 to 128 characters, no NUL, after leading and trailing white space
+    /// is trimmed.
+    #[schema(min_length = 1, pattern = r"^[^\x00]*$")]
     pub name: String,
     /// Its role.
     pub role: Role,
@@ -346,7 +350,6 @@ pub struct CreatedApiKey {
 #[utoipa::path(get, path = "/api/v1/admin/api-keys", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, description = "The keys", body = ApiKeyList),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_keys(
@@ -363,8 +366,6 @@ pub async fn list_keys(
     request_body = CreateApiKey,
     responses(
         (status = 201, description = "Created", body = CreatedApiKey),
-        (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_key(
@@ -411,7 +412,6 @@ pub async fn create_key(
     params(("id" = String, Path, description = "The key's public id")),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the admin role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such key", body = Problem, content_type = "application/problem+json"),
     ))]

@@ -53,13 +53,16 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     let directory =
         matches!(tokio::time::timeout(READY_TIMEOUT, state.store.directory_version()).await, Ok(Ok(_)));
     let listeners = state.listeners_up.load(Ordering::Acquire);
-    let ready = listeners && store != Some(false) && directory;
+    let ready = listeners && store != Some(false) && directory && !m.persist_backlogged;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" }.into(),
         listeners,
         store,
         directory,
+        persist_backlogged: m.persist_backlogged,
+        persist_pending_ops: m.persist_pending_ops,
+        persist_deferred_ops: m.persist_deferred_ops,
         clients_connected: m.clients_connected,
     };
     (status, Json(body))
@@ -70,8 +73,6 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     params(ClientQuery),
     responses(
         (status = 200, description = "One page of clients", body = ClientPage),
-        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_clients(
     State(state): State<AppState>,
@@ -88,7 +89,6 @@ pub async fn list_clients(
     params(("client_id" = String, Path, description = "Client identifier")),
     responses(
         (status = 200, description = "The client", body = Client),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not connected", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_client(
@@ -110,7 +110,6 @@ pub async fn get_client(
     params(("client_id" = String, Path, description = "Client identifier")),
     responses(
         (status = 204, description = "Disconnected"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not connected", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -133,8 +132,6 @@ pub async fn kick_client(
     params(ClientQuery),
     responses(
         (status = 200, description = "One page of sessions", body = SessionPage),
-        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_sessions(
     State(state): State<AppState>,
@@ -151,7 +148,6 @@ pub async fn list_sessions(
     params(("client_id" = String, Path, description = "Client identifier")),
     responses(
         (status = 200, description = "The session", body = Session),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_session(
@@ -172,7 +168,6 @@ pub async fn get_session(
     params(("client_id" = String, Path, description = "Client identifier")),
     responses(
         (status = 204, description = "Ended"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -195,8 +190,6 @@ pub async fn delete_session(
     params(RetainedQuery),
     responses(
         (status = 200, description = "One page of retained messages", body = RetainedPage),
-        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_retained(
     State(state): State<AppState>,
@@ -217,7 +210,6 @@ pub async fn list_retained(
     params(("topic" = String, Path, description = "Topic name; its `/` separators are sent unescaped")),
     responses(
         (status = 200, description = "The retained message", body = Retained),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "None retained", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_retained(
@@ -238,7 +230,6 @@ pub async fn get_retained(
     params(("topic" = String, Path, description = "Topic name; its `/` separators are sent unescaped")),
     responses(
         (status = 204, description = "Cleared"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "None retained", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -263,10 +254,7 @@ pub async fn delete_retained(
     request_body = PublishRequest,
     responses(
         (status = 200, description = "Published, or refused by the broker (see `refused`)", body = PublishResult),
-        (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn publish(
     State(state): State<AppState>,
@@ -333,8 +321,6 @@ pub async fn publish(
     params(SubscriptionQuery),
     responses(
         (status = 200, description = "One page of subscriptions", body = SubscriptionPage),
-        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_subscriptions(
     State(state): State<AppState>,
@@ -398,8 +384,6 @@ fn decode_cursor(c: &str) -> Option<(String, String)> {
     params(TopicQuery),
     responses(
         (status = 200, description = "The busiest topics", body = TopicList),
-        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_topics(
     State(state): State<AppState>,
@@ -420,7 +404,6 @@ pub async fn list_topics(
 #[utoipa::path(get, path = "/api/v1/metrics", tag = "metrics", security(("bearer" = [])),
     responses(
         (status = 200, description = "One snapshot", body = Metrics),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn metrics(State(state): State<AppState>, who: Authenticated) -> Result<Json<Metrics>, ApiError> {
     who.require(Role::Viewer)?;

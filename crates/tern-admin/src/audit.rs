@@ -116,8 +116,6 @@ pub struct AuditPage {
     params(AuditParams),
     responses(
         (status = 200, description = "One page of entries", body = AuditPage),
-        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_audit(

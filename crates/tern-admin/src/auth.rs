@@ -5,8 +5,9 @@
 //!   refresh token. Tokens of one login form a *family* (the JWT's `sid`).
 //! - `POST /api/v1/auth/refresh` uses a refresh token up and returns the next pair; a used
 //!   token presented again means it leaked, and its whole family is revoked.
-//! - `POST /api/v1/auth/logout` revokes the caller's family: its refresh tokens at once and
-//!   its access tokens too (remembered in memory until they would have expired).
+//! - `POST /api/v1/auth/logout` ends the caller's login: its refresh tokens are deleted, and
+//!   its access tokens are honoured only while the login has one (checked in the store on
+//!   every request, so the revocation holds in every process and across restarts).
 //! - API keys (`tern_<id>_<secret>`, sent as a bearer token) authenticate automation; only
 //!   a SHA-256 of the secret is stored.
 //!
@@ -14,8 +15,7 @@
 //! (so `alg: none` and tokens signed otherwise are refused) and looks the user up on every
 //! request: a deleted user is locked out at once and a role change applies at once.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -111,8 +111,12 @@ pub struct Claims {
     pub exp: u64,
     /// Issuer ([`ISSUER`]).
     pub iss: String,
-    /// The login (token family) it belongs to; logout revokes it.
+    /// The login (token family) it belongs to; its access tokens are honoured while the
+    /// login is alive in the store.
     pub sid: String,
+    /// Unique id of this token (two tokens issued in the same second differ).
+    #[serde(default)]
+    pub jti: String,
 }
 
 pub(crate) fn now_secs() -> u64 {
@@ -167,6 +171,7 @@ pub fn issue_token(
         exp: iat + ttl.as_secs(),
         iss: ISSUER.to_string(),
         sid: sid.to_string(),
+        jti: hex(&random_bytes::<12>()?),
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).map_err(ApiError::internal)
 }
@@ -181,50 +186,6 @@ pub fn validate_token(keys: &JwtKeys, token: &str) -> Result<Claims, ApiError> {
         tracing::debug!("access token refused: {e}");
         ApiError::Unauthenticated("the access token is invalid or expired".into())
     })
-}
-
-/// Revoked logins, kept in memory until their last access token would have expired, and
-/// per-user cut-offs (password changed): what lets a short-lived JWT be revoked early.
-#[derive(Debug, Default)]
-pub(crate) struct Revocations {
-    inner: Mutex<RevocationsInner>,
-}
-
-#[derive(Debug, Default)]
-struct RevocationsInner {
-    /// Family id -> Unix second after which no access token of it can be valid anyway.
-    families: HashMap<String, u64>,
-    /// User name -> tokens issued before this Unix second are refused.
-    users: HashMap<String, (u64, u64)>,
-}
-
-impl Revocations {
-    fn lock(&self) -> std::sync::MutexGuard<'_, RevocationsInner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Revokes family `sid` until `until` (Unix seconds).
-    pub(crate) fn revoke_family(&self, sid: &str, until: u64) {
-        let mut g = self.lock();
-        let now = now_secs();
-        // Expired entries can no longer matter; pruning on insert bounds the map by the
-        // revocations of one access-token lifetime.
-        g.families.retain(|_, u| *u >= now);
-        g.users.retain(|_, (_, u)| *u >= now);
-        g.families.insert(sid.to_string(), until);
-    }
-
-    /// Refuses `username`'s tokens issued before now, until `until`.
-    pub(crate) fn cut_off_user(&self, username: &str, until: u64) {
-        let mut g = self.lock();
-        g.users.insert(username.to_string(), (now_secs(), until));
-    }
-
-    fn is_revoked(&self, claims: &Claims) -> bool {
-        let g = self.lock();
-        g.families.contains_key(&claims.sid)
-            || g.users.get(&claims.sub).is_some_and(|(before, _)| claims.iat < *before)
-    }
 }
 
 /// How the caller authenticated.
@@ -332,8 +293,11 @@ impl FromRequestParts<AppState> for Authenticated {
             return api_key(state, token).await;
         }
         let claims = validate_token(&state.keys, token)?;
-        if state.revocations.is_revoked(&claims) {
-            return Err(ApiError::Unauthenticated("the access token was revoked".into()));
+        // The login must still be alive in the store (logout, refresh-token reuse and
+        // password or role changes end it), so a revocation holds in every process on the
+        // database and across restarts, not just in the one that made it.
+        if !state.store.login_alive(&claims.sid).await? {
+            return Err(ApiError::Unauthenticated("the login was ended; log in again".into()));
         }
         let user = state
             .store
@@ -414,7 +378,7 @@ pub(crate) async fn hash(state: &AppState, password: String) -> Result<String, A
 }
 
 /// Issues a refresh token in `family` and an access token, and stores the former's hash.
-async fn issue_pair(
+pub(crate) async fn issue_pair(
     state: &AppState,
     username: &str,
     role: Role,
@@ -451,7 +415,6 @@ async fn issue_pair(
     request_body = LoginRequest,
     responses(
         (status = 200, description = "Logged in", body = TokenResponse),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Unknown user or wrong password", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many attempts from this address or for this user",
             body = Problem, content_type = "application/problem+json",
@@ -489,7 +452,6 @@ pub async fn login(
     request_body = RefreshRequest,
     responses(
         (status = 200, description = "Refreshed", body = TokenResponse),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Unknown, used, expired or revoked refresh token", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -516,16 +478,15 @@ pub async fn refresh(
     Ok(Json(issue_pair(&state, &user.username, role, &token.family).await?))
 }
 
-/// Revokes a login: its refresh tokens in the store and its access tokens in memory.
+/// Ends a login: its refresh tokens go, and with them its access tokens (see
+/// `DirectoryStore::login_alive`).
 pub(crate) async fn revoke_family(state: &AppState, family: &str) -> Result<(), ApiError> {
-    state.revocations.revoke_family(family, now_secs() + state.opts.access_ttl.as_secs() + 5);
     state.store.revoke_refresh_family(family).await?;
     Ok(())
 }
 
-/// Revokes every login of `username` (deleted, demoted or given a new password).
+/// Ends every login of `username` (deleted, demoted or given a new password).
 pub(crate) async fn revoke_user(state: &AppState, username: &str) -> Result<(), ApiError> {
-    state.revocations.cut_off_user(username, now_secs() + state.opts.access_ttl.as_secs() + 5);
     state.store.revoke_refresh_tokens_of(username).await?;
     Ok(())
 }
@@ -539,7 +500,6 @@ pub(crate) async fn revoke_user(state: &AppState, username: &str) -> Result<(), 
     responses(
         (status = 204, description = "Logged out"),
         (status = 400, description = "Called with an API key (revoke it instead)", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn logout(State(state): State<AppState>, who: Authenticated) -> Result<StatusCode, ApiError> {
@@ -574,7 +534,6 @@ pub struct Me {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller", body = Me),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn me(who: Authenticated) -> Json<Me> {

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Deserializer, Serialize};
 use tern_auth::provision::{self, DeviceSummary, DeviceUpdate, NewDevice, PasswordSource};
 use tern_broker::store::DeviceQuery;
+use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
@@ -65,12 +66,15 @@ impl From<DeviceSummary> for Device {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDevice {
-    /// The client id it will connect with (unique, 1 to 65535 bytes).
+    /// The client id it will connect with (unique, 1 to 65535 bytes, no NUL).
+    #[schema(min_length = 1, pattern = r"^[^\x00]*$")]
     pub client_id: String,
-    /// The user name it will present (unique when set).
+    /// The user name it will present (unique when set; 1 to 65535 bytes, no NUL).
+    #[schema(min_length = 1, pattern = r"^[^\x00]*$")]
     pub username: Option<String>,
     /// Its password (give this or `generate_password`; neither: no password, for
     /// certificate or JWT devices).
+    #[schema(min_length = 1)]
     pub password: Option<String>,
     /// Generate a random password, returned once in the response.
     #[serde(default)]
@@ -78,10 +82,14 @@ pub struct CreateDevice {
     /// Also store a SCRAM-SHA-256 verifier (MQTT 5 enhanced authentication).
     #[serde(default)]
     pub scram: bool,
-    /// Expected certificate identity (CN, DN, SAN or SHA-256 fingerprint, per listener).
+    /// Expected certificate identity (CN, DN, SAN or SHA-256 fingerprint, per listener; 1 to
+    /// 65535 bytes, no NUL).
+    #[schema(min_length = 1, pattern = r"^[^\x00]*$")]
     pub cert_identity: Option<String>,
-    /// Labels: up to 32; keys of ASCII letters, digits, `.`, `_`, `-`, `/`.
+    /// Labels: up to 32; keys of 1 to 64 ASCII letters, digits, `.`, `_`, `-`, `/`; values of
+    /// at most 256 bytes, no NUL (documented by `labels_schema`).
     #[serde(default)]
+    #[schema(schema_with = labels_schema)]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -103,6 +111,37 @@ pub struct DeviceDetail {
     pub connection: Option<Client>,
 }
 
+/// The schema of a device's labels: what `tern_auth::provision::check_labels` accepts, as
+/// far as JSON Schema can say it (value lengths are in bytes there, in characters here).
+fn labels_object(types: SchemaType) -> Object {
+    use tern_auth::provision::{MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS};
+    let key = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(format!("^[A-Za-z0-9._/-]{{1,{MAX_LABEL_KEY}}}$")));
+    let value = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(MAX_LABEL_VALUE))
+        .pattern(Some(r"^[^\x00]*$"));
+    ObjectBuilder::new()
+        .schema_type(types)
+        .description(Some(format!(
+            "Labels: up to {MAX_LABELS}; keys of 1 to {MAX_LABEL_KEY} ASCII letters, digits, `.`, \
+             `_`, `-`, `/`; values of at most {MAX_LABEL_VALUE} bytes, no NUL."
+        )))
+        .max_properties(Some(MAX_LABELS))
+        .property_names(Some(key))
+        .additional_properties(Some(value))
+        .build()
+}
+
+fn labels_schema() -> Object {
+    labels_object(SchemaType::Type(Type::Object))
+}
+
+fn labels_or_null_schema() -> Object {
+    labels_object(SchemaType::Array(vec![Type::Object, Type::Null]))
+}
+
 /// `Some(None)` for an explicit `null`, `None` for an absent field (JSON merge-patch
 /// semantics need the three cases).
 #[allow(clippy::option_option)]
@@ -116,12 +155,14 @@ fn explicit_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String
 pub struct UpdateDevice {
     /// Enable or disable it (disabling disconnects it).
     pub enabled: Option<bool>,
-    /// Replace its labels.
+    /// Replace its labels (`null`: leave them).
+    #[schema(schema_with = labels_or_null_schema)]
     pub labels: Option<BTreeMap<String, String>>,
-    /// Set its certificate identity, or clear it with `null` (either disconnects it).
+    /// Set its certificate identity (1 to 65535 bytes, no NUL), or clear it with `null`
+    /// (either disconnects it).
     #[serde(default, deserialize_with = "explicit_null")]
     #[allow(clippy::option_option)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, pattern = r"^[^\x00]*$")]
     pub cert_identity: Option<Option<String>>,
 }
 
@@ -130,6 +171,7 @@ pub struct UpdateDevice {
 #[serde(deny_unknown_fields)]
 pub struct RotateCredentials {
     /// The new password (absent: one is generated and returned once).
+    #[schema(min_length = 1)]
     pub password: Option<String>,
     /// Also store a SCRAM-SHA-256 verifier of it (otherwise any old verifier is removed).
     #[serde(default)]
@@ -146,6 +188,7 @@ pub struct DeviceParams {
     /// Only enabled (`true`) or disabled (`false`) devices.
     pub enabled: Option<bool>,
     /// Only devices with this label, as `key=value`.
+    #[param(pattern = "=")]
     pub label: Option<String>,
     /// Cursor: the `next` of the previous page.
     pub after: Option<String>,
@@ -178,8 +221,6 @@ fn disconnect(state: &AppState, client_id: &str) -> bool {
     params(DeviceParams),
     responses(
         (status = 200, description = "One page of devices", body = DevicePage),
-        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_devices(
     State(state): State<AppState>,
@@ -220,8 +261,6 @@ pub async fn list_devices(
     responses(
         (status = 201, description = "Provisioned", body = CreatedDevice,
             headers(("Location" = String, description = "The device's URL"))),
-        (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The client id or user name is taken", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -278,7 +317,6 @@ pub(crate) fn urlencode(s: &str) -> String {
     params(("client_id" = String, Path, description = "The device's client id")),
     responses(
         (status = 200, description = "The device", body = DeviceDetail),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_device(
@@ -299,8 +337,6 @@ pub async fn get_device(
     request_body = UpdateDevice,
     responses(
         (status = 200, description = "Updated", body = Device),
-        (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -331,8 +367,6 @@ pub async fn update_device(
     request_body = RotateCredentials,
     responses(
         (status = 200, description = "Rotated", body = CreatedDevice),
-        (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -366,7 +400,6 @@ pub async fn rotate_device(
     params(("client_id" = String, Path, description = "The device's client id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
     ))]

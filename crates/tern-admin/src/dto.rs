@@ -51,6 +51,7 @@ pub struct ClientQuery {
 #[into_params(parameter_in = Query)]
 pub struct RetainedQuery {
     /// Topic filter (wildcards allowed; default `#`).
+    #[param(min_length = 1, pattern = r"^(?:(?:\+|[^/+#]*)/)*(?:#|\+|[^/+#]*)$")]
     pub filter: Option<String>,
     /// Cursor: the `next` of the previous page.
     pub after: Option<String>,
@@ -153,6 +154,8 @@ pub struct Session {
     /// Whether it outlives its connection.
     pub persistent: bool,
     /// Session Expiry Interval, seconds (`null`: never expires).
+    // An MQTT four-byte integer: utoipa would call a u32 `int32`, whose range ends at 2^31 - 1.
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub expiry_interval: Option<u32>,
     /// Seconds it has been offline (`null`: online).
     pub offline_for_secs: Option<u64>,
@@ -225,6 +228,7 @@ pub struct Retained {
     /// User properties, in order.
     pub user_properties: Vec<UserProperty>,
     /// Seconds until it expires (`null`: it does not).
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub expires_in: Option<u32>,
 }
 
@@ -357,10 +361,12 @@ pub struct RetainedPage {
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     /// Topic name (no wildcards; `$SYS` topics are refused).
+    #[schema(min_length = 1, pattern = r"^[^+#]+$")]
     pub topic: String,
     /// Payload as UTF-8 text (give this or `payload_base64`, not both; neither: empty).
     pub payload: Option<String>,
-    /// Payload as base64 (standard alphabet).
+    /// Payload as base64 (standard alphabet, padded).
+    #[schema(pattern = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
     pub payload_base64: Option<String>,
     /// QoS 0, 1 or 2 (default 0).
     #[serde(default)]
@@ -372,6 +378,7 @@ pub struct PublishRequest {
     /// Content Type property.
     pub content_type: Option<String>,
     /// Message Expiry Interval, seconds.
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub expiry_interval: Option<u32>,
 }
 
@@ -415,6 +422,13 @@ pub struct Readiness {
     pub store: Option<bool>,
     /// Whether the directory database (devices, ACLs, admin users) answers.
     pub directory: bool,
+    /// Whether the persister is behind (operations deferred for retry, or more than four
+    /// batches pending): not ready then.
+    pub persist_backlogged: bool,
+    /// Store operations waiting for the next group commit.
+    pub persist_pending_ops: u64,
+    /// Store operations kept for retry after the database failed them.
+    pub persist_deferred_ops: u64,
 }
 
 /// The broker's counters and gauges (one snapshot, as `$SYS` and `/metrics` report them).
@@ -470,6 +484,18 @@ pub struct Metrics {
     pub write_timeouts: u64,
     /// Whether the store answers (`null`: no store).
     pub store_available: Option<bool>,
+    /// Store operations waiting for the next group commit.
+    pub persist_pending_ops: u64,
+    /// Store operations kept for retry after the database failed them.
+    pub persist_deferred_ops: u64,
+    /// Live-stream viewers open now.
+    pub taps: u64,
+    /// Messages live-stream viewers missed because they did not keep up.
+    pub tap_dropped: u64,
+    /// Topics whose statistics are kept now.
+    pub topics_tracked: u64,
+    /// Times a tracked topic gave its place to another (0: every topic count is exact).
+    pub topics_evicted: u64,
 }
 
 impl From<MetricsSnapshot> for Metrics {
@@ -500,6 +526,12 @@ impl From<MetricsSnapshot> for Metrics {
             protocol_errors: m.protocol_errors,
             write_timeouts: m.write_timeouts,
             store_available: m.store_available,
+            persist_pending_ops: m.persist_pending_ops,
+            persist_deferred_ops: m.persist_deferred_ops,
+            taps: m.taps,
+            tap_dropped: m.tap_dropped,
+            topics_tracked: m.topics_tracked,
+            topics_evicted: m.topics_evicted,
         }
     }
 }

@@ -258,6 +258,94 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The error responses every operation of the API can give by its shape, documented once
+/// (as `components/responses`) and referenced from each operation that does not declare the
+/// same status itself (operations declare their specific ones: 403, 404, 409, 429).
+///
+/// | status | when | operations |
+/// | --- | --- | --- |
+/// | 400 | a path or query parameter or the body is malformed or invalid | with parameters or a body |
+/// | 401 | missing, invalid, expired or revoked credentials | with a security requirement |
+/// | 413 | the body is over [`crate::BODY_LIMIT`] | with a body |
+/// | 415 | the body is not `application/json` | with a body |
+/// | 500 | an internal error (logged with the request id) | all under `/api/v1` |
+/// | 503 | the database is unavailable, or the request timed out | all under `/api/v1` |
+#[derive(Debug)]
+pub(crate) struct CommonResponses;
+
+impl CommonResponses {
+    /// (status, component name, description) of the shared responses.
+    const ALL: [(&'static str, &'static str, &'static str); 6] = [
+        ("400", "BadRequest", "Invalid request: a parameter or the body is malformed or invalid"),
+        ("401", "Unauthenticated", "Not authenticated: missing, invalid, expired or revoked credentials"),
+        ("413", "PayloadTooLarge", "The body is larger than 64 KiB"),
+        ("415", "UnsupportedMediaType", "The body is not `Content-Type: application/json`"),
+        ("500", "InternalError", "Internal error; the details are logged under the request id"),
+        (
+            "503",
+            "Unavailable",
+            "The database is unavailable, or the request took longer than `admin.request_timeout`",
+        ),
+    ];
+
+    fn component(status: &str, description: &str) -> utoipa::openapi::Response {
+        use utoipa::openapi::header::Header;
+        use utoipa::openapi::schema::{Object, Type};
+        use utoipa::openapi::{Content, Ref, ResponseBuilder};
+        let mut response = ResponseBuilder::new()
+            .description(description)
+            .content(PROBLEM_JSON, Content::new(Some(Ref::from_schema_name("Problem"))));
+        if status == "401" {
+            let mut h = Header::new(Object::with_type(Type::String));
+            h.description = Some("`Bearer`".to_string());
+            response = response.header("WWW-Authenticate", h);
+        }
+        response.build()
+    }
+}
+
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Ref, RefOr};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (status, name, description) in Self::ALL {
+            components.responses.insert(name.to_string(), RefOr::T(Self::component(status, description)));
+        }
+        for (path, item) in &mut openapi.paths.paths {
+            let api = path.starts_with("/api/v1/");
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for op in ops.into_iter().flatten() {
+                let has_body = op.request_body.is_some();
+                let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                for (status, name, _) in Self::ALL {
+                    let applies = match status {
+                        "400" => has_body || has_params,
+                        "401" => secured,
+                        "413" | "415" => has_body,
+                        _ => api,
+                    };
+                    if applies {
+                        op.responses
+                            .responses
+                            .entry(status.to_string())
+                            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 pub use auth::{Authenticated, Role};
+use error::CommonResponses;
 pub use error::{ApiError, Problem};
 
 /// Largest request body accepted (64 KiB); larger ones get 413.
@@ -110,7 +111,6 @@ pub struct AppState {
     pub(crate) opts: Arc<AdminOptions>,
     /// Bounds concurrent argon2 computations (each holds ~19 MiB).
     pub(crate) hash_permits: Arc<Semaphore>,
-    pub(crate) revocations: Arc<auth::Revocations>,
     pub(crate) limiter: Arc<ratelimit::LoginLimiter>,
     /// When each API key's use was last recorded.
     pub(crate) key_touches: Arc<Mutex<HashMap<String, Instant>>>,
@@ -160,18 +160,17 @@ impl AppState {
             )),
             opts: Arc::new(opts),
             hash_permits: Arc::new(Semaphore::new(permits)),
-            revocations: Arc::default(),
             key_touches: Arc::default(),
             listeners_up: Arc::new(AtomicBool::new(false)),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
 
-    /// Signs an access token for `username` with `role` (for tools and tests; login also
-    /// issues a refresh token).
-    pub fn issue_token(&self, username: &str, role: Role) -> Result<String, ApiError> {
-        let sid = format!("direct-{}", auth::sha256_hex(&format!("{username}{}", auth::now_millis())));
-        auth::issue_token(&self.keys, username, role, &sid, self.opts.access_ttl)
+    /// Starts a login for `username` with `role` without a password (for tools and tests)
+    /// and returns its access token.
+    pub async fn issue_token(&self, username: &str, role: Role) -> Result<String, ApiError> {
+        let family = auth::hex(&auth::random_bytes::<16>()?);
+        Ok(auth::issue_pair(self, username, role, &family).await?.access_token)
     }
 
     /// The options in force.
@@ -270,7 +269,7 @@ impl Modify for BearerScheme {
         stream::stream,
     ),
     components(schemas(error::Problem, error::FieldError, auth::Role)),
-    modifiers(&BearerScheme),
+    modifiers(&BearerScheme, &CommonResponses),
     tags(
         (name = "auth", description = "Log in, refresh, log out"),
         (name = "health", description = "Liveness and readiness probes"),
@@ -411,16 +410,36 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, tls = tls.is_some(), "admin API listening");
     let app = router(state.clone()).into_make_service_with_connect_info::<listener::PeerAddr>();
+    let sweeper = tokio::spawn(sweep_refresh_tokens(state.clone()));
     let stopping = state.stopping.clone();
     let shutdown = async move {
         shutdown.await;
         stopping.send_replace(true);
     };
-    match tls {
+    let served = match tls {
         None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
         Some(config) => {
             let tls = listener::TlsListener::new(listener, &config);
             axum::serve(tls, app).with_graceful_shutdown(shutdown).await
+        }
+    };
+    sweeper.abort();
+    served
+}
+
+/// How often expired refresh tokens are deleted.
+const SWEEP_EVERY: Duration = Duration::from_hours(1);
+
+/// Deletes expired refresh tokens now and then, so the table holds only live logins.
+async fn sweep_refresh_tokens(state: AppState) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match state.store.sweep_refresh_tokens(auth::now_millis()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "expired refresh tokens swept"),
+            Err(e) => tracing::warn!("cannot sweep expired refresh tokens: {e}"),
         }
     }
 }

@@ -130,7 +130,6 @@ fn stream_of(v: Viewer) -> impl Stream<Item = Result<Event, Infallible>> {
         (status = 200, description = "An event stream (`text/event-stream`); `message` events carry a StreamMessage",
             content_type = "text/event-stream", body = String),
         (status = 400, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many viewers (limits.max_taps)", body = Problem, content_type = "application/problem+json"),
     ))]

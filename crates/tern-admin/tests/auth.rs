@@ -75,10 +75,19 @@ async fn missing_forged_alg_none_and_expired_tokens_are_401() {
 
     app.call("GET", uri, Some("not.a.jwt"), None).await.assert_problem(401, "unauthenticated");
 
-    // "viewer" exists (app.token creates it below); the claims escalate it to admin.
+    // "viewer" exists with a live login `s1` (made below); the claims escalate it to admin.
     let claims = json!({
         "sub": "viewer", "role": "admin", "iat": now(), "exp": now() + 600, "iss": "tern-admin", "sid": "s1"
     });
+    let login = tern_broker::store::RefreshToken {
+        id: "h1".into(),
+        family: "s1".into(),
+        username: "viewer".into(),
+        issued_at: 0,
+        expires_at: i64::MAX,
+        uses: 0,
+    };
+    tern_broker::store::DirectoryStore::add_refresh_token(app.store.as_ref(), &login).await.unwrap();
 
     // Signed with another key.
     let forged = jsonwebtoken::encode(

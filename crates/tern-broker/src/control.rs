@@ -215,6 +215,13 @@ pub struct MetricsSnapshot {
     pub write_timeouts: u64,
     /// Whether the store answers (`None`: no store).
     pub store_available: Option<bool>,
+    /// Store operations waiting for the next group commit.
+    pub persist_pending_ops: u64,
+    /// Store operations kept for retry after the database failed them.
+    pub persist_deferred_ops: u64,
+    /// Whether the persister is behind: operations deferred for retry, or more pending than
+    /// four batches (`persistence.batch_max_ops`).
+    pub persist_backlogged: bool,
     /// Live taps open now.
     pub taps: u64,
     /// Messages live taps dropped because their viewers did not keep up.
@@ -243,11 +250,16 @@ impl Broker {
     }
 
     /// Sessions matching `filter` with client ids after `after`, in client-id order.
+    /// Sessions matching `filter` with client ids after `after`, in client-id order: the
+    /// first `want` of them when no user-name filter applies (a partial selection, so paging
+    /// through N sessions costs O(N) per page, not O(N log N)), all of them otherwise (the
+    /// user name is checked afterwards, under each session's lock).
     fn sessions_page(
         &self,
         filter: &ClientFilter,
         after: Option<&str>,
         online_only: bool,
+        want: usize,
     ) -> Vec<Arc<Session>> {
         let mut list: Vec<Arc<Session>> = self
             .inner
@@ -260,14 +272,19 @@ impl Broker {
             })
             .map(|(_, s)| s.clone())
             .collect();
-        list.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        let by_id = |a: &Arc<Session>, b: &Arc<Session>| a.client_id.cmp(&b.client_id);
+        if filter.username.is_none() && want > 0 && list.len() > want {
+            list.select_nth_unstable_by(want - 1, by_id);
+            list.truncate(want);
+        }
+        list.sort_by(by_id);
         list
     }
 
     /// Connected clients, in client-id order, `limit` at most after the cursor `after`.
     pub fn clients(&self, filter: &ClientFilter, after: Option<&str>, limit: usize) -> Page<ClientInfo> {
         let mut items = Vec::new();
-        for s in self.sessions_page(filter, after, true) {
+        for s in self.sessions_page(filter, after, true, limit.saturating_add(1)) {
             if items.len() > limit {
                 break;
             }
@@ -290,7 +307,7 @@ impl Broker {
     pub fn sessions(&self, filter: &ClientFilter, after: Option<&str>, limit: usize) -> Page<SessionInfo> {
         let now = Instant::now();
         let mut items = Vec::new();
-        for s in self.sessions_page(filter, after, false) {
+        for s in self.sessions_page(filter, after, false, limit.saturating_add(1)) {
             if items.len() > limit {
                 break;
             }
@@ -437,6 +454,11 @@ impl crate::broker::Inner {
         };
         let (topics_tracked, topics_evicted) =
             self.topics.as_ref().map_or((0, 0), |t| (t.len() as u64, t.evictions()));
+        let (persist_pending_ops, persist_deferred_ops, persist_backlogged) =
+            self.persister().map_or((0, 0, false), |p| {
+                let (pending, deferred) = p.backlog();
+                (pending as u64, deferred as u64, deferred > 0 || pending > 4 * p.batch_max_ops())
+            });
         MetricsSnapshot {
             uptime_secs: self.started.elapsed().as_secs(),
             clients_connected: g(&s.clients_connected),
@@ -463,6 +485,9 @@ impl crate::broker::Inner {
             protocol_errors: g(&s.protocol_errors),
             write_timeouts: g(&s.write_timeouts),
             store_available: self.persister().map(|p| p.is_available()),
+            persist_pending_ops,
+            persist_deferred_ops,
+            persist_backlogged,
             taps: self.taps.len() as u64,
             tap_dropped: self.taps.dropped(),
             topics_tracked,

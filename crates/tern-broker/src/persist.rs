@@ -113,6 +113,17 @@ impl Persister {
         self.available.load(Ordering::Acquire)
     }
 
+    /// Operations waiting for a commit, and operations deferred for retry.
+    pub(crate) fn backlog(&self) -> (usize, usize) {
+        let pending = lock(&self.pending).iter().map(|e| e.ops.len()).sum();
+        (pending, lock(&self.deferred).ops.len())
+    }
+
+    /// Operations per transaction at most.
+    pub(crate) fn batch_max_ops(&self) -> usize {
+        self.config.batch_max_ops
+    }
+
     /// Queues operations; with `wait`, returns a receiver resolved after they commit.
     pub(crate) fn submit(&self, ops: Vec<StoreOp>, wait: bool) -> Option<oneshot::Receiver<CommitResult>> {
         if ops.is_empty() {

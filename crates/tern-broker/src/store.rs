@@ -487,6 +487,12 @@ pub trait DirectoryStore: Send + Sync + Debug + 'static {
     fn use_refresh_token<'a>(&'a self, _id: &'a str) -> StoreFuture<'a, Option<RefreshToken>> {
         unsupported("use_refresh_token")
     }
+    /// Whether a login (token family) still has a refresh token: false once it was logged
+    /// out, revoked for reuse, or its user's logins were ended. Access tokens of the login are
+    /// honoured only while this holds, in every process sharing the database.
+    fn login_alive<'a>(&'a self, _family: &'a str) -> StoreFuture<'a, bool> {
+        unsupported("login_alive")
+    }
     /// Deletes a family's tokens; returns how many.
     fn revoke_refresh_family<'a>(&'a self, _family: &'a str) -> StoreFuture<'a, u64> {
         unsupported("revoke_refresh_family")

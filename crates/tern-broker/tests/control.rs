@@ -76,6 +76,38 @@ async fn clients_and_sessions_are_listed_with_paging_and_filters() -> Result<()>
     Ok(())
 }
 
+/// Paging selects each page without sorting everything: walking every page in small steps
+/// must still return each client exactly once, in order, whatever order they connected in.
+#[tokio::test]
+async fn paging_walks_every_client_once_in_order() -> Result<()> {
+    let (broker, addr) = serve().await;
+    // A scrambled connect order (a stride coprime with the count).
+    let ids: Vec<String> = (0..60).map(|i| format!("c{:03}", (i * 37) % 60)).collect();
+    let mut held = Vec::new();
+    for id in &ids {
+        held.push(RawClient::connect_ok(addr, connect_v5(id)).await?);
+    }
+    for limit in [1, 7, 59, 60, 61] {
+        let (mut seen, mut after) = (Vec::new(), None::<String>);
+        loop {
+            let page = broker.clients(&ClientFilter::default(), after.as_deref(), limit);
+            ensure!(page.items.len() <= limit);
+            seen.extend(page.items.into_iter().map(|c| c.client_id));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let mut want = ids.clone();
+        want.sort();
+        ensure!(seen == want, "limit {limit}: {seen:?}");
+        let sessions = broker.sessions(&ClientFilter::default(), Some("c049"), limit);
+        ensure!(sessions.items.first().map(|s| s.client_id.as_str()) == Some("c050"), "limit {limit}");
+    }
+    drop(held);
+    Ok(())
+}
+
 #[tokio::test]
 async fn kick_sends_0x98_and_publishes_the_will() -> Result<()> {
     let (broker, addr) = serve().await;

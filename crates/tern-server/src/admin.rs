@@ -246,11 +246,9 @@ pub(crate) async fn run(
                 let mut line = String::new();
                 stdin.read_line(&mut line).context("cannot read the password from stdin")?;
                 let p = line.trim_end_matches(['\r', '\n']).to_string();
-                if p.chars().count() < tern_admin::admins::MIN_PASSWORD_LEN {
-                    bail!(
-                        "the password must be at least {} characters",
-                        tern_admin::admins::MIN_PASSWORD_LEN
-                    );
+                let (min, max) = (tern_admin::admins::MIN_PASSWORD_LEN, tern_admin::admins::MAX_PASSWORD_LEN);
+                if !(min..=max).contains(&p.chars().count()) {
+                    bail!("the password must be {min} to {max} characters");
                 }
                 (p, false)
             } else {

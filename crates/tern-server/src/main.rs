@@ -79,8 +79,8 @@ struct ServeArgs {
 
 #[derive(Debug, clap::Args)]
 struct ConfigArgs {
-    /// Configuration file (TOML).
-    #[arg(long, short, env = "TERN_CONFIG")]
+    /// Configuration file (TOML); may also follow the subcommand.
+    #[arg(long, short, env = "TERN_CONFIG", global = true)]
     config: Option<PathBuf>,
 }
 

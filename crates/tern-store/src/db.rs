@@ -359,6 +359,10 @@ impl DirectoryStore for Db {
         Box::pin(async move { on_conn!(self, |conn, b| b::use_refresh_token(conn, id).await?) })
     }
 
+    fn login_alive<'a>(&'a self, family: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::login_alive(conn, family).await?) })
+    }
+
     fn revoke_refresh_family<'a>(&'a self, family: &'a str) -> StoreFuture<'a, u64> {
         Box::pin(async move { on_conn!(self, |conn, b| b::revoke_refresh_family(conn, family).await?) })
     }

@@ -448,6 +448,11 @@ macro_rules! backend_fns {
             row.as_ref().map(rows::refresh_token).transpose()
         }
 
+        pub(crate) async fn login_alive(conn: &mut $Conn, family: &str) -> Result<bool, sqlx::Error> {
+            let row = sqlx::query(sql::LOGIN_ALIVE).bind(family).fetch_one(&mut *conn).await?;
+            Ok(rows::RowGet::int(&row, 0)? > 0)
+        }
+
         pub(crate) async fn revoke_refresh_family(
             conn: &mut $Conn,
             family: &str,

@@ -182,6 +182,10 @@ pub(crate) const USE_REFRESH_TOKEN: &str = "UPDATE refresh_tokens SET uses = use
 
 pub(crate) const REVOKE_REFRESH_FAMILY: &str = "DELETE FROM refresh_tokens WHERE family = $1";
 
+/// 1 if the family has a token left, else 0 (an integer on both backends).
+pub(crate) const LOGIN_ALIVE: &str =
+    "SELECT COUNT(*) FROM (SELECT 1 FROM refresh_tokens WHERE family = $1 LIMIT 1) AS alive";
+
 pub(crate) const REVOKE_REFRESH_TOKENS_OF: &str = "DELETE FROM refresh_tokens WHERE username = $1";
 
 pub(crate) const SWEEP_REFRESH_TOKENS: &str = "DELETE FROM refresh_tokens WHERE expires_at < $1";

@@ -1235,7 +1235,10 @@ async fn refresh_tokens(t: &TestDb) {
     counts.sort_unstable();
     assert_eq!(counts, (1..=8).collect::<Vec<i64>>());
 
+    assert!(db.login_alive("f1").await.expect("alive"));
+    assert!(!db.login_alive("no-such-family").await.expect("alive"));
     assert_eq!(db.revoke_refresh_family("f1").await.expect("revoke"), 2);
+    assert!(!db.login_alive("f1").await.expect("alive after revoke"));
     assert_eq!(db.use_refresh_token("t2").await.expect("use"), None);
     assert_eq!(db.revoke_refresh_family("f1").await.expect("revoke again"), 0);
     assert_eq!(db.revoke_refresh_tokens_of("root").await.expect("revoke"), 2, "t3 and hot");

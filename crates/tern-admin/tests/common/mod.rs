@@ -107,7 +107,7 @@ impl App {
             };
             self.store.put_admin_user(&user).await.unwrap();
         }
-        self.state.issue_token(name, role).unwrap()
+        self.state.issue_token(name, role).await.unwrap()
     }
 
     /// The audit log, oldest first.
