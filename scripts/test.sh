@@ -8,6 +8,9 @@
 #   build    cargo build -p tern-server           (target/debug/tern, used by the e2e tests)
 #   cargo    cargo nextest run --workspace + doc tests (plain `cargo test` if nextest is absent)
 #   pytest   pytest tests/python -q               (interop tests: paho-mqtt, mosquitto clients)
+#   observability  pytest tests/observability -q  (Grafana dashboard, Prometheus config, alerts
+#            and their promtool unit tests, Docker Compose stack; a real Prometheus scrapes a
+#            stand-in of /metrics. No Docker engine needed)
 #
 # Usage: scripts/test.sh [STEP...]     e.g. `scripts/test.sh pytest` runs setup + pytest only.
 # Env:   TERN_TEST_KEEP_GOING=1        run the remaining steps after a failure (still exits 1)
@@ -30,8 +33,10 @@ SKIP_SETUP="${TERN_TEST_SKIP_SETUP:-0}"
 TERN_BIN_OVERRIDE="${TERN_BIN:-}"
 unset TERN_TEST_KEEP_GOING TERN_TEST_SKIP_SETUP TERN_BIN
 
-ALL_STEPS=(fmt clippy build cargo pytest)
-APT_PACKAGES=(mosquitto-clients mosquitto) # mosquitto: reference broker for test self-checks
+ALL_STEPS=(fmt clippy build cargo pytest observability)
+# mosquitto: reference broker for test self-checks; prometheus: promtool and a real Prometheus
+# for the observability step.
+APT_PACKAGES=(mosquitto-clients mosquitto prometheus)
 VENV="$ROOT/.venv"
 PY_REQUIREMENTS="$ROOT/tests/python/requirements.txt"
 PYTHON="${PYTHON:-python3}"
@@ -135,7 +140,7 @@ print_summary() {
   local i
   printf '\n%s==> summary%s (%ss total)\n' "$BOLD" "$RESET" "$((SECONDS - START_TIME))"
   for i in "${!STEP_NAMES[@]}"; do
-    printf '    %-8s %-20s %4ss\n' "${STEP_NAMES[$i]}" "${STEP_RESULTS[$i]}" "${STEP_SECONDS[$i]}"
+    printf '    %-13s %-20s %4ss\n' "${STEP_NAMES[$i]}" "${STEP_RESULTS[$i]}" "${STEP_SECONDS[$i]}"
   done
 }
 
@@ -179,8 +184,8 @@ ensure_apt_packages() {
     wanted+=(python3-venv)
   fi
   if ! command -v dpkg-query >/dev/null 2>&1; then
-    for p in mosquitto_pub mosquitto_sub stdbuf; do
-      command -v "$p" >/dev/null 2>&1 || die "not a Debian system and '$p' is missing: install mosquitto-clients by hand."
+    for p in mosquitto_pub mosquitto_sub stdbuf promtool prometheus; do
+      command -v "$p" >/dev/null 2>&1 || die "not a Debian system and '$p' is missing: install mosquitto-clients and prometheus by hand."
     done
     return 0
   fi
@@ -236,7 +241,7 @@ ensure_python_venv() {
 
 check_tools() {
   local t
-  for t in mosquitto_pub mosquitto_sub stdbuf; do
+  for t in mosquitto_pub mosquitto_sub stdbuf promtool prometheus; do
     command -v "$t" >/dev/null 2>&1 || die "'$t' not found after setup"
   done
 }
@@ -339,6 +344,20 @@ step_pytest() {
   count_tests pytest "$log"
   if [ "$rc" -eq 5 ]; then
     echo "pytest collected no tests (exit 5): tests/python is misconfigured" >&2
+  fi
+  return "$rc"
+}
+
+# Dashboard, alerts, Prometheus config and the Compose stack (tests/observability). The tern
+# binary only serves `tern config`, to check the TERN_* names the image and compose.yaml set.
+step_observability() {
+  local log="$LOG_DIR/observability.log" rc=0
+  # No plugin autoload: schemathesis' and hypothesis' plugins (tests/python) cost 5 s to load.
+  TERN_BIN="$TERN_BIN_PATH" PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "$VENV/bin/python" -m pytest \
+    -p pytest_timeout tests/observability -q "${PYTEST_COLOR[@]}" 2>&1 | tee "$log" || rc=$?
+  count_tests pytest "$log"
+  if [ "$rc" -eq 5 ]; then
+    echo "pytest collected no tests (exit 5): tests/observability is misconfigured" >&2
   fi
   return "$rc"
 }
