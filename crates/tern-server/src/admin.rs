@@ -286,23 +286,13 @@ pub(crate) async fn run(
                 "admin.add"
             };
             audit(store, action, &a.username, a.role.as_str()).await;
+            let done = if a.reset { "reset" } else { "created" };
+            write!(out, "admin user {} ({}) {done}", a.username, a.role.as_str())?;
             if generated {
-                writeln!(
-                    out,
-                    "admin user {} ({}) {}; password: {password}",
-                    a.username,
-                    a.role.as_str(),
-                    if a.reset { "reset" } else { "created" }
-                )?;
+                writeln!(out, "; password: {password}")?;
                 writeln!(out, "store it now: it is not shown again")?;
             } else {
-                writeln!(
-                    out,
-                    "admin user {} ({}) {}",
-                    a.username,
-                    a.role.as_str(),
-                    if a.reset { "reset" } else { "created" }
-                )?;
+                writeln!(out)?;
             }
         }
         AdminCommand::ListUsers => {
