@@ -134,7 +134,7 @@ pub struct LimitsConfig {
     /// messages. 0 disables taps.
     pub max_taps: usize,
     /// Topics whose publish statistics are kept (the busiest, by the Space-Saving
-    /// algorithm); 0 turns topic statistics off.
+    /// algorithm); 0 (the default, see docs/benchmarks.md for the cost) turns them off.
     pub topic_stats_capacity: usize,
 }
 
@@ -155,7 +155,10 @@ impl Default for LimitsConfig {
             write_timeout: 30,
             acl_cache_bytes: 64 * 1024,
             max_taps: 16,
-            topic_stats_capacity: 1024,
+            // Off by default: recorded on every publish, they cost up to ~9% of QoS 0
+            // throughput in the pinned matrix (docs/benchmarks.md) until they are batched
+            // per connection like the other counters.
+            topic_stats_capacity: 0,
         }
     }
 }

@@ -30,6 +30,7 @@ async fn serve(config: BrokerConfig) -> (Broker, SocketAddr) {
 async fn counts_and_bytes_are_exact_under_capacity() -> Result<()> {
     let mut config = BrokerConfig::default();
     config.sys.interval = 1;
+    config.limits.topic_stats_capacity = 1024;
     let (broker, addr) = serve(config).await;
     let mut sys = broker.tap("$SYS/broker/uptime", true, 10)?;
     broker.start(); // $SYS messages flow, and must not be counted
