@@ -13,6 +13,24 @@
 #   BENCH_NICE          run brokers and the load generator at this nice value (e.g. -10) so
 #                       that other work on a shared machine disturbs the figures less (root only
 #                       for negative values; default: unchanged)
+#   BENCH_ADMIN=off     Tern only: no admin API listener and no topic statistics
+#                       (TERN_ADMIN__ENABLED=false, TERN_LIMITS__TOPIC_STATS_CAPACITY=0), the
+#                       configuration before issue 17, to measure their cost on one binary.
+#                       Default: as shipped (admin API on, on a free port next to the MQTT one,
+#                       see ADMIN_PORT; topic statistics as configured: off by default since
+#                       4d1da39, TERN_LIMITS__TOPIC_STATS_CAPACITY in the environment turns
+#                       them on).
+#   BENCH_ADMIN_POLL=1  Tern only: create the admin user `bench` in the broker's run folder
+#                       before it starts, and run a poller for the broker's life that logs in
+#                       once and lists every connected client (GET /api/v1/clients, all pages of
+#                       1000) every second; its log (one line per poll, then a summary with the
+#                       failures) is ADMIN_POLL_LOG. See admin_poller.
+#   BENCH_ADMIN_POLL_CPUS  taskset -c for the poller (default: unpinned; run-matrix.sh's
+#                       pinned pass puts it on the load generator's CPU)
+#   BENCH_ADMIN_POLL_PATH  what the poller GETs (default /api/v1/clients?limit=1000); a control
+#                       run with /healthz costs the poller the same processes and the broker
+#                       almost nothing
+#   BENCH_ADMIN_USER=1  create the admin user (as BENCH_ADMIN_POLL does) without the poller
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
@@ -126,23 +144,52 @@ wait_port() {
 # port_free PORT: true when nothing listens there.
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Admin API of the bench brokers (Tern): the user the poller and bench/admin-list.sh log in
+# with, created in the broker's run folder (its default SQLite database) before it starts.
+ADMIN_USER="bench"
+ADMIN_PASSWORD="bench-password-123"
+
 # start_broker NAME PORT CPUS MAXCONN: starts a fresh broker (taskset -c CPUS unless CPUS is
 # empty), waits until it listens, and sets BROKER_PID (and BROKER_RUN_DIR for Tern). Logs go
-# to $BENCH_WORK/NAME-PORT.log.
+# to $BENCH_WORK/NAME-PORT.log. Tern with its admin API on (unless BENCH_ADMIN=off) also sets
+# ADMIN_PORT (the API is on 127.0.0.1:ADMIN_PORT, the first free port from PORT+5, so a port
+# 8080 taken by something else cannot stop a run), and with BENCH_ADMIN_POLL=1
+# ADMIN_POLL_PID and ADMIN_POLL_LOG.
 start_broker() {
-    local name=$1 port=$2 cpus=$3 maxconn=${4:-100000} pin=() cfg logf
+    local name=$1 port=$2 cpus=$3 maxconn=${4:-100000} pin=() cfg logf env=()
     [[ -n "${BENCH_NICE:-}" ]] && pin+=(nice -n "$BENCH_NICE")
     [[ -n "$cpus" ]] && pin+=(taskset -c "$cpus")
     port_free "$port" || die "port $port is already in use"
     logf="$BENCH_WORK/$name-$port.log"
+    ADMIN_PORT="" ADMIN_POLL_PID="" ADMIN_POLL_LOG=""
     case "$name" in
         tern)
             # The default config keeps a SQLite store in data/ under the working directory:
             # run each broker in a fresh scratch folder (removed by stop_broker), so runs
             # start from an empty store and nothing lands in the caller's directory.
             BROKER_RUN_DIR="$(mktemp -d "$BENCH_WORK/tern-$port.XXXXXX")"
-            (cd "$BROKER_RUN_DIR" && exec "${pin[@]}" "$TERN_BIN" serve --mqtt-addr "127.0.0.1:$port") \
-                > "$logf" 2>&1 &
+            if ! tern_has_admin; then
+                # A build from before issue 17 (e.g. TERN_BIN of an older commit): it refuses
+                # the unknown TERN_ADMIN__* variables, and has nothing to turn off.
+                [[ "${BENCH_ADMIN_POLL:-0}" == 1 ]] && die "$TERN_BIN has no admin API to poll"
+            elif [[ "${BENCH_ADMIN:-on}" == off ]]; then
+                [[ "${BENCH_ADMIN_POLL:-0}" == 1 ]] && die "BENCH_ADMIN=off and BENCH_ADMIN_POLL=1 exclude each other"
+                env+=(TERN_ADMIN__ENABLED=false TERN_LIMITS__TOPIC_STATS_CAPACITY=0)
+            else
+                ADMIN_PORT=$((port + 5))
+                while ! port_free "$ADMIN_PORT"; do
+                    ADMIN_PORT=$((ADMIN_PORT + 1))
+                    ((ADMIN_PORT < port + 100)) || die "no free port for the admin API near $port"
+                done
+                env+=(TERN_ADMIN__ADDR="127.0.0.1:$ADMIN_PORT")
+                if [[ "${BENCH_ADMIN_POLL:-0}" == 1 || "${BENCH_ADMIN_USER:-0}" == 1 ]]; then
+                    (cd "$BROKER_RUN_DIR" && "$TERN_BIN" admin add-user --username "$ADMIN_USER" \
+                        --role admin --password-stdin <<< "$ADMIN_PASSWORD") > "$logf.add-user" 2>&1 \
+                        || { tail -5 "$logf.add-user" >&2; die "tern admin add-user failed"; }
+                fi
+            fi
+            (cd "$BROKER_RUN_DIR" && exec env "${env[@]}" "${pin[@]}" "$TERN_BIN" serve \
+                --mqtt-addr "127.0.0.1:$port") > "$logf" 2>&1 &
             ;;
         mosquitto)
             cfg="$BENCH_WORK/mosquitto-$port.conf"
@@ -163,12 +210,150 @@ start_broker() {
         stop_broker "$BROKER_PID"
         return 1
     fi
+    if [[ -n "$ADMIN_PORT" ]] && ! wait_port "$ADMIN_PORT" 10; then
+        log "tern's admin API did not listen on $ADMIN_PORT; last log lines:"
+        tail -5 "$logf" >&2 || true
+        stop_broker "$BROKER_PID"
+        return 1
+    fi
+    if [[ -n "$ADMIN_PORT" && "${BENCH_ADMIN_POLL:-0}" == 1 ]]; then
+        ADMIN_POLL_LOG="$BENCH_WORK/$name-$port-admin-poll.log"
+        local ppin=()
+        [[ -n "${BENCH_NICE:-}" ]] && ppin+=(nice -n "$BENCH_NICE")
+        [[ -n "${BENCH_ADMIN_POLL_CPUS:-}" ]] && ppin+=(taskset -c "$BENCH_ADMIN_POLL_CPUS")
+        # shellcheck disable=SC2016 # expanded by the child
+        "${ppin[@]}" env BENCH_WORK="$BENCH_WORK" bash -c 'source "$1" && admin_poller "$2"' _ \
+            "$BENCH_DIR/lib.sh" "$ADMIN_PORT" > "$ADMIN_POLL_LOG" 2>&1 &
+        ADMIN_POLL_PID=$!
+        # Return after its login and first poll: the login's password hash (argon2id, ~19 MiB
+        # and tens of ms of CPU, once) then lands before the caller's measurement starts.
+        local i
+        for ((i = 0; i < 200; i++)); do
+            grep -q ' pages=' "$ADMIN_POLL_LOG" 2>/dev/null && break
+            sleep 0.1
+        done
+        grep -q ' pages=[0-9]* clients=[0-9]* ms=[0-9]* failed=0' "$ADMIN_POLL_LOG" \
+            || log "warning: the admin poller's first poll did not succeed within 20 s"
+    fi
+}
+
+# tern_has_admin: whether TERN_BIN has the admin API (issue 17); cached per binary.
+TERN_HAS_ADMIN_BIN="" TERN_HAS_ADMIN=""
+tern_has_admin() {
+    if [[ "$TERN_HAS_ADMIN_BIN" != "${TERN_BIN:-}" ]]; then
+        TERN_HAS_ADMIN_BIN="${TERN_BIN:-}"
+        TERN_HAS_ADMIN=0
+        (cd "$BENCH_WORK" && "$TERN_BIN" config 2>/dev/null | grep -q '^\[admin\]') && TERN_HAS_ADMIN=1
+    fi
+    [[ $TERN_HAS_ADMIN == 1 ]]
+}
+
+# admin_mode: how start_broker runs Tern's admin API: off, on or polled; absent for a build
+# without it.
+admin_mode() {
+    if ! tern_has_admin; then echo absent
+    elif [[ "${BENCH_ADMIN:-on}" == off ]]; then echo off
+    elif [[ "${BENCH_ADMIN_POLL:-0}" == 1 ]]; then echo "polled${BENCH_ADMIN_POLL_PATH:+ $BENCH_ADMIN_POLL_PATH}"
+    else echo on; fi
+}
+
+# admin_login PORT: prints an access token of ADMIN_USER (empty and status 1 on failure).
+admin_login() {
+    local body
+    body="$(curl -sS --max-time 10 -H 'content-type: application/json' \
+        -d "{\"username\":\"$ADMIN_USER\",\"password\":\"$ADMIN_PASSWORD\"}" \
+        "http://127.0.0.1:$1/api/v1/auth/login")" || return 1
+    body="$(grep -o '"access_token":"[^"]*"' <<< "$body")" || return 1
+    body="${body#\"access_token\":\"}"
+    printf '%s\n' "${body%\"}"
+}
+
+# admin_get PORT TOKEN PATH_AND_QUERY OUT: one GET, body to OUT; prints "HTTP_CODE TIME_S"
+# (curl's time_total: connect, request and the whole body read, no process start-up).
+admin_get() {
+    curl -sS --max-time 30 -o "$4" -w '%{http_code} %{time_total}\n' \
+        -H "authorization: Bearer $2" "http://127.0.0.1:$1$3" || echo "000 0"
+}
+
+# admin_next FILE: the `next` cursor of a page (last field of the object), empty if null.
+admin_next() {
+    local n
+    n="$(tail -c 400 "$1" | grep -o '"next":"[^"]*"' || true)"
+    n="${n#\"next\":\"}"
+    printf '%s' "${n%\"}"
+}
+
+# admin_poller PORT: logs in once (again on a 401), then every second (absolute schedule; a
+# poll slower than 1 s starts the next one at once) lists every connected client with
+# GET /api/v1/clients?limit=1000 (or BENCH_ADMIN_POLL_PATH), following `next` to the last
+# page. One line per poll on stdout: time, pages, clients listed, milliseconds, failed
+# requests; on SIGTERM a summary line "admin-poll summary: polls=N failures=M ...". Started by
+# start_broker, stopped by stop_broker.
+admin_poller() {
+    local port=$1 path=${BENCH_ADMIN_POLL_PATH:-/api/v1/clients?limit=1000} token="" polls=0 failures=0 items=0 pages=0 tmp next res code t0 t1 n ms
+    local total_ms=0 max_ms=0 next_at
+    tmp="$(mktemp "$BENCH_WORK/admin-poll.XXXXXX")"
+    summary() {
+        printf 'admin-poll summary: polls=%s failures=%s clients_last=%s total_ms=%s max_ms=%s\n' \
+            "$polls" "$failures" "$items" "$total_ms" "$max_ms"
+        rm -f "$tmp"
+        exit 0
+    }
+    trap summary TERM INT
+    next_at=${EPOCHREALTIME/[.,]/}
+    while true; do
+        if [[ -z "$token" ]]; then
+            token="$(admin_login "$port")" || { token=""; failures=$((failures + 1)); }
+        fi
+        t0=${EPOCHREALTIME/[.,]/}
+        pages=0 n=0 next="" res=0
+        if [[ -n "$token" ]]; then
+            while true; do
+                read -r code _ < <(admin_get "$port" "$token" "$path${next:+&after=$next}" "$tmp")
+                pages=$((pages + 1))
+                if [[ $code != 200 ]]; then
+                    res=$((res + 1))
+                    [[ $code == 401 ]] && token=""
+                    break
+                fi
+                n=$((n + $(grep -o '"client_id":' "$tmp" | wc -l)))
+                next="$(admin_next "$tmp")"
+                [[ -n "$next" ]] || break
+            done
+        fi
+        t1=${EPOCHREALTIME/[.,]/}
+        ms=$(((t1 - t0) / 1000))
+        polls=$((polls + 1)) failures=$((failures + res)) items=$n
+        total_ms=$((total_ms + ms))
+        ((ms > max_ms)) && max_ms=$ms
+        printf '%s pages=%s clients=%s ms=%s failed=%s\n' "$(date +%T)" "$pages" "$n" "$ms" "$res"
+        next_at=$((next_at + 1000000))
+        t1=${EPOCHREALTIME/[.,]/}
+        if ((next_at > t1)); then
+            n=$((next_at - t1))
+            sleep "$((n / 1000000)).$(printf '%06d' $((n % 1000000)))" &
+            wait $! || true
+        else
+            next_at=$t1
+        fi
+    done
 }
 
 # stop_broker PID: SIGTERM, then SIGKILL after 5 s; then removes the broker's scratch
 # working directory (Tern's data/), if start_broker made one.
 stop_broker() {
     local pid=$1 i
+    if [[ -n "${ADMIN_POLL_PID:-}" ]]; then
+        # The poller first, so that the broker's shutdown is not counted as its failures.
+        kill "$ADMIN_POLL_PID" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$ADMIN_POLL_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -0 "$ADMIN_POLL_PID" 2>/dev/null && kill -9 "$ADMIN_POLL_PID" 2>/dev/null
+        wait "$ADMIN_POLL_PID" 2>/dev/null || true
+        ADMIN_POLL_PID=""
+    fi
     if kill "$pid" 2>/dev/null; then
         for ((i = 0; i < 50; i++)); do
             kill -0 "$pid" 2>/dev/null || break

@@ -76,7 +76,7 @@ log "brokers: ${want[*]}; passes: $PASSES; open-files limit $NOFILE; results in 
     echo "date: $(date -u +%FT%TZ)"
     echo "host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
     echo "tern-bench: $TERN_BENCH"
-    echo "mosquitto: $("$MOSQUITTO_BIN" -h 2>/dev/null | head -1 || true)"
+    echo "mosquitto: $([[ -n "${MOSQUITTO_BIN:-}" ]] && "$MOSQUITTO_BIN" -h 2>/dev/null | head -1 || true)"
     echo "rumqttd: $RUMQTTD_VERSION"
     echo "tern binary: ${TERN_BIN:-not run} ($(stat -c '%y' "${TERN_BIN:-/nonexistent}" 2>/dev/null || echo '?'))"
     echo "repository HEAD: $(git -C "$REPO_DIR" log -1 --format='%h %s' 2>/dev/null || true)"
@@ -84,9 +84,11 @@ log "brokers: ${want[*]}; passes: $PASSES; open-files limit $NOFILE; results in 
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "nice: ${BENCH_NICE:-unchanged}"
     echo "quiet pattern: ${BENCH_QUIET_PATTERN:-none}"
+    echo "tern admin API: $([[ -n "${TERN_BIN:-}" ]] && admin_mode || echo n/a)"
 } > "$ENV_FILE"
 
 port=19000
+poll_cpus_default="${BENCH_ADMIN_POLL_CPUS:-}"
 run_one() { # pass scenario broker args...
     local pass=$1 scen=$2 broker=$3 bcpus="" lcpus=() dir rc=0 need=0 conns=0
     shift 3
@@ -94,9 +96,11 @@ run_one() { # pass scenario broker args...
     dir="$OUT/$pass/$scen"
     mkdir -p "$dir"
     [[ -n "${BENCH_NICE:-}" ]] && lcpus+=(nice -n "$BENCH_NICE")
+    BENCH_ADMIN_POLL_CPUS="$poll_cpus_default"
     if [[ $pass == pinned ]]; then
         bcpus=0
         lcpus+=(taskset -c 1)
+        BENCH_ADMIN_POLL_CPUS="${poll_cpus_default:-1}"  # the admin poller goes with the load
     fi
     if [[ ${args[0]} == conn ]]; then
         conns="${args[2]}"
@@ -121,11 +125,16 @@ run_one() { # pass scenario broker args...
     "${lcpus[@]}" "$TERN_BENCH" "${args[@]}" -p "$port" --broker-pid "$BROKER_PID" --interval 0 \
         --label "broker=$broker" --label "scenario=$scen" --label "pass=$pass" \
         --label "load1_before=$(cut -d' ' -f1 /proc/loadavg)" --label "waited_s=$QUIET_WAITED" \
+        --label "admin=$([[ $broker == tern ]] && admin_mode || echo n/a)" \
         > "$dir/$broker.json" 2> "$dir/$broker.log" || rc=$?
     if ! kill -0 "$BROKER_PID" 2>/dev/null; then
         log "  broker $broker exited during the run"
     fi
     stop_broker "$BROKER_PID"
+    if [[ -n "$ADMIN_POLL_LOG" ]]; then
+        mv "$ADMIN_POLL_LOG" "$dir/$broker.admin-poll.log"
+        tail -1 "$dir/$broker.admin-poll.log" | sed 's/^/    /' >&2
+    fi
     grep -E '^(publish|deliver|check|latency|connect|storm|broker|load gen|WARNING|FAILED)|error' "$dir/$broker.log" \
         | sed 's/^/    /' >&2 || true
     [[ $rc == 0 ]] || log "  tern-bench exit code $rc"
