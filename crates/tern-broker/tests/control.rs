@@ -1,41 +1,24 @@
 //! The control surface against an in-process broker with real MQTT clients: snapshots of
 //! clients, sessions and retained messages, kick, session deletion, publish with a result.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use bytes::Bytes;
+use common::eventually;
 use tern_broker::control::{AdminPublish, ClientFilter};
-use tern_broker::{Broker, BrokerConfig, ConnMeta, MessageProperties, Security};
+use tern_broker::{Broker, BrokerConfig, MessageProperties};
 use tern_protocol::{QoS, ReasonCode};
 use tern_test_support::client::{RawClient, connect_v5, connect_v311, publish};
 
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A broker without a store, serving on a free loopback port.
+/// A broker with the default configuration.
 async fn serve() -> (Broker, SocketAddr) {
-    let broker = Broker::new(BrokerConfig::default(), Security::allow_all());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let b = broker.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            b.accept_tcp(stream, peer, ConnMeta::plain("tcp"));
-        }
-    });
-    (broker, addr)
-}
-
-/// Polls `f` until it holds (the broker updates its state asynchronously).
-async fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..100 {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
+    common::serve(BrokerConfig::default()).await
 }
 
 #[tokio::test]

@@ -3,33 +3,21 @@
 //! topics, `$SYS` without `include_sys`, the retained feed of a SUBSCRIBE, refused
 //! messages), a slow viewer's drops, the tap limit and unregistering.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
+use common::serve;
 use tern_broker::control::AdminPublish;
 use tern_broker::tap::{MAX_TAP_CAPACITY, Tap, TapError, TapEvent};
-use tern_broker::{Broker, BrokerConfig, ConnMeta, MessageProperties, Security};
+use tern_broker::{BrokerConfig, MessageProperties};
 use tern_protocol::topic::TopicError;
 use tern_protocol::{QoS, ReasonCode};
 use tern_test_support::client::{RawClient, connect_v5, publish};
 
 const WAIT: Duration = Duration::from_secs(5);
-
-/// A broker without a store, serving on a free loopback port.
-async fn serve(config: BrokerConfig) -> (Broker, SocketAddr) {
-    let broker = Broker::new(config, Security::allow_all());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let b = broker.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            b.accept_tcp(stream, peer, ConnMeta::plain("tcp"));
-        }
-    });
-    (broker, addr)
-}
 
 async fn next(tap: &mut Tap) -> Result<TapEvent> {
     tokio::time::timeout(WAIT, tap.recv()).await.context("no tap event in time")?.context("tap closed")

@@ -2,29 +2,17 @@
 //! under capacity, bounded memory with the heavy hitters kept at capacity, the prefix
 //! filter, `$SYS` left out, and switched off with capacity 0.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Result, ensure};
 use bytes::Bytes;
+use common::serve;
 use tern_broker::control::AdminPublish;
-use tern_broker::{Broker, BrokerConfig, ConnMeta, MessageProperties, Security};
+use tern_broker::{BrokerConfig, MessageProperties};
 use tern_protocol::QoS;
 use tern_test_support::client::{RawClient, connect_v5, publish};
-
-/// A broker without a store, serving on a free loopback port.
-async fn serve(config: BrokerConfig) -> (Broker, SocketAddr) {
-    let broker = Broker::new(config, Security::allow_all());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let b = broker.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            b.accept_tcp(stream, peer, ConnMeta::plain("tcp"));
-        }
-    });
-    (broker, addr)
-}
 
 #[tokio::test]
 async fn counts_and_bytes_are_exact_under_capacity() -> Result<()> {
