@@ -294,6 +294,35 @@ pub async fn expect_frame(c: &mut RawClient, kind: u8, what: &str) -> Result<Fra
     }
 }
 
+/// The CONNACK's reason code (5.0) or return code (3.x) as sent on the wire, read without the
+/// codec; plus the client, to go on with when it was accepted.
+pub async fn connack_code(addr: SocketAddr, connect: tern_protocol::Connect) -> Result<(u8, RawClient)> {
+    let mut c = RawClient::open(addr, connect.protocol).await?;
+    c.send(tern_protocol::Packet::Connect(Box::new(connect))).await?;
+    match c.recv_frame(WAIT).await? {
+        Event::Item(f) if f.packet_type() == raw::kind::CONNACK => {
+            Ok((f.reason_code().ok_or_else(|| anyhow!("CONNACK without a code"))?, c))
+        }
+        Event::Item(f) => bail!("expected CONNACK, got {f:?}"),
+        Event::Timeout => bail!("no CONNACK within {WAIT:?}"),
+        Event::Closed => bail!("connection closed instead of CONNACK"),
+    }
+}
+
+/// Requires CONNACK code `want` for `connect`; `what` names the case in failures.
+pub async fn expect_connack(
+    addr: SocketAddr,
+    connect: tern_protocol::Connect,
+    want: u8,
+    what: &str,
+) -> Result<RawClient> {
+    let (got, c) = connack_code(addr, connect).await.map_err(|e| e.context(what.to_string()))?;
+    if got != want {
+        bail!("{what}: CONNACK code {got:#04x}, expected {want:#04x}");
+    }
+    Ok(c)
+}
+
 // --- Resident memory of the broker process ------------------------------------------------
 
 /// One mebibyte, for memory bounds.

@@ -30,7 +30,7 @@ use tern_e2e::scram::hmac_sha256;
 use tern_e2e::site::Site;
 use tern_e2e::store::TestDb;
 use tern_e2e::*;
-use tern_protocol::{Connect, Packet, QoS};
+use tern_protocol::{Connect, QoS};
 
 /// The bootstrapped admin.
 const ROOT: &str = "root";
@@ -257,26 +257,6 @@ fn v5_login(client_id: &str, username: &str, password: &str) -> Connect {
     c.username = Some(username.into());
     c.password = Some(bytes::Bytes::copy_from_slice(password.as_bytes()));
     c
-}
-
-/// The CONNACK reason code as sent on the wire, and the client.
-async fn connack_code(addr: SocketAddr, connect: Connect) -> Result<(u8, RawClient)> {
-    let mut c = RawClient::open(addr, connect.protocol).await?;
-    c.send(Packet::Connect(Box::new(connect))).await?;
-    match c.recv_frame(WAIT).await? {
-        Event::Item(f) if f.packet_type() == raw::kind::CONNACK => {
-            Ok((f.reason_code().context("CONNACK without a code")?, c))
-        }
-        Event::Item(f) => bail!("expected CONNACK, got {f:?}"),
-        Event::Timeout => bail!("no CONNACK within {WAIT:?}"),
-        Event::Closed => bail!("connection closed instead of CONNACK"),
-    }
-}
-
-async fn expect_connack(addr: SocketAddr, connect: Connect, want: u8, what: &str) -> Result<RawClient> {
-    let (got, c) = connack_code(addr, connect).await.with_context(|| what.to_owned())?;
-    ensure!(got == want, "{what}: CONNACK {got:#04x}, expected {want:#04x}");
-    Ok(c)
 }
 
 /// QoS 1 PUBLISH; returns the PUBACK reason code.

@@ -44,28 +44,6 @@ fn with_credentials(mut c: Connect, username: Option<&str>, password: Option<&[u
     c
 }
 
-/// The CONNACK's reason code (5.0) or return code (3.x) as sent on the wire, read without the
-/// codec; plus the client, to go on with when it was accepted.
-async fn connack_code(addr: SocketAddr, connect: Connect) -> Result<(u8, RawClient)> {
-    let mut c = RawClient::open(addr, connect.protocol).await?;
-    c.send(Packet::Connect(Box::new(connect))).await?;
-    match c.recv_frame(WAIT).await? {
-        Event::Item(f) if f.packet_type() == raw::kind::CONNACK => {
-            Ok((f.reason_code().context("CONNACK without a code")?, c))
-        }
-        Event::Item(f) => bail!("expected CONNACK, got {f:?}"),
-        Event::Timeout => bail!("no CONNACK within {WAIT:?}"),
-        Event::Closed => bail!("connection closed instead of CONNACK"),
-    }
-}
-
-/// Requires CONNACK code `want` for `connect`; `what` names the case in failures.
-async fn expect_connack(addr: SocketAddr, connect: Connect, want: u8, what: &str) -> Result<RawClient> {
-    let (got, c) = connack_code(addr, connect).await.with_context(|| what.to_string())?;
-    ensure!(got == want, "{what}: CONNACK code {got:#04x}, expected {want:#04x}");
-    Ok(c)
-}
-
 async fn expect_connected(addr: SocketAddr, connect: Connect, what: &str) -> Result<RawClient> {
     let mut c = expect_connack(addr, connect, 0x00, what).await?;
     c.ping().await.with_context(|| format!("{what}: PINGREQ after CONNACK"))?;
