@@ -202,9 +202,9 @@ pub async fn create_rule(
 ) -> Result<Response, ApiError> {
     who.require(Role::Operator)?;
     let ip = source.ip_text();
-    let id = provision::add_acl_rule(state.store.as_ref(), body.into(), actor(&who, ip.as_deref())).await?;
+    let rule = provision::add_acl_rule(state.store.as_ref(), body.into(), actor(&who, ip.as_deref())).await?;
     reload(&state).await;
-    let rule = provision::get_acl_rule(state.store.as_ref(), id).await?;
+    let id = rule.id;
     let mut res = (StatusCode::CREATED, Json(AclRule::from(rule))).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/acl/rules/{id}")) {
         res.headers_mut().insert(header::LOCATION, v);

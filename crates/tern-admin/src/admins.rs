@@ -85,12 +85,21 @@ pub struct UpdateAdminUser {
     pub password: Option<String>,
 }
 
+/// Whether `u` may name an admin user: 1 to 64 ASCII letters, digits, `.`, `_`, `-`, `@`
+/// (no `:`, so no user can pass for an API key's `key:<id>` actor). The API and `tern admin`
+/// both check with this.
+pub fn valid_username(u: &str) -> bool {
+    !u.is_empty() && u.len() <= 64 && u.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+}
+
+/// Whether `p` has an acceptable length for an admin password ([`MIN_PASSWORD_LEN`] to
+/// [`MAX_PASSWORD_LEN`] characters).
+pub fn valid_password_len(p: &str) -> bool {
+    (MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&p.chars().count())
+}
+
 fn check_username(u: &str) -> Result<(), ApiError> {
-    let ok = !u.is_empty()
-        && u.len() <= 64
-        && u.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
-        && !u.starts_with("key:");
-    if ok {
+    if valid_username(u) {
         Ok(())
     } else {
         Err(ApiError::field("username", "must be 1 to 64 ASCII letters, digits, '.', '_', '-' or '@'"))
@@ -98,8 +107,7 @@ fn check_username(u: &str) -> Result<(), ApiError> {
 }
 
 fn check_password(p: &str) -> Result<(), ApiError> {
-    let n = p.chars().count();
-    if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&n) {
+    if !valid_password_len(p) {
         return Err(ApiError::field(
             "password",
             format!("must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters"),

@@ -21,7 +21,7 @@ use crate::auth::{Authenticated, Role};
 use crate::dto::{
     Client, ClientPage, ClientQuery, Health, Metrics, PublishRequest, PublishResult, Readiness, Refusal,
     Retained, RetainedPage, RetainedQuery, Session, SessionPage, SubscriptionItem, SubscriptionPage,
-    SubscriptionQuery, TopicList, TopicQuery, TopicStat, limit,
+    SubscriptionQuery, TopicList, TopicQuery, TopicStat, cut_page, limit,
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, SourceAddr};
@@ -359,12 +359,7 @@ pub async fn list_subscriptions(
             break;
         }
     }
-    let next = if items.len() > n {
-        items.truncate(n);
-        items.last().map(|i| encode_cursor(&i.client_id, &i.subscription.filter))
-    } else {
-        None
-    };
+    let next = cut_page(&mut items, n, |i| encode_cursor(&i.client_id, &i.subscription.filter));
     Ok(Json(SubscriptionPage { items, next }))
 }
 

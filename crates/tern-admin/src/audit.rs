@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::auth::{Authenticated, Role};
-use crate::dto::{MAX_LIMIT, limit, millis_rfc3339};
+use crate::dto::{MAX_LIMIT, cut_page, limit, millis_rfc3339};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiQuery, SourceAddr};
 
@@ -136,11 +136,6 @@ pub async fn list_audit(
         limit: n as u32 + 1,
     };
     let mut items = state.store.query_audit(&query).await?;
-    let next = if items.len() > n {
-        items.truncate(n);
-        items.last().map(|e| e.id)
-    } else {
-        None
-    };
+    let next = cut_page(&mut items, n, |e| e.id);
     Ok(Json(AuditPage { items: items.into_iter().map(AuditItem::from).collect(), next }))
 }

@@ -15,7 +15,7 @@
 //! (so `alg: none` and tokens signed otherwise are refused) and looks the user up on every
 //! request: a deleted user is locked out at once and a role change applies at once.
 
-use std::sync::{OnceLock, PoisonError};
+use std::sync::PoisonError;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -123,11 +123,7 @@ pub(crate) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-pub(crate) fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub(crate) use tern_auth::provision::now_millis;
 
 /// `n` random bytes from the system CSPRNG.
 pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
@@ -320,6 +316,11 @@ pub struct LoginRequest {
     pub password: String,
 }
 
+/// Hashes a new admin password on the state's bounded pool.
+pub(crate) async fn hash(state: &AppState, password: String) -> Result<String, ApiError> {
+    state.hashes.hash(password).await.ok_or_else(|| ApiError::internal("password hashing failed"))
+}
+
 /// Refresh request.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -343,38 +344,6 @@ pub struct TokenResponse {
     pub refresh_expires_in: u64,
     /// The role in force.
     pub role: Role,
-}
-
-/// A hash of a random password, verified against when the user is unknown so that the
-/// answer takes as long as for a wrong password.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| tern_auth::hash_password(&tern_auth::generate_password()))
-}
-
-/// Verifies on the blocking pool, bounded by the state's permits (each check holds ~19 MiB).
-pub(crate) async fn verify(
-    state: &AppState,
-    phc: Option<String>,
-    password: String,
-) -> Result<bool, ApiError> {
-    let _permit = state.hash_permits.acquire().await.map_err(ApiError::internal)?;
-    tokio::task::spawn_blocking(move || {
-        if let Some(phc) = phc {
-            tern_auth::verify_password(&phc, password.as_bytes())
-        } else {
-            let _ = tern_auth::verify_password(dummy_hash(), password.as_bytes());
-            false
-        }
-    })
-    .await
-    .map_err(ApiError::internal)
-}
-
-/// Hashes on the blocking pool, bounded like [`verify`].
-pub(crate) async fn hash(state: &AppState, password: String) -> Result<String, ApiError> {
-    let _permit = state.hash_permits.acquire().await.map_err(ApiError::internal)?;
-    tokio::task::spawn_blocking(move || tern_auth::hash_password(&password)).await.map_err(ApiError::internal)
 }
 
 /// Issues a refresh token in `family` and an access token, and stores the former's hash.
@@ -429,7 +398,9 @@ pub async fn login(
     let ip = source.0.map(|a| a.ip());
     state.limiter.check(ip, &req.username)?;
     let user = state.store.admin_user(&req.username).await?;
-    let ok = verify(&state, user.as_ref().map(|u| u.password_hash.clone()), req.password).await?;
+    // An unknown user is checked against a dummy hash: the answer takes as long either way.
+    let phc = user.as_ref().map(|u| u.password_hash.clone());
+    let ok = state.hashes.verify(phc, req.password.into_bytes()).await;
     let Some(user) = user.filter(|_| ok) else {
         state.limiter.failed(&req.username);
         tracing::info!(username = %req.username, source = ?ip, "admin login refused");

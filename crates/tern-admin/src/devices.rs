@@ -22,7 +22,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::audit::actor;
 use crate::auth::{Authenticated, Role};
-use crate::dto::{Client, limit, millis_rfc3339};
+use crate::dto::{Client, cut_page, limit, millis_rfc3339};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, SourceAddr};
 
@@ -245,12 +245,7 @@ pub async fn list_devices(
         limit: n as u32 + 1,
     };
     let mut found = state.store.query_devices(&query).await?;
-    let next = if found.len() > n {
-        found.truncate(n);
-        found.last().map(|d| d.client_id.clone())
-    } else {
-        None
-    };
+    let next = cut_page(&mut found, n, |d| d.client_id.clone());
     let items = found.iter().map(|d| Device::from(DeviceSummary::from(d))).collect();
     Ok(Json(DevicePage { items, next }))
 }

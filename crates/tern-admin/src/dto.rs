@@ -23,6 +23,17 @@ pub fn limit(l: Option<u32>) -> Result<usize, crate::error::ApiError> {
     }
 }
 
+/// Cuts a listing fetched with one item more than `limit` down to `limit`; when that extra
+/// item was there, the cursor of the next page is `cursor` of the last item kept.
+pub(crate) fn cut_page<T, C>(items: &mut Vec<T>, limit: usize, cursor: impl Fn(&T) -> C) -> Option<C> {
+    if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(cursor)
+    } else {
+        None
+    }
+}
+
 /// Unix milliseconds as RFC 3339 (UTC).
 pub fn millis_rfc3339(ms: i64) -> String {
     let t = u64::try_from(ms).map_or(UNIX_EPOCH, |ms| UNIX_EPOCH + std::time::Duration::from_millis(ms));

@@ -35,7 +35,6 @@ use axum::routing::{get, post};
 use tern_auth::AclAuthorizer;
 use tern_broker::Broker;
 use tern_broker::store::DirectoryStore;
-use tokio::sync::Semaphore;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -109,8 +108,8 @@ pub struct AppState {
     pub(crate) authorizer: Option<Arc<AclAuthorizer>>,
     pub(crate) keys: Arc<auth::JwtKeys>,
     pub(crate) opts: Arc<AdminOptions>,
-    /// Bounds concurrent argon2 computations (each holds ~19 MiB).
-    pub(crate) hash_permits: Arc<Semaphore>,
+    /// Argon2 work on the blocking pool, bounded (each computation holds ~19 MiB).
+    pub(crate) hashes: tern_auth::HashPool,
     pub(crate) limiter: Arc<ratelimit::LoginLimiter>,
     /// When each API key's use was last recorded.
     pub(crate) key_touches: Arc<Mutex<HashMap<String, Instant>>>,
@@ -148,7 +147,6 @@ impl AppState {
         for o in &opts.cors_origins {
             HeaderValue::from_str(o).map_err(|_| ConfigError::BadOrigin(o.clone()))?;
         }
-        let permits = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         Ok(AppState {
             broker,
             store,
@@ -159,7 +157,7 @@ impl AppState {
                 opts.login_failures_per_user,
             )),
             opts: Arc::new(opts),
-            hash_permits: Arc::new(Semaphore::new(permits)),
+            hashes: tern_auth::HashPool::new(0),
             key_touches: Arc::default(),
             listeners_up: Arc::new(AtomicBool::new(false)),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),

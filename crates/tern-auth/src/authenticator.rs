@@ -80,7 +80,12 @@ impl TernAuthenticator {
         random_bytes(&mut scram_secret);
         let hashes = tokio::task::spawn_blocking({
             let n = config.max_concurrent_hashes;
-            move || HashPool::new(n)
+            move || {
+                let pool = HashPool::new(n);
+                // The dummy hash now, not during the first unknown-user CONNECT.
+                pool.warm_up();
+                pool
+            }
         })
         .await
         .map_err(|e| AuthError::Config(format!("password hasher setup: {e}")))?;

@@ -33,7 +33,7 @@ pub use config::{
 };
 pub use error::AuthError;
 pub use jwt::{JwtVerifier, looks_like_jwt};
-pub use password::{generate_password, hash_password, verify_password};
+pub use password::{HashPool, generate_password, hash_password, verify_password};
 pub use scram::scram_verifier;
 
 /// The two halves the broker needs.

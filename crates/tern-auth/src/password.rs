@@ -75,27 +75,33 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password(&generate_password()))
 }
 
-/// Runs verifications on the blocking pool, at most `permits` at once (each holds ~19 MiB).
+/// Runs argon2id work on the blocking pool, at most `permits` at once (each holds ~19 MiB).
+/// The device authenticator and the admin API's logins each have one.
 #[derive(Debug, Clone)]
-pub(crate) struct HashPool {
+pub struct HashPool {
     permits: Arc<Semaphore>,
 }
 
 impl HashPool {
-    pub(crate) fn new(max_concurrent: usize) -> HashPool {
+    /// At most `max_concurrent` computations at once (0: one per core).
+    pub fn new(max_concurrent: usize) -> HashPool {
         let n = if max_concurrent == 0 {
             std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
         } else {
             max_concurrent
         };
-        // Compute the dummy hash now, not during the first unknown-user CONNECT.
-        let _ = dummy_hash();
         HashPool { permits: Arc::new(Semaphore::new(n)) }
+    }
+
+    /// Computes the dummy hash now (blocking), so the first unknown-user check does not pay
+    /// for it.
+    pub fn warm_up(&self) {
+        let _ = dummy_hash();
     }
 
     /// Verifies `password` against `phc`, or against the dummy hash when `phc` is `None`
     /// (then the answer is always `false`, after the same work).
-    pub(crate) async fn verify(&self, phc: Option<String>, password: Vec<u8>) -> bool {
+    pub async fn verify(&self, phc: Option<String>, password: Vec<u8>) -> bool {
         let Ok(_permit) = self.permits.acquire().await else {
             return false;
         };
@@ -109,6 +115,12 @@ impl HashPool {
         })
         .await;
         res.unwrap_or(false)
+    }
+
+    /// Hashes `password` (argon2id, default parameters); `None` if the work could not run.
+    pub async fn hash(&self, password: String) -> Option<String> {
+        let _permit = self.permits.acquire().await.ok()?;
+        tokio::task::spawn_blocking(move || hash_password(&password)).await.ok()
     }
 }
 

@@ -167,7 +167,8 @@ impl From<&Device> for DeviceSummary {
     }
 }
 
-fn now_millis() -> i64 {
+/// Now, in Unix milliseconds (the unit of the directory's times).
+pub fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -508,12 +509,12 @@ fn checked_rule(id: i64, req: NewAclRule) -> Result<AclRule, ProvisionError> {
     })
 }
 
-/// Validates and adds an ACL rule, audits `acl.add`, and returns its id.
+/// Validates and adds an ACL rule, audits `acl.add`, and returns it as stored (with its id).
 pub async fn add_acl_rule<'a>(
     store: &dyn DirectoryStore,
     req: NewAclRule,
     actor: impl Into<Actor<'a>>,
-) -> Result<i64, ProvisionError> {
+) -> Result<AclRuleSummary, ProvisionError> {
     let rule = checked_rule(0, req)?;
     let id = store.add_acl_rule(&rule).await?;
     let mut summary = AclRuleSummary::from(&rule);
@@ -526,7 +527,7 @@ pub async fn add_acl_rule<'a>(
         serde_json::json!({ "after": json_of(&summary) }),
     )
     .await?;
-    Ok(id)
+    Ok(summary)
 }
 
 /// One ACL rule.

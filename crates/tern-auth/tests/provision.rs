@@ -127,7 +127,7 @@ async fn acl_rules_are_validated_added_listed_and_removed() {
     req.max_qos = Some(1);
     req.no_retain = true;
     req.client_id = Some("dev-1".into());
-    let id = add_acl_rule(&store, req, "cli").await.unwrap();
+    let id = add_acl_rule(&store, req, "cli").await.unwrap().id;
     let listed = list_acl_rules(&store).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].id, listed[0].permission, listed[0].action), (id, "allow", "publish"));

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
-use tern_broker::store::{AdminUser, AuditEntry, DirectoryStore};
+use tern_broker::store::{AdminUser, DirectoryStore};
 
 use crate::listeners::config::{ClientCerts, TlsSettings, TlsVersion};
 
@@ -236,18 +236,16 @@ pub(crate) async fn run(
 ) -> Result<()> {
     match cmd {
         AdminCommand::AddUser(a) => {
-            let ok = !a.username.is_empty()
-                && a.username.len() <= 64
-                && a.username.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
-            if !ok {
+            if !tern_admin::admins::valid_username(&a.username) {
                 bail!("--username must be 1 to 64 ASCII letters, digits, '.', '_', '-' or '@'");
             }
             let (password, generated) = if a.password_stdin {
                 let mut line = String::new();
                 stdin.read_line(&mut line).context("cannot read the password from stdin")?;
                 let p = line.trim_end_matches(['\r', '\n']).to_string();
-                let (min, max) = (tern_admin::admins::MIN_PASSWORD_LEN, tern_admin::admins::MAX_PASSWORD_LEN);
-                if !(min..=max).contains(&p.chars().count()) {
+                if !tern_admin::admins::valid_password_len(&p) {
+                    let (min, max) =
+                        (tern_admin::admins::MIN_PASSWORD_LEN, tern_admin::admins::MAX_PASSWORD_LEN);
                     bail!("the password must be {min} to {max} characters");
                 }
                 (p, false)
@@ -259,12 +257,11 @@ pub(crate) async fn run(
                 move || tern_auth::hash_password(&p)
             })
             .await?;
-            let now = now_millis();
             let user = AdminUser {
                 username: a.username.clone(),
                 password_hash: hash,
                 role: a.role.as_str().into(),
-                created_at: now,
+                created_at: tern_auth::provision::now_millis(),
             };
             let action = if a.reset {
                 if store.admin_user(&a.username).await?.is_none() {
@@ -311,23 +308,13 @@ pub(crate) async fn run(
     Ok(())
 }
 
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
+/// Audits a change to an admin user (the change is made: a failure is a warning).
 async fn audit(store: &dyn DirectoryStore, action: &str, username: &str, role: &str) {
-    let entry = AuditEntry {
-        id: 0,
-        at: now_millis(),
-        actor: crate::provision::ACTOR.to_string(),
-        action: action.to_string(),
-        target: Some(format!("admin:{username}")),
-        source: None,
-        detail: serde_json::json!({ "after": { "username": username, "role": role } }).to_string(),
-    };
-    if let Err(e) = store.append_audit(&entry).await {
-        eprintln!("tern: warning: the audit entry was not written: {e}");
+    let detail = serde_json::json!({ "after": { "username": username, "role": role } });
+    let target = Some(format!("admin:{username}"));
+    if let Err(e) =
+        tern_auth::provision::audit(store, crate::provision::ACTOR.into(), action, target, detail).await
+    {
+        eprintln!("tern: warning: {e}");
     }
 }

@@ -306,7 +306,7 @@ pub(crate) async fn run_acl(
 ) -> Result<()> {
     match cmd {
         AclCommand::Add(args) => {
-            let id = provision::add_acl_rule(store, new_acl_rule(args), ACTOR).await?;
+            let id = provision::add_acl_rule(store, new_acl_rule(args), ACTOR).await?.id;
             writeln!(err, "ACL rule added")?;
             writeln!(out, "{id}")?;
         }
