@@ -403,14 +403,14 @@ pub async fn login(
     let ok = state.hashes.verify(phc, req.password.into_bytes()).await;
     let Some(user) = user.filter(|_| ok) else {
         state.limiter.failed(&req.username);
-        tracing::info!(username = %req.username, source = ?ip, "admin login refused");
+        tracing::info!(username = %req.username, source = %ip.map_or_else(String::new, |a| a.to_string()), "admin login refused");
         return Err(ApiError::Unauthenticated("unknown user name or wrong password".into()));
     };
     state.limiter.succeeded(&req.username);
     let role = Role::parse(&user.role).ok_or_else(|| ApiError::internal("stored admin role is invalid"))?;
     let family = b64(&random_bytes::<16>()?);
     let pair = issue_pair(&state, &user.username, role, &family).await?;
-    tracing::info!(username = %user.username, source = ?ip, "admin logged in");
+    tracing::info!(username = %user.username, source = %ip.map_or_else(String::new, |a| a.to_string()), "admin logged in");
     Ok(Json(pair))
 }
 

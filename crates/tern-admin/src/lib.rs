@@ -17,6 +17,7 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod listener;
+pub mod metrics;
 pub mod ratelimit;
 pub mod stream;
 
@@ -117,6 +118,14 @@ pub struct AppState {
     pub(crate) listeners_up: Arc<AtomicBool>,
     /// Becomes `true` when the server shuts down: live streams end.
     pub(crate) stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// `/metrics` and the request counters.
+    pub(crate) exporter: Arc<metrics::Exporter>,
+}
+
+impl axum::extract::FromRef<AppState> for Arc<metrics::Exporter> {
+    fn from_ref(state: &AppState) -> Arc<metrics::Exporter> {
+        state.exporter.clone()
+    }
 }
 
 impl AppState {
@@ -148,6 +157,7 @@ impl AppState {
             HeaderValue::from_str(o).map_err(|_| ConfigError::BadOrigin(o.clone()))?;
         }
         Ok(AppState {
+            exporter: Arc::new(metrics::Exporter::new(broker.clone(), None, None)),
             broker,
             store,
             authorizer,
@@ -169,6 +179,17 @@ impl AppState {
     pub async fn issue_token(&self, username: &str, role: Role) -> Result<String, ApiError> {
         let family = auth::hex(&auth::random_bytes::<16>()?);
         Ok(auth::issue_pair(self, username, role, &family).await?.access_token)
+    }
+
+    /// Exports `auth`'s counters too, and requires `token` (if given) from scrapers of
+    /// `/metrics`.
+    pub fn with_metrics(
+        mut self,
+        auth: Option<Arc<tern_auth::stats::AuthStats>>,
+        token: Option<String>,
+    ) -> AppState {
+        self.exporter = Arc::new(metrics::Exporter::new(self.broker.clone(), auth, token));
+        self
     }
 
     /// The options in force.
@@ -385,12 +406,14 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/metrics", get(metrics::metrics))
         .merge(docs::routes())
         .nest("/api/v1", api.merge(streaming))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn(security_headers));
+        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn_with_state(state.exporter.clone(), metrics::track));
     if let Some(cors) = cors(&state.opts.cors_origins) {
         app = app.layer(cors);
     }
@@ -423,6 +446,35 @@ pub async fn serve(
     };
     sweeper.abort();
     served
+}
+
+/// Serves `/healthz` and `/metrics` only (for a broker without a database, where the admin
+/// API cannot run) on `listener` until `shutdown` completes.
+pub async fn serve_metrics_only(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    exporter: Arc<metrics::Exporter>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, tls = tls.is_some(), "metrics endpoint listening (admin API off: no database)");
+    let app = Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/metrics", get(metrics::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn_with_state(exporter.clone(), metrics::track))
+        .layer(axum::middleware::from_fn(error::request_id))
+        .with_state(exporter)
+        .into_make_service_with_connect_info::<listener::PeerAddr>();
+    match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+        Some(config) => {
+            let tls = listener::TlsListener::new(listener, &config);
+            axum::serve(tls, app).with_graceful_shutdown(shutdown).await
+        }
+    }
 }
 
 /// How often expired refresh tokens are deleted.

@@ -13,11 +13,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tern_broker::auth::{AuthFuture, AuthOutcome, Authenticator, ConnectInfo, EnhancedStart, Principal};
+use tern_broker::auth::{
+    AuthFuture, AuthOutcome, AuthStep, Authenticator, ConnectInfo, EnhancedAuth, EnhancedStart, Principal,
+};
 use tern_broker::store::{Device, DirectoryStore, StoreError};
 use tern_protocol::ReasonCode;
 
-use crate::backoff::{Backoff, Verdict};
+use crate::backoff::{Attempt, Backoff, Verdict};
 use crate::cert::identity_field;
 use crate::config::{AuthConfig, CertMapTo, Method};
 use crate::device_ids::DeviceIds;
@@ -26,6 +28,7 @@ use crate::error::AuthError;
 use crate::jwt::{JwtFailure, JwtVerifier, looks_like_jwt};
 use crate::password::{HashPool, random_bytes};
 use crate::scram::{ScramCredentials, ScramServer, ScramSubject, fake_salt, parse_client_first};
+use crate::stats::{AuthStats, FailedMethod};
 
 /// Longest SCRAM client-first message accepted.
 const MAX_SCRAM_FIRST: usize = 1024;
@@ -43,6 +46,8 @@ pub struct TernAuthenticator {
     directory: DirectoryCache,
     /// Key for the fake SCRAM salts of unknown users (random per process).
     scram_secret: [u8; 32],
+    /// Failure and backoff counters (the metrics exporter reads them).
+    stats: Arc<AuthStats>,
 }
 
 impl std::fmt::Debug for TernAuthenticator {
@@ -58,8 +63,14 @@ impl std::fmt::Debug for TernAuthenticator {
 /// A refusal by a method that applied: the code, and why (for the log).
 type Refusal = (ReasonCode, &'static str);
 
-fn store_failure(e: &StoreError) -> Refusal {
-    tracing::error!(error = %e, "directory store failed during authentication");
+fn store_failure(e: &StoreError, info: &ConnectInfo<'_>) -> Refusal {
+    tracing::error!(
+        peer = %info.peer,
+        listener = info.listener,
+        client_id = info.client_id,
+        error = %e,
+        "directory store failed during authentication"
+    );
     (ReasonCode::ServerUnavailable, "directory store unavailable")
 }
 
@@ -101,6 +112,7 @@ impl TernAuthenticator {
                 Duration::from_secs(config.directory_cache_ttl_secs),
             ),
             scram_secret,
+            stats: Arc::default(),
         })
     }
 
@@ -116,6 +128,11 @@ impl TernAuthenticator {
         Ok(this)
     }
 
+    /// Authentication failure and backoff counters.
+    pub fn stats(&self) -> &Arc<AuthStats> {
+        &self.stats
+    }
+
     /// The JWT verifier, when `jwt` is in a chain (e.g. to force a JWKS refresh).
     pub fn jwt_verifier(&self) -> Option<&Arc<JwtVerifier>> {
         self.jwt.as_ref()
@@ -123,9 +140,17 @@ impl TernAuthenticator {
 
     async fn run_chain(&self, info: &ConnectInfo<'_>) -> AuthOutcome {
         let ip = info.peer.ip();
-        match self.backoff.check(ip, info.username) {
-            Verdict::Banned => return AuthOutcome::Deny(ReasonCode::Banned),
-            Verdict::Proceed(d) if !d.is_zero() => tokio::time::sleep(d).await,
+        let at = Attempt { listener: info.listener, client_id: info.client_id };
+        match self.backoff.check(ip, info.username, at) {
+            Verdict::Banned => {
+                self.stats.backoff();
+                self.stats.failure(FailedMethod::None, ReasonCode::Banned);
+                return AuthOutcome::Deny(ReasonCode::Banned);
+            }
+            Verdict::Proceed(d) if !d.is_zero() => {
+                self.stats.backoff();
+                tokio::time::sleep(d).await;
+            }
             Verdict::Proceed(_) => {}
         }
         let chain = self.cfg.chain_for(info.listener);
@@ -153,8 +178,15 @@ impl TernAuthenticator {
                 }
                 Some(Err((code, why))) => {
                     if matches!(code, ReasonCode::BadUserNameOrPassword | ReasonCode::NotAuthorized) {
-                        self.backoff.record_failure(ip, info.username);
+                        self.backoff.record_failure(ip, info.username, at);
                     }
+                    let failed = match method {
+                        Method::Password => FailedMethod::Password,
+                        Method::Jwt => FailedMethod::Jwt,
+                        Method::Cert => FailedMethod::Cert,
+                        Method::Anonymous => FailedMethod::Anonymous,
+                    };
+                    self.stats.failure(failed, code);
                     tracing::warn!(
                         peer = %info.peer,
                         listener = info.listener,
@@ -175,6 +207,7 @@ impl TernAuthenticator {
             client_id = info.client_id,
             "authentication refused: no method of the chain applies to the credentials presented"
         );
+        self.stats.failure(FailedMethod::None, ReasonCode::NotAuthorized);
         AuthOutcome::Deny(ReasonCode::NotAuthorized)
     }
 
@@ -203,7 +236,7 @@ impl TernAuthenticator {
             Err(e @ StoreError::Unavailable(_)) => {
                 return Some(self.password_from_cache(&key, pw, info, &e).await);
             }
-            Err(e) => return Some(Err(store_failure(&e))),
+            Err(e) => return Some(Err(store_failure(&e, info))),
         };
         // Always one argon2 verification: against the dummy hash for an unknown device.
         let phc = device.as_ref().and_then(|d| d.password_hash.clone());
@@ -241,7 +274,7 @@ impl TernAuthenticator {
         error: &StoreError,
     ) -> Result<Principal, Refusal> {
         let Some(cached) = self.directory.get(key, Instant::now()) else {
-            return Err(store_failure(error));
+            return Err(store_failure(error, info));
         };
         if !self.hashes.verify(Some(cached.password_hash.into()), pw.to_vec()).await {
             // Kept: the store did not say anything, and wrong guesses must not evict the
@@ -256,6 +289,7 @@ impl TernAuthenticator {
         }
         tracing::warn!(
             peer = %info.peer,
+            listener = info.listener,
             client_id = info.client_id,
             error = %error,
             "directory store unavailable: password verified against the directory cache"
@@ -290,7 +324,13 @@ impl TernAuthenticator {
                 return Err((ReasonCode::ServerUnavailable, "no JWT verification key loaded"));
             }
             Err(JwtFailure::Invalid(why)) => {
-                tracing::info!(peer = %info.peer, reason = %why, "JWT rejected");
+                tracing::info!(
+                    peer = %info.peer,
+                    listener = info.listener,
+                    client_id = info.client_id,
+                    reason = %why,
+                    "JWT rejected"
+                );
                 return Err((ReasonCode::BadUserNameOrPassword, "invalid token"));
             }
         };
@@ -321,7 +361,7 @@ impl TernAuthenticator {
                 Ok(Some(d)) if d.enabled => {}
                 Ok(Some(_)) => return Err((ReasonCode::NotAuthorized, "device disabled")),
                 Ok(None) => return Err((ReasonCode::NotAuthorized, "no device with this client id")),
-                Err(e) => return Err(store_failure(&e)),
+                Err(e) => return Err(store_failure(&e, info)),
             }
         }
         Ok(Principal {
@@ -356,9 +396,9 @@ impl TernAuthenticator {
                 // Otherwise: the CONNECT's client id names a device pinned to this identity.
                 Ok(Some(d)) if d.cert_identity.as_deref() == Some(identity) => d,
                 Ok(_) => return Err((ReasonCode::NotAuthorized, "no device for the certificate identity")),
-                Err(e) => return Err(store_failure(&e)),
+                Err(e) => return Err(store_failure(&e, info)),
             },
-            Err(e) => return Err(store_failure(&e)),
+            Err(e) => return Err(store_failure(&e, info)),
         };
         if device.cert_identity.as_deref().is_some_and(|pin| pin != identity) {
             return Err((ReasonCode::NotAuthorized, "certificate identity differs from the device's"));
@@ -407,7 +447,7 @@ impl TernAuthenticator {
                 expires_at: None,
                 inline_acl: None,
             }),
-            Err(e) => Err(store_failure(&e)),
+            Err(e) => Err(store_failure(&e, info)),
         })
     }
 
@@ -418,12 +458,26 @@ impl TernAuthenticator {
             .filter(|m| m.len() <= MAX_SCRAM_FIRST)
             .and_then(parse_client_first)
         else {
-            tracing::warn!(peer = %info.peer, "SCRAM-SHA-256: malformed client-first message");
+            tracing::warn!(
+                peer = %info.peer,
+                listener = info.listener,
+                client_id = info.client_id,
+                "SCRAM-SHA-256: malformed client-first message"
+            );
+            self.stats.failure(FailedMethod::Scram, ReasonCode::BadUserNameOrPassword);
             return Err(ReasonCode::BadUserNameOrPassword);
         };
-        match self.backoff.check(ip, Some(&first.username)) {
-            Verdict::Banned => return Err(ReasonCode::Banned),
-            Verdict::Proceed(d) if !d.is_zero() => tokio::time::sleep(d).await,
+        let at = Attempt { listener: info.listener, client_id: info.client_id };
+        match self.backoff.check(ip, Some(&first.username), at) {
+            Verdict::Banned => {
+                self.stats.backoff();
+                self.stats.failure(FailedMethod::Scram, ReasonCode::Banned);
+                return Err(ReasonCode::Banned);
+            }
+            Verdict::Proceed(d) if !d.is_zero() => {
+                self.stats.backoff();
+                tokio::time::sleep(d).await;
+            }
             Verdict::Proceed(_) => {}
         }
         let lookup = match self.store.device_by_username(&first.username).await {
@@ -436,12 +490,37 @@ impl TernAuthenticator {
                 None => ScramSubject::Unknown,
             },
             Ok(None) => ScramSubject::Unknown,
-            Err(e) => return Err(store_failure(&e).0),
+            Err(e) => {
+                let code = store_failure(&e, info).0;
+                self.stats.failure(FailedMethod::Scram, code);
+                return Err(code);
+            }
         };
         let salt = fake_salt(&self.scram_secret, &first.username);
-        let (server, step) =
-            ScramServer::start(&first, subject, salt, info.client_id, ip, self.backoff.clone());
-        Ok((Box::new(server), step))
+        let (server, step) = ScramServer::start(&first, subject, salt, info, self.backoff.clone());
+        if let AuthStep::Failure(code) = &step {
+            self.stats.failure(FailedMethod::Scram, *code);
+        }
+        Ok((Box::new(Counted { server, stats: self.stats.clone() }), step))
+    }
+}
+
+/// A SCRAM exchange whose failures are counted.
+#[derive(Debug)]
+struct Counted {
+    server: ScramServer,
+    stats: Arc<AuthStats>,
+}
+
+impl EnhancedAuth for Counted {
+    fn step<'a>(&'a mut self, data: &'a [u8]) -> AuthFuture<'a, AuthStep> {
+        Box::pin(async move {
+            let step = self.server.step(data).await;
+            if let AuthStep::Failure(code) = &step {
+                self.stats.failure(FailedMethod::Scram, *code);
+            }
+            step
+        })
     }
 }
 
@@ -487,7 +566,14 @@ impl Authenticator for TernAuthenticator {
             let offered = self.cfg.enhanced_methods.iter().any(|m| m == method)
                 && self.cfg.chain_for(info.listener).contains(&Method::Password);
             if !offered {
-                tracing::warn!(peer = %info.peer, listener = info.listener, method, "enhanced authentication method not offered");
+                tracing::warn!(
+                    peer = %info.peer,
+                    listener = info.listener,
+                    client_id = info.client_id,
+                    method,
+                    "enhanced authentication method not offered"
+                );
+                self.stats.failure(FailedMethod::None, ReasonCode::BadAuthenticationMethod);
                 return Err(ReasonCode::BadAuthenticationMethod);
             }
             self.scram_start(data, info).await

@@ -22,6 +22,16 @@ pub(crate) enum Verdict {
     Banned,
 }
 
+/// The connection an attempt comes from, named on the backoff's log lines (every log line of
+/// a connection carries its listener and client id).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attempt<'a> {
+    /// The listener's name.
+    pub(crate) listener: &'a str,
+    /// The client id of the CONNECT.
+    pub(crate) client_id: &'a str,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     failures: u32,
@@ -80,7 +90,7 @@ impl Backoff {
     }
 
     /// Decides how to treat an attempt from `ip` for `username`.
-    pub(crate) fn check(&self, ip: IpAddr, username: Option<&str>) -> Verdict {
+    pub(crate) fn check(&self, ip: IpAddr, username: Option<&str>, at: Attempt<'_>) -> Verdict {
         if !self.cfg.enabled {
             return Verdict::Proceed(Duration::ZERO);
         }
@@ -90,13 +100,21 @@ impl Backoff {
         let by_user = username.and_then(|u| maps.users.get(u)).map_or(0, |e| self.decayed(e, now));
         drop(maps);
         if self.cfg.ban_after > 0 && by_ip >= self.cfg.ban_after {
-            tracing::warn!(peer = %ip, failures = by_ip, "authentication refused: address banned after repeated failures");
+            tracing::warn!(
+                peer = %ip,
+                listener = at.listener,
+                client_id = at.client_id,
+                failures = by_ip,
+                "authentication refused: address banned after repeated failures"
+            );
             return Verdict::Banned;
         }
         let delay = self.delay_for(by_ip.max(by_user));
         if !delay.is_zero() {
             tracing::info!(
                 peer = %ip,
+                listener = at.listener,
+                client_id = at.client_id,
                 username = username.unwrap_or(""),
                 failures_ip = by_ip,
                 failures_user = by_user,
@@ -108,7 +126,7 @@ impl Backoff {
     }
 
     /// Counts a failed attempt.
-    pub(crate) fn record_failure(&self, ip: IpAddr, username: Option<&str>) {
+    pub(crate) fn record_failure(&self, ip: IpAddr, username: Option<&str>, at: Attempt<'_>) {
         if !self.cfg.enabled {
             return;
         }
@@ -122,6 +140,8 @@ impl Backoff {
         if n >= self.cfg.free_failures {
             tracing::warn!(
                 peer = %ip,
+                listener = at.listener,
+                client_id = at.client_id,
                 username = username.unwrap_or(""),
                 failures_ip = ip_n,
                 failures_user = user_n.unwrap_or(0),
@@ -188,28 +208,29 @@ mod tests {
     }
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const AT: Attempt<'static> = Attempt { listener: "tcp", client_id: "c" };
 
     #[tokio::test(start_paused = true)]
     async fn delays_grow_cap_and_decay() {
         let b = Backoff::new(cfg());
         for _ in 0..3 {
-            assert_eq!(b.check(IP, Some("u")), Verdict::Proceed(Duration::ZERO));
-            b.record_failure(IP, Some("u"));
+            assert_eq!(b.check(IP, Some("u"), AT), Verdict::Proceed(Duration::ZERO));
+            b.record_failure(IP, Some("u"), AT);
         }
-        assert_eq!(b.check(IP, Some("u")), Verdict::Proceed(Duration::from_millis(100)));
-        b.record_failure(IP, Some("u"));
-        assert_eq!(b.check(IP, Some("u")), Verdict::Proceed(Duration::from_millis(200)));
+        assert_eq!(b.check(IP, Some("u"), AT), Verdict::Proceed(Duration::from_millis(100)));
+        b.record_failure(IP, Some("u"), AT);
+        assert_eq!(b.check(IP, Some("u"), AT), Verdict::Proceed(Duration::from_millis(200)));
         for _ in 0..4 {
-            b.record_failure(IP, Some("u"));
+            b.record_failure(IP, Some("u"), AT);
         }
-        assert_eq!(b.check(IP, Some("u")), Verdict::Proceed(Duration::from_secs(1)), "capped");
+        assert_eq!(b.check(IP, Some("u"), AT), Verdict::Proceed(Duration::from_secs(1)), "capped");
         // Another address, same user name: the user counter delays it too.
         let other: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(b.check(other, Some("u")), Verdict::Proceed(Duration::from_secs(1)));
-        assert_eq!(b.check(other, Some("v")), Verdict::Proceed(Duration::ZERO));
+        assert_eq!(b.check(other, Some("u"), AT), Verdict::Proceed(Duration::from_secs(1)));
+        assert_eq!(b.check(other, Some("v"), AT), Verdict::Proceed(Duration::ZERO));
         // Two quiet periods quarter the count (8 -> 2): below the allowance again.
         tokio::time::advance(Duration::from_mins(2)).await;
-        assert_eq!(b.check(IP, Some("u")), Verdict::Proceed(Duration::ZERO));
+        assert_eq!(b.check(IP, Some("u"), AT), Verdict::Proceed(Duration::ZERO));
     }
 
     #[tokio::test(start_paused = true)]
@@ -218,24 +239,24 @@ mod tests {
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
         for i in 0..10 {
-            b.record_failure(a, Some(&format!("user{i}")));
+            b.record_failure(a, Some(&format!("user{i}")), AT);
         }
-        assert_eq!(b.check(same_64, None), Verdict::Banned);
-        assert_ne!(b.check("2001:db8:1:3::1".parse().unwrap(), None), Verdict::Banned);
+        assert_eq!(b.check(same_64, None, AT), Verdict::Banned);
+        assert_ne!(b.check("2001:db8:1:3::1".parse().unwrap(), None, AT), Verdict::Banned);
         b.record_success(Some("user1"));
-        assert_eq!(b.check(a, None), Verdict::Banned, "success does not reset the address");
+        assert_eq!(b.check(a, None, AT), Verdict::Banned, "success does not reset the address");
     }
 
     #[tokio::test(start_paused = true)]
     async fn maps_stay_bounded() {
         let b = Backoff::new(cfg());
         for i in 0..100u32 {
-            b.record_failure(IpAddr::V4(i.into()), Some(&format!("user{i}")));
+            b.record_failure(IpAddr::V4(i.into()), Some(&format!("user{i}")), AT);
             tokio::time::advance(Duration::from_millis(1)).await;
         }
         assert_eq!(b.sizes(), (4, 4));
         // The newest entries survived.
-        assert_eq!(b.check(IpAddr::V4(99u32.into()), Some("user99")), Verdict::Proceed(Duration::ZERO));
+        assert_eq!(b.check(IpAddr::V4(99u32.into()), Some("user99"), AT), Verdict::Proceed(Duration::ZERO));
         let m = b.maps.lock().unwrap();
         assert!(m.users.contains_key("user99") && !m.users.contains_key("user0"));
     }
@@ -244,9 +265,9 @@ mod tests {
     fn disabled_tracks_nothing() {
         let b = Backoff::new(BackoffConfig { enabled: false, ..cfg() });
         for _ in 0..50 {
-            b.record_failure(IP, Some("u"));
+            b.record_failure(IP, Some("u"), AT);
         }
-        assert_eq!(b.check(IP, Some("u")), Verdict::Proceed(Duration::ZERO));
+        assert_eq!(b.check(IP, Some("u"), AT), Verdict::Proceed(Duration::ZERO));
         assert_eq!(b.sizes(), (0, 0));
     }
 }

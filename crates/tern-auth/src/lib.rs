@@ -19,6 +19,7 @@ mod jwt;
 pub mod password;
 pub mod provision;
 pub mod scram;
+pub mod stats;
 
 use std::sync::Arc;
 

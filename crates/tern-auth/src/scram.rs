@@ -4,18 +4,18 @@
 //! Passwords are used as their UTF-8 bytes (no SASLprep normalisation): use ASCII passwords,
 //! as `--generate-password` does.
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ring::{digest, hmac, pbkdf2};
 use subtle::ConstantTimeEq as _;
-use tern_broker::auth::{AuthFuture, AuthStep, EnhancedAuth, Principal};
+use tern_broker::auth::{AuthFuture, AuthStep, ConnectInfo, EnhancedAuth, Principal};
 use tern_broker::store::Device;
 use tern_protocol::ReasonCode;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Attempt, Backoff};
 use crate::password::random_bytes;
 
 /// Iterations used by provisioning (RFC 7677's minimum; the device computes PBKDF2 with this
@@ -176,7 +176,9 @@ pub(crate) struct ScramServer {
     /// The CONNECT's client id (the device's must equal it).
     client_id: String,
     username: String,
-    peer: IpAddr,
+    peer: SocketAddr,
+    /// The listener the client connected to (for the log).
+    listener: String,
     backoff: Arc<Backoff>,
 }
 
@@ -198,8 +200,7 @@ impl ScramServer {
         first: &ClientFirst<'_>,
         subject: ScramSubject,
         fake_salt: [u8; 16],
-        client_id: &str,
-        peer: IpAddr,
+        info: &ConnectInfo<'_>,
         backoff: Arc<Backoff>,
     ) -> (ScramServer, AuthStep) {
         let creds = match &subject {
@@ -225,17 +226,26 @@ impl ScramServer {
             },
             subject,
             creds,
-            client_id: client_id.to_string(),
+            client_id: info.client_id.to_string(),
             username: first.username.clone(),
-            peer,
+            peer: info.peer,
+            listener: info.listener.to_string(),
             backoff,
         };
         (server, step)
     }
 
     fn fail(&self, code: ReasonCode, why: &str) -> AuthStep {
-        tracing::warn!(peer = %self.peer, username = %self.username, reason = why, "SCRAM-SHA-256 authentication failed");
-        self.backoff.record_failure(self.peer, Some(&self.username));
+        tracing::warn!(
+            peer = %self.peer,
+            listener = %self.listener,
+            client_id = %self.client_id,
+            username = %self.username,
+            reason = why,
+            "SCRAM-SHA-256 authentication failed"
+        );
+        let at = Attempt { listener: &self.listener, client_id: &self.client_id };
+        self.backoff.record_failure(self.peer.ip(), Some(&self.username), at);
         AuthStep::Failure(code)
     }
 
@@ -292,7 +302,13 @@ impl ScramServer {
             inline_acl: None,
         };
         self.backoff.record_success(Some(&self.username));
-        tracing::info!(peer = %self.peer, client_id = %principal.client_id, method = "scram-sha-256", "client authenticated");
+        tracing::info!(
+            peer = %self.peer,
+            listener = %self.listener,
+            client_id = %principal.client_id,
+            method = "scram-sha-256",
+            "client authenticated"
+        );
         let server_signature = hmac_sha256(&self.creds.server_key, auth_message.as_bytes());
         AuthStep::Success(principal, Some(format!("v={}", B64.encode(server_signature)).into_bytes()))
     }

@@ -257,7 +257,9 @@ impl Broker {
     /// Publishes a broker-originated message (retained handling included); returns how many
     /// subscriptions it was delivered to.
     pub fn publish(&self, msg: Message) -> usize {
-        self.inner.publish(&Arc::new(msg), Vec::new(), false, false).delivered
+        let delivered = self.inner.publish(&Arc::new(msg), Vec::new(), false, false).delivered;
+        Stats::add(&self.inner.stats.deliveries, delivered as u64);
+        delivered
     }
 }
 

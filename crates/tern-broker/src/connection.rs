@@ -21,7 +21,7 @@ use crate::auth::{CertIdentity, Principal};
 use crate::broker::Inner;
 use crate::persist::CommitResult;
 use crate::session::Session;
-use crate::stats::Stats;
+use crate::stats::{DisconnectReason, ListenerStats, Stats};
 
 mod acks;
 mod acl;
@@ -74,22 +74,27 @@ pub(crate) enum Close {
     ClientWithWill,
     /// The socket closed or failed without DISCONNECT.
     SocketClosed,
+    /// The client did not read its output within `limits.write_timeout`.
+    WriteTimeout,
     /// The server closes with this reason (sent as DISCONNECT to 5.0 clients).
     Server(ReasonCode),
 }
 
-/// Local counters flushed to the shared `Stats` after every event (so 32 bits suffice: one
-/// event reads at most `MAX_READ` bytes and fills at most `WRITE_HIGH_WATER`).
+/// Local counters of the per-message path, flushed to the shared `Stats` after every event
+/// (so 32 bits suffice: one event reads at most `MAX_READ` bytes and fills at most
+/// `WRITE_HIGH_WATER`). Drops (expired, too large, not authorized) are rare and go to `Stats`
+/// directly: keeping them here would grow every connection's `Conn` past its allocation
+/// size class.
 #[derive(Debug, Default)]
 pub(crate) struct LocalStats {
-    msgs_in: u32,
-    msgs_out: u32,
+    /// PUBLISH packets in, by QoS.
+    msgs_in: [u32; 3],
+    /// PUBLISH packets out, by QoS.
+    msgs_out: [u32; 3],
+    /// Messages this connection's publishes routed to matching sessions.
+    pub(crate) deliveries: u32,
     bytes_in: u32,
     bytes_out: u32,
-    expired: u32,
-    too_large: u32,
-    pub(crate) denied: u32,
-    denied_deliveries: u32,
 }
 
 /// Connection state after a successful CONNECT.
@@ -160,6 +165,8 @@ pub(crate) struct Conn {
     /// buffer is past `limits.max_write_buffer`): the connection is closed when it fires.
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     pub(crate) stats: LocalStats,
+    /// The listener's connection counters.
+    pub(crate) listener: Arc<ListenerStats>,
 }
 
 impl Drop for Conn {
@@ -192,7 +199,8 @@ pub(crate) async fn run(accepted: Box<Accepted>) {
     };
     // Serving logs at debug level only: an info-level span would cost every idle connection
     // a few hundred bytes of span storage for nothing.
-    let span = debug_span!("conn", peer = %conn.peer, client_id = %conn.client_id);
+    let span =
+        debug_span!("conn", peer = %conn.peer, listener = %conn.listener.name, client_id = %conn.client_id);
     async move {
         debug!(version = ?conn.version, "client connected");
         let close = match conn.start() {
@@ -317,7 +325,7 @@ impl Conn {
             Event::WriteTimeout => {
                 debug!(unwritten = self.wbuf.len(), "client does not read its output: closing");
                 Stats::add(&self.broker.stats.write_timeouts, 1);
-                return Err(Close::SocketClosed);
+                return Err(Close::WriteTimeout);
             }
         }
         Ok(())
@@ -409,18 +417,21 @@ impl Conn {
     fn flush_stats(&mut self) {
         let s = &self.broker.stats;
         let l = std::mem::take(&mut self.stats);
-        Stats::add(&s.messages_received, u64::from(l.msgs_in));
-        Stats::add(&s.messages_sent, u64::from(l.msgs_out));
+        for q in 0..3 {
+            Stats::add(&s.messages_received[q], u64::from(l.msgs_in[q]));
+            Stats::add(&s.messages_sent[q], u64::from(l.msgs_out[q]));
+        }
+        Stats::add(&s.deliveries, u64::from(l.deliveries));
         Stats::add(&s.bytes_received, u64::from(l.bytes_in));
         Stats::add(&s.bytes_sent, u64::from(l.bytes_out));
-        Stats::add(&s.messages_expired, u64::from(l.expired));
-        Stats::add(&s.messages_dropped_too_large, u64::from(l.too_large));
-        Stats::add(&s.publishes_denied, u64::from(l.denied));
-        Stats::add(&s.deliveries_denied, u64::from(l.denied_deliveries));
     }
 
-    pub(crate) fn count_in(&mut self) {
-        self.stats.msgs_in += 1;
+    pub(crate) fn count_in(&mut self, qos: tern_protocol::QoS) {
+        self.stats.msgs_in[usize::from(qos.as_u8())] += 1;
+    }
+
+    pub(crate) fn count_out(&mut self, qos: tern_protocol::QoS) {
+        self.stats.msgs_out[usize::from(qos.as_u8())] += 1;
     }
 
     /// Sends what must be sent, closes the socket and detaches from the session.
@@ -469,6 +480,14 @@ impl Conn {
         .await;
         self.flush_stats();
         Stats::sub_connected(&self.broker.stats);
+        let why = match close {
+            Close::ClientNormal => DisconnectReason::Client,
+            Close::ClientWithWill => DisconnectReason::ClientWill,
+            Close::SocketClosed => DisconnectReason::ConnectionLost,
+            Close::WriteTimeout => DisconnectReason::WriteTimeout,
+            Close::Server(code) => DisconnectReason::of_server(code),
+        };
+        self.listener.ended(self.version, why);
         debug!(?close, "connection closed");
     }
 }

@@ -233,6 +233,90 @@ pub struct MetricsSnapshot {
     pub topics_evicted: u64,
 }
 
+/// Totals over all sessions, read at scrape time (one short lock per session): nothing on
+/// the per-message path keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionTotals {
+    /// Sessions with a connection attached.
+    pub online: u64,
+    /// Sessions kept without a connection (persistent sessions waiting for their client).
+    pub offline: u64,
+    /// Messages queued for delivery, all sessions.
+    pub queued_messages: u64,
+    /// Bytes of the queued messages (as `limits.max_queued_bytes` counts them).
+    pub queued_bytes: u64,
+    /// QoS 1/2 messages sent and not yet acknowledged, all sessions.
+    pub inflight_messages: u64,
+}
+
+/// The persister's figures, for the metrics exporter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreMetrics {
+    /// The backend's name ("sqlite", "postgres").
+    pub backend: &'static str,
+    /// Whether the database answered the last commit or health check.
+    pub available: bool,
+    /// Commit latency, seconds (one observation per commit, failed ones included).
+    pub commit_seconds: crate::histogram::HistogramSnapshot,
+    /// Operations per commit.
+    pub batch_ops: crate::histogram::HistogramSnapshot,
+    /// Commits that failed.
+    pub commit_failures: u64,
+    /// Operations waiting for the next commit.
+    pub pending_ops: u64,
+    /// Operations kept for retry after the database failed them.
+    pub deferred_ops: u64,
+    /// The connection pool: connections open and idle, if the store has a pool.
+    pub pool: Option<(u32, u32)>,
+}
+
+impl Broker {
+    /// Sessions online and offline, queued and in-flight messages, summed now.
+    pub fn session_totals(&self) -> SessionTotals {
+        let sessions: Vec<Arc<Session>> = self.inner.sessions().values().cloned().collect();
+        let mut t = SessionTotals::default();
+        for s in sessions {
+            if s.is_online() {
+                t.online += 1;
+            } else {
+                t.offline += 1;
+            }
+            let st = s.lock();
+            t.queued_messages += st.queue.len() as u64;
+            t.queued_bytes += st.queued_bytes as u64;
+            t.inflight_messages += st.inflight.len() as u64;
+        }
+        t
+    }
+
+    /// The persister's figures (`None`: no store).
+    pub fn store_metrics(&self) -> Option<StoreMetrics> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let p = self.inner.persister()?;
+        let (pending, deferred) = p.backlog();
+        Some(StoreMetrics {
+            backend: p.store().backend(),
+            available: p.is_available(),
+            commit_seconds: p.commit_seconds.snapshot(),
+            batch_ops: p.batch_ops.snapshot(),
+            commit_failures: p.commit_failures.load(Relaxed),
+            pending_ops: pending as u64,
+            deferred_ops: deferred as u64,
+            pool: p.store().pool_connections(),
+        })
+    }
+
+    /// Makes `listener`'s connection counters exist before its first connection.
+    pub fn register_listener(&self, listener: &str) {
+        self.inner.stats.listeners.get(listener);
+    }
+
+    /// Counts a failed TLS handshake on `listener` (the listeners do TLS, the broker counts).
+    pub fn tls_handshake_failed(&self, listener: &str) {
+        self.inner.stats.listeners.get(listener).tls_handshake_failed();
+    }
+}
+
 fn page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> Page<T> {
     let next = if items.len() > limit {
         items.truncate(limit);
@@ -432,6 +516,7 @@ impl Broker {
         if let Some(code) = published.refused {
             return refused(code);
         }
+        crate::stats::Stats::add(&self.inner.stats.deliveries, published.delivered as u64);
         let committed = match published.commit {
             Some(rx) => {
                 let r: Option<CommitResult> = rx.await.ok();
@@ -468,8 +553,8 @@ impl crate::broker::Inner {
             retained_bytes,
             connections_total: g(&s.connections_total),
             connections_refused: g(&s.connections_refused),
-            messages_received: g(&s.messages_received),
-            messages_sent: g(&s.messages_sent),
+            messages_received: Stats::sum(&s.messages_received),
+            messages_sent: Stats::sum(&s.messages_sent),
             bytes_received: g(&s.bytes_received),
             bytes_sent: g(&s.bytes_sent),
             dropped_queue_full: g(&s.messages_dropped_queue_full),

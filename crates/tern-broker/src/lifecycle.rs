@@ -428,7 +428,8 @@ impl Inner {
         };
         Stats::add(&self.stats.wills_published, 1);
         let msg = Arc::new(Message::from_publish(publish, Some(from), Instant::now()));
-        let _ = self.publish(&msg, Vec::new(), false, false);
+        let published = self.publish(&msg, Vec::new(), false, false);
+        Stats::add(&self.stats.deliveries, published.delivered as u64);
     }
 
     /// Adds (or replaces) a subscription in the tree and the session; returns whether it is

@@ -78,6 +78,10 @@ pub(crate) struct Persister {
     deferred: Mutex<Deferred>,
     /// Counters for health and metrics.
     pub(crate) batches: AtomicU64,
+    /// Commit latency (successful or not), seconds.
+    pub(crate) commit_seconds: crate::histogram::Histogram,
+    /// Operations per commit.
+    pub(crate) batch_ops: crate::histogram::Histogram,
     pub(crate) ops_committed: AtomicU64,
     pub(crate) commit_failures: AtomicU64,
     pub(crate) deferred_dropped: AtomicU64,
@@ -97,6 +101,8 @@ impl Persister {
             available: AtomicBool::new(true),
             deferred: Mutex::new(Deferred::default()),
             batches: AtomicU64::new(0),
+            commit_seconds: crate::histogram::Histogram::commit_seconds(),
+            batch_ops: crate::histogram::Histogram::batch_ops(),
             ops_committed: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
             deferred_dropped: AtomicU64::new(0),
@@ -210,7 +216,10 @@ impl Persister {
         for e in &entries {
             ops.extend(e.ops.iter().cloned());
         }
+        let started = std::time::Instant::now();
         let result = self.apply(&ops).await;
+        self.commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.batch_ops.observe(ops.len() as f64);
         self.batches.fetch_add(1, Ordering::Relaxed);
         match &result {
             Ok(()) => {

@@ -253,7 +253,10 @@ impl Inner {
             targets.retain(|t| !(t.entry.options.no_local && t.entry.session.id == publisher));
         }
         if targets.is_empty() {
-            Stats::add(&self.stats.messages_unrouted, 1);
+            // The broker's own $SYS updates are not client traffic that went nowhere.
+            if !msg.topic.starts_with("$SYS") {
+                Stats::add(&self.stats.messages_unrouted, 1);
+            }
             return Ok((0, None));
         }
         if targets.len() > 1 {

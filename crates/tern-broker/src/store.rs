@@ -230,6 +230,10 @@ pub trait Store: Send + Sync + Debug + 'static {
     fn ping(&self) -> StoreFuture<'_, ()>;
     /// A short name for logs and health ("sqlite", "postgres", "memory").
     fn backend(&self) -> &'static str;
+    /// The connection pool: connections open and, of those, idle (`None`: no pool).
+    fn pool_connections(&self) -> Option<(u32, u32)> {
+        None
+    }
 }
 
 /// A provisioned device (MQTT client credentials).

@@ -67,6 +67,7 @@ fn publish_all(broker: &Arc<Inner>) {
         ("$SYS/broker/load/bytes/sent", m.bytes_sent.to_string()),
     ];
     for (topic, value) in values {
-        let _ = broker.publish(&Arc::new(sys_message(topic, value)), Vec::new(), false, false);
+        let published = broker.publish(&Arc::new(sys_message(topic, value)), Vec::new(), false, false);
+        crate::stats::Stats::add(&broker.stats.deliveries, published.delivered as u64);
     }
 }

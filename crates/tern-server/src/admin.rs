@@ -48,6 +48,9 @@ pub(crate) struct AdminConfig {
     pub(crate) tls_key_file: Option<PathBuf>,
     /// Lowest TLS version accepted: "1.2" (default) or "1.3".
     pub(crate) min_tls_version: Option<TlsVersion>,
+    /// Bearer token Prometheus must send to read `/metrics`; empty: `/metrics` is open (it
+    /// holds counts only, never client ids or topics).
+    pub(crate) metrics_token: String,
 }
 
 impl Default for AdminConfig {
@@ -67,6 +70,7 @@ impl Default for AdminConfig {
             tls_cert_file: None,
             tls_key_file: None,
             min_tls_version: None,
+            metrics_token: String::new(),
         }
     }
 }
@@ -98,6 +102,9 @@ impl AdminConfig {
         if self.min_tls_version.is_some() && self.tls_cert_file.is_none() {
             bail!("admin.min_tls_version needs admin.tls_cert_file and admin.tls_key_file");
         }
+        if !self.metrics_token.is_empty() && self.metrics_token.len() < 16 {
+            bail!("admin.metrics_token must be at least 16 characters (or empty for an open /metrics)");
+        }
         for o in &self.cors_origins {
             let ok = (o.starts_with("http://") || o.starts_with("https://")) && !o.ends_with('/');
             if !ok {
@@ -118,6 +125,11 @@ impl AdminConfig {
             cors_origins: self.cors_origins.clone(),
             stream_buffer: self.stream_buffer,
         }
+    }
+
+    /// The `/metrics` bearer token, if one is configured.
+    pub(crate) fn metrics_token(&self) -> Option<String> {
+        (!self.metrics_token.is_empty()).then(|| self.metrics_token.clone())
     }
 
     /// The TLS configuration, if HTTPS is configured.
@@ -143,7 +155,10 @@ pub(crate) async fn start(
     config: &AdminConfig,
     broker: tern_broker::Broker,
     store: Arc<dyn DirectoryStore>,
-    authorizer: Option<Arc<tern_auth::AclAuthorizer>>,
+    (authorizer, auth_stats): (
+        Option<Arc<tern_auth::AclAuthorizer>>,
+        Option<Arc<tern_auth::stats::AuthStats>>,
+    ),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(tokio::task::JoinHandle<()>, tern_admin::AppState)> {
     let tls = config.tls()?;
@@ -152,7 +167,8 @@ pub(crate) async fn start(
         .await
         .map_err(|e| anyhow::anyhow!("admin API signing key: {e}"))?;
     let state = tern_admin::AppState::new(broker, store.clone(), authorizer, &secret, config.options())
-        .context("invalid [admin] settings")?;
+        .context("invalid [admin] settings")?
+        .with_metrics(auth_stats, config.metrics_token());
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot bind the admin API to {} (key admin.addr)", config.addr))?;
@@ -171,6 +187,25 @@ pub(crate) async fn start(
         }
     });
     Ok((task, state))
+}
+
+/// Without a database the admin API cannot run (users, devices and rules live there), but
+/// probes and Prometheus still need the process: serves `/healthz` and `/metrics` only.
+pub(crate) async fn start_metrics_only(
+    config: &AdminConfig,
+    broker: tern_broker::Broker,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let tls = config.tls()?;
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("cannot bind the admin API to {} (key admin.addr)", config.addr))?;
+    let exporter = Arc::new(tern_admin::metrics::Exporter::new(broker, None, config.metrics_token()));
+    Ok(tokio::spawn(async move {
+        if let Err(e) = tern_admin::serve_metrics_only(listener, tls, exporter, shutdown).await {
+            tracing::error!("metrics endpoint stopped: {e}");
+        }
+    }))
 }
 
 /// `tern admin ...`

@@ -31,6 +31,9 @@ pub(crate) struct Config {
     pub(crate) allow_anonymous: Anonymous,
     /// Log filter (`info`, `debug`, `tern_broker=debug,info`, ...).
     pub(crate) log: String,
+    /// Log line format: `"text"` (default, for humans) or `"json"` (one object per line, for
+    /// log shippers).
+    pub(crate) log_format: LogFormat,
     /// Seconds to wait for connections to close on shutdown.
     pub(crate) shutdown_grace: u64,
     /// Protocol capabilities.
@@ -91,6 +94,40 @@ impl TryFrom<AnonymousRepr> for Anonymous {
     }
 }
 
+/// The format of log lines on stderr (`log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase", try_from = "toml::Value")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines (tracing-subscriber's default format).
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, the event's fields and the fields
+    /// of every span it is in.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("invalid log_format {other:?}: expected \"text\" or \"json\"")),
+        }
+    }
+}
+
+/// From any TOML value, so that `TERN_LOG_FORMAT=1` (read as an integer) gets the same message.
+impl TryFrom<toml::Value> for LogFormat {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<LogFormat, String> {
+        match v {
+            toml::Value::String(s) => s.parse(),
+            other => Err(format!("invalid log_format {other}: expected \"text\" or \"json\"")),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -98,6 +135,7 @@ impl Default for Config {
             listeners: Vec::new(),
             allow_anonymous: Anonymous::Auto,
             log: "info".into(),
+            log_format: LogFormat::Text,
             shutdown_grace: 10,
             mqtt: MqttConfig::default(),
             limits: LimitsConfig::default(),
@@ -412,6 +450,21 @@ mod tests {
         assert!(format!("{e:#}").contains("expected \"auto\", true or false"), "{e:#}");
         let e = load(Some(Path::new("/nonexistent/tern.toml")), env(&[])).unwrap_err();
         assert!(format!("{e:#}").contains("cannot read config file"), "{e:#}");
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(load(None, env(&[])).unwrap().log_format, LogFormat::Text);
+        let c = load(None, env(&[("TERN_LOG_FORMAT", "json")])).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(toml::to_string(&c).unwrap().contains("log_format = \"json\""));
+        for bad in ["xml", "JSON", "", "1", "true"] {
+            let e = format!("{:#}", load(None, env(&[("TERN_LOG_FORMAT", bad)])).unwrap_err());
+            assert!(e.contains("log_format"), "{bad:?}: {e}");
+            assert!(e.contains("\"text\" or \"json\""), "{bad:?}: {e}");
+        }
+        let e = format!("{:#}", load(None, env(&[("TERN_LOG_FORMAT", "xml")])).unwrap_err());
+        assert!(e.contains("invalid log_format \"xml\": expected \"text\" or \"json\""), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 use tern_broker::{Broker, Security};
 use tracing::{error, info, warn};
@@ -75,6 +76,14 @@ struct ServeArgs {
     /// Log filter (key `log`, default `info`; RUST_LOG also works).
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
+    /// Log line format, `text` or `json` (key `log_format`, default `text`).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        value_parser = clap::builder::PossibleValuesParser::new(["text", "json"])
+            .try_map(|s| s.parse::<config::LogFormat>()),
+    )]
+    log_format: Option<config::LogFormat>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -113,7 +122,11 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tern: {e:#}");
+            if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+                error!("tern: {e:#}");
+            } else {
+                eprintln!("tern: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -167,13 +180,21 @@ fn with_directory(
 /// directory: anonymous access decides alone. With one, `[auth]` decides, and when anonymous
 /// access is allowed (`allow_anonymous`), `anonymous` ends every chain and, unless
 /// `auth.acl_default` is set, unmatched topics are allowed (the out-of-the-box loopback run).
+/// What authentication gives the rest of the server: the broker's hooks, the ACL authorizer
+/// (for the admin API) and the failure counters (for `/metrics`).
+type Secured = (
+    Security,
+    Option<std::sync::Arc<tern_auth::AclAuthorizer>>,
+    Option<std::sync::Arc<tern_auth::stats::AuthStats>>,
+);
+
 async fn security(
     config: &config::Config,
     directory: Option<std::sync::Arc<dyn tern_broker::store::DirectoryStore>>,
-) -> Result<(Security, Option<std::sync::Arc<tern_auth::AclAuthorizer>>)> {
+) -> Result<Secured> {
     let anonymous = config.anonymous_allowed();
     let Some(directory) = directory else {
-        return Ok((if anonymous { Security::allow_all() } else { Security::deny_all() }, None));
+        return Ok((if anonymous { Security::allow_all() } else { Security::deny_all() }, None, None));
     };
     let mut auth = config.auth.clone();
     if anonymous {
@@ -191,7 +212,12 @@ async fn security(
     let chain: Vec<&str> = auth.chain.iter().map(|m| m.as_str()).collect();
     info!(chain = ?chain, acl_default = ?auth.acl_default, "authentication ready");
     let authorizer = started.authorizer.clone();
-    Ok((Security { authenticator: started.authenticator, authorizer: started.authorizer }, Some(authorizer)))
+    let stats = started.authenticator.stats().clone();
+    Ok((
+        Security { authenticator: started.authenticator, authorizer: started.authorizer },
+        Some(authorizer),
+        Some(stats),
+    ))
 }
 
 /// Opens the configured store, or `None` when persistence is off.
@@ -208,18 +234,46 @@ async fn open_store(config: &config::Config) -> Result<Option<std::sync::Arc<ter
     Ok(Some(std::sync::Arc::new(db)))
 }
 
-fn init_logging(filter: &str) {
+/// Whether log lines are JSON (set once by [`init_logging`]): then a fatal error is logged as
+/// one more JSON line rather than printed as text.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Installs the global subscriber: events at or above `filter` (or `RUST_LOG`) to stderr, as
+/// text or as one JSON object per line.
+fn init_logging(filter: &str, format: config::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("RUST_LOG").ok().unwrap_or_else(|| filter.to_string());
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
-        eprintln!("tern: invalid log filter {filter:?} ({e}); using info");
+    let mut invalid = None;
+    let env_filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        invalid = Some(e.to_string());
         EnvFilter::new("info")
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => {
+            if let Some(e) = &invalid {
+                eprintln!("tern: invalid log filter {filter:?} ({e}); using info");
+            }
+            builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+        }
+        config::LogFormat::Json => {
+            // The event's own fields under "fields" (so that none can clash with the
+            // timestamp, level or target keys), the innermost span under "span" and every
+            // enclosing span, outermost first, under "spans": a line carries the connection's
+            // or the admin request's fields by itself.
+            builder
+                .json()
+                .with_ansi(false)
+                .flatten_event(false)
+                .with_current_span(true)
+                .with_span_list(true)
+                .init();
+            JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(e) = invalid {
+                warn!(filter = %filter, error = %e, "invalid log filter; using info");
+            }
+        }
+    }
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
@@ -230,7 +284,10 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some(log) = args.log {
         config.log = log;
     }
-    init_logging(&config.log);
+    if let Some(format) = args.log_format {
+        config.log_format = format;
+    }
+    init_logging(&config.log, config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("tern-worker")
@@ -246,7 +303,7 @@ async fn run(config: config::Config) -> Result<()> {
     let anonymous = config.anonymous_allowed();
     let db = open_store(&config).await?;
     let directory = db.clone().map(|d| d as std::sync::Arc<dyn tern_broker::store::DirectoryStore>);
-    let (security, authorizer) = security(&config, directory.clone()).await?;
+    let (security, authorizer, auth_stats) = security(&config, directory.clone()).await?;
     let broker = match db {
         Some(store) => Broker::with_store(config.broker(), security, store)
             .await
@@ -266,15 +323,23 @@ async fn run(config: config::Config) -> Result<()> {
     // The admin API binds before the broker starts serving, so that a taken port fails the
     // start instead of leaving a broker without its control plane.
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut metrics_only = None;
     let admin = match (&directory, config.admin.enabled) {
         (Some(dir), true) => {
             let stop = async move {
                 let _ = admin_stopped.await;
             };
-            Some(admin::start(&config.admin, broker.clone(), dir.clone(), authorizer, stop).await?)
+            let auth = (authorizer, auth_stats);
+            Some(admin::start(&config.admin, broker.clone(), dir.clone(), auth, stop).await?)
         }
         (None, true) => {
-            warn!("admin API off: it needs a database (database.url is \"none\")");
+            warn!(
+                "admin API off: it needs a database (database.url is \"none\"); serving /healthz and /metrics only"
+            );
+            let stop = async move {
+                let _ = admin_stopped.await;
+            };
+            metrics_only = Some(admin::start_metrics_only(&config.admin, broker.clone(), stop).await?);
             None
         }
         (_, false) => {
@@ -294,7 +359,7 @@ async fn run(config: config::Config) -> Result<()> {
         state.set_listeners_up(false);
     }
     let _ = admin_stop.send(());
-    if let Some((task, _)) = admin {
+    if let Some(task) = admin.map(|(task, _)| task).or(metrics_only) {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     let clean = broker.shutdown(Duration::from_secs(config.shutdown_grace)).await;

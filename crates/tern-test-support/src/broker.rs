@@ -228,11 +228,16 @@ fn spawn_drain<R: Read + Send + 'static>(
     });
 }
 
-/// Parses `... admin API listening addr=127.0.0.1:43211 ...`.
+/// Parses `... admin API listening addr=127.0.0.1:43211 ...`, or its JSON equivalent
+/// (`log_format = "json"`): `{..."fields":{"message":"admin API listening","addr":"127.0.0.1:43211",...}...}`.
 pub fn parse_admin_line(line: &str) -> Option<SocketAddr> {
     let line = strip_ansi(line);
     if !line.contains("admin API listening") {
         return None;
+    }
+    if let Some(at) = line.find("\"addr\":\"") {
+        let rest = &line[at + "\"addr\":\"".len()..];
+        return rest.split('"').next()?.parse().ok();
     }
     let rest = &line[line.find("addr=")? + "addr=".len()..];
     rest.split_whitespace().next()?.trim_matches('"').parse().ok()
@@ -421,6 +426,10 @@ mod tests {
             parse_admin_line("INFO tern_admin: admin API listening addr=127.0.0.1:8081 tls=false"),
             Some("127.0.0.1:8081".parse().unwrap())
         );
+        let json = r#"{"timestamp":"2025-01-01T00:00:00.000000Z","level":"INFO","fields":{"message":"admin API listening","addr":"127.0.0.1:8081","tls":false},"target":"tern_admin"}"#;
+        assert_eq!(parse_admin_line(json), Some("127.0.0.1:8081".parse().unwrap()));
+        let json = r#"{"timestamp":"2025-01-01T00:00:00.000000Z","level":"INFO","fields":{"message":"MQTT listener ready kind=tcp addr=127.0.0.1:43211 name=tcp"},"target":"tern::listeners"}"#;
+        assert_eq!(parse_ready_line(json), Some("127.0.0.1:43211".parse().unwrap()));
         assert_eq!(parse_admin_line("INFO MQTT listener ready addr=127.0.0.1:2"), None);
         assert_eq!(
             parse_ready_line(&strip_ansi("\u{1b}[32mINFO\u{1b}[0m MQTT listener ready addr=[::1]:5")),

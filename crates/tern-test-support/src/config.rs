@@ -60,7 +60,9 @@ pub fn parse_listener_line(line: &str) -> Option<(String, String, SocketAddr)> {
     let token = |key: &str| -> Option<String> {
         let start = line.find(&format!(" {key}="))? + key.len() + 2;
         let t = line[start..].split_whitespace().next()?;
-        Some(t.trim_matches(|c| c == '"' || c == ',').to_string())
+        // In a JSON line (`log_format = "json"`) the message's last token ends at its quote.
+        let t = t.trim_start_matches('"').split('"').next()?;
+        Some(t.trim_matches(',').to_string())
     };
     let addr = token("addr")?.parse().ok()?;
     Some((token("kind")?, token("name")?, addr))
@@ -96,6 +98,11 @@ mod tests {
             Some(("wss".into(), "secure".into(), "127.0.0.1:4".parse().unwrap()))
         );
         assert_eq!(parse_listener_line("INFO MQTT listener ready kind=tcp addr=127.0.0.1:1"), None);
+        let json = r#"{"timestamp":"2025-01-01T00:00:00.000000Z","level":"INFO","fields":{"message":"MQTT listener ready kind=tcp addr=127.0.0.1:5 name=tcp"},"target":"tern::listeners"}"#;
+        assert_eq!(
+            parse_listener_line(json),
+            Some(("tcp".into(), "tcp".into(), "127.0.0.1:5".parse().unwrap()))
+        );
         assert_eq!(parse_listener_line("INFO admin listener ready addr=127.0.0.1:2 name=x"), None);
     }
 }

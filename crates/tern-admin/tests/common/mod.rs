@@ -21,7 +21,7 @@ pub(crate) const WAIT: Duration = Duration::from_secs(5);
 
 /// Accepts everyone, taking the CONNECT's user name as the principal's (so clients show one).
 #[derive(Debug)]
-struct TrustUserName;
+pub(crate) struct TrustUserName;
 
 impl Authenticator for TrustUserName {
     fn authenticate<'a>(&'a self, info: &'a ConnectInfo<'a>) -> AuthFuture<'a, AuthOutcome> {

@@ -90,7 +90,7 @@ impl Conn {
     }
 
     fn on_publish(&mut self, mut p: Publish) -> Handled {
-        self.count_in();
+        self.count_in(p.qos);
         let broker = self.broker.clone();
         let cfg = &broker.config;
         if let Some(alias) = p.properties.topic_alias.take() {
@@ -139,7 +139,7 @@ impl Conn {
             return Ok(());
         }
         if !self.allowed(Action::Publish, &p.topic, p.qos, p.retain) {
-            self.stats.denied += 1;
+            Stats::add(&self.broker.stats.publishes_denied, 1);
             debug!(topic = %p.topic, "publish not authorized");
             self.refuse(&p, ReasonCode::NotAuthorized);
             return Ok(());
@@ -195,6 +195,8 @@ impl Conn {
             }
             return Ok(());
         }
+        // At most the number of sessions, which fits.
+        self.stats.deliveries = self.stats.deliveries.saturating_add(published.delivered as u32);
         if let Some(congested) = published.congested
             && congested.id != self.session.id
         {

@@ -16,7 +16,7 @@ use super::{Accepted, Conn, LocalStats};
 use crate::auth::{Action, AuthOutcome, AuthStep, ConnectInfo, Principal};
 use crate::broker::{Attached, Inner, max_qos};
 use crate::message::{own_str, own_user_properties};
-use crate::stats::Stats;
+use crate::stats::{ListenerStats, Refusal, Stats};
 
 /// Reads until one packet decodes, or the deadline passes / the stream ends (`Ok(None)`).
 async fn read_packet(
@@ -36,9 +36,16 @@ async fn read_packet(
     }
 }
 
-/// Sends a CONNACK refusing the connection.
-async fn refuse(io: &mut Transport, version: ProtocolVersion, code: ReasonCode, broker: &Inner) {
+/// Sends a CONNACK refusing the connection, counted under `why`.
+async fn refuse(
+    io: &mut Transport,
+    version: ProtocolVersion,
+    code: ReasonCode,
+    (broker, listener): (&Inner, &ListenerStats),
+    why: Refusal,
+) {
     Stats::add(&broker.stats.connections_refused, 1);
+    listener.refused(why);
     let mut buf = BytesMut::new();
     let ack = ConnAck { session_present: false, reason_code: code, properties: ConnAckProperties::default() };
     if encode(&Packet::ConnAck(ack), version, &mut buf).is_ok() {
@@ -145,6 +152,8 @@ async fn enhanced_auth(
 /// The CONNECT handshake. Returns `None` when the connection was refused or dropped.
 pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
     let Accepted { broker, mut io, peer, meta } = *accepted;
+    let listener = broker.stats.listeners.get(&meta.listener);
+    let counters = (&*broker, &*listener);
     let cfg = &broker.config.mqtt;
     let mut decoder = Decoder::new_server(cfg.max_packet_size);
     decoder.set_property_limits(tern_protocol::PropertyLimits {
@@ -155,17 +164,35 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
     let deadline = Instant::now() + Duration::from_secs(u64::from(cfg.connect_timeout.max(1)));
     let connect: Box<Connect> = match read_packet(&mut io, &mut rbuf, &mut decoder, deadline).await {
         Ok(Some(Packet::Connect(c))) => c,
-        Ok(_) => return None,
+        Ok(None) => {
+            listener.refused(Refusal::NoConnect);
+            return None;
+        }
+        Ok(Some(other)) => {
+            // MQTT-3.1.0-1: the first packet must be CONNECT.
+            debug!(kind = ?other.kind(), "first packet is not CONNECT");
+            Stats::add(&broker.stats.protocol_errors, 1);
+            listener.refused(Refusal::Malformed);
+            return None;
+        }
         Err(DecodeError::UnsupportedProtocolVersion(level)) => {
             // MQTT-3.1.2-2: answer in the format the client most likely reads.
             let v = if level > 5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
             debug!(level, "unsupported protocol level");
-            refuse(&mut io, v, ReasonCode::UnsupportedProtocolVersion, &broker).await;
+            refuse(
+                &mut io,
+                v,
+                ReasonCode::UnsupportedProtocolVersion,
+                counters,
+                Refusal::UnsupportedProtocol,
+            )
+            .await;
             return None;
         }
         Err(e) => {
             debug!(error = %e, "invalid CONNECT");
             Stats::add(&broker.stats.protocol_errors, 1);
+            listener.refused(Refusal::Malformed);
             return None;
         }
     };
@@ -177,13 +204,13 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
     }
 
     if broker.shutdown.is_cancelled() {
-        refuse(&mut io, version, ReasonCode::ServerUnavailable, &broker).await;
+        refuse(&mut io, version, ReasonCode::ServerUnavailable, counters, Refusal::ServerUnavailable).await;
         return None;
     }
     let Ok(permit) = broker.connection_slots.clone().try_acquire_owned() else {
-        warn!(%peer, listener = %meta.listener, "connection limit reached, refusing");
+        warn!(%peer, listener = %meta.listener, client_id = %connect.client_id, "connection limit reached, refusing");
         let code = if v5 { ReasonCode::QuotaExceeded } else { ReasonCode::ServerUnavailable };
-        refuse(&mut io, version, code, &broker).await;
+        refuse(&mut io, version, code, counters, Refusal::ConnectionLimit).await;
         return None;
     };
 
@@ -191,7 +218,14 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
     let requested_id: String = if connect.client_id.is_empty() {
         if !v5 && !connect.clean_start {
             // MQTT-3.1.3-8: an empty id needs Clean Session = 1.
-            refuse(&mut io, version, ReasonCode::ClientIdentifierNotValid, &broker).await;
+            refuse(
+                &mut io,
+                version,
+                ReasonCode::ClientIdentifierNotValid,
+                counters,
+                Refusal::ClientIdInvalid,
+            )
+            .await;
             return None;
         }
         let id = assign_client_id();
@@ -223,7 +257,7 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
             }
             Err(code) => {
                 info!(%peer, listener = %meta.listener, client_id = %requested_id, %code, "enhanced authentication failed");
-                refuse(&mut io, version, code, &broker).await;
+                refuse(&mut io, version, code, counters, Refusal::of_auth(code)).await;
                 return None;
             }
         }
@@ -231,23 +265,24 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         match broker.authenticator.authenticate(&info).await {
             AuthOutcome::Allow(p) => p,
             AuthOutcome::Deny(code) => {
-                info!(%peer, listener = %meta.listener, client_id = %requested_id, username = ?info.username, %code, "connection refused");
-                refuse(&mut io, version, code, &broker).await;
+                info!(%peer, listener = %meta.listener, client_id = %requested_id, username = info.username.unwrap_or(""), %code, "connection refused");
+                refuse(&mut io, version, code, counters, Refusal::of_auth(code)).await;
                 return None;
             }
         }
     };
     if let Some(code) = connect.will.as_ref().and_then(|w| will_refusal(&broker, w)) {
-        info!(%peer, client_id = %requested_id, %code, "will refused");
-        refuse(&mut io, version, code, &broker).await;
+        info!(%peer, listener = %meta.listener, client_id = %requested_id, %code, "will refused");
+        refuse(&mut io, version, code, counters, Refusal::WillRefused).await;
         return None;
     }
     if let Some(w) = &connect.will
         && !broker.authorizer.is_permissive_for(&principal)
         && !broker.authorizer.check(&principal, Action::Publish, &w.topic, w.qos, w.retain)
     {
-        info!(%peer, client_id = %requested_id, topic = %w.topic, "will topic not authorized");
-        refuse(&mut io, version, ReasonCode::NotAuthorized, &broker).await;
+        info!(%peer, listener = %meta.listener, client_id = %requested_id, topic = %w.topic, "will topic not authorized");
+        Stats::add(&broker.stats.wills_denied, 1);
+        refuse(&mut io, version, ReasonCode::NotAuthorized, counters, Refusal::WillRefused).await;
         return None;
     }
     // An authenticator may fix the client id (e.g. from a certificate).
@@ -276,8 +311,8 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
 
     if expiry > 0 && broker.persister().is_some_and(|p| !p.is_available()) {
         // A persistent session needs the store, which is down (MQTT 5: 0x88).
-        warn!(%peer, client_id = %client_id, "database unavailable: refusing a persistent session");
-        refuse(&mut io, version, ReasonCode::ServerUnavailable, &broker).await;
+        warn!(%peer, listener = %meta.listener, client_id = %client_id, "database unavailable: refusing a persistent session");
+        refuse(&mut io, version, ReasonCode::ServerUnavailable, counters, Refusal::ServerUnavailable).await;
         return None;
     }
     let attached =
@@ -285,12 +320,14 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
     let (Attached { session, session_present, generation }, ops) = match attached {
         Ok(a) => a,
         Err(code) => {
-            if code == ReasonCode::NotAuthorized {
-                warn!(%peer, client_id = %client_id, username = ?principal.username, "client id's session belongs to another principal: refused");
+            let why = if code == ReasonCode::NotAuthorized {
+                warn!(%peer, listener = %meta.listener, client_id = %client_id, username = principal.username.as_deref().unwrap_or(""), "client id's session belongs to another principal: refused");
+                Refusal::SessionOwner
             } else {
-                warn!(%peer, client_id = %client_id, "session limit reached: refused");
-            }
-            refuse(&mut io, version, code, &broker).await;
+                warn!(%peer, listener = %meta.listener, client_id = %client_id, "session limit reached: refused");
+                Refusal::SessionLimit
+            };
+            refuse(&mut io, version, code, counters, why).await;
             return None;
         }
     };
@@ -298,9 +335,10 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         let limit = Duration::from_millis(broker.config.persistence.commit_timeout_ms + 1000);
         let committed = tokio::time::timeout(limit, rx).await;
         if !matches!(committed, Ok(Ok(Ok(())))) {
-            warn!(%peer, client_id = %client_id, "could not store the session: refusing the connection");
+            warn!(%peer, listener = %meta.listener, client_id = %client_id, "could not store the session: refusing the connection");
             broker.detach(&session, generation, None, None);
-            refuse(&mut io, version, ReasonCode::ServerUnavailable, &broker).await;
+            refuse(&mut io, version, ReasonCode::ServerUnavailable, counters, Refusal::ServerUnavailable)
+                .await;
             return None;
         }
     }
@@ -404,10 +442,12 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         unacked_qos1: 0,
         stall: None,
         stats: LocalStats::default(),
+        listener: listener.clone(),
     });
     conn.write_packet(&Packet::ConnAck(connack));
     Stats::add(&broker.stats.connections_total, 1);
     Stats::add(&broker.stats.clients_connected, 1);
+    listener.accepted(version);
     if session_present {
         conn.retained_waiting = conn.session.lock().retained_backlog.is_some();
         conn.resend_inflight();

@@ -12,6 +12,7 @@ use super::{Close, Conn, RETAINED_FEED_BELOW, RETAINED_FEED_UP_TO, WRITE_HIGH_WA
 use crate::message::Message;
 use crate::router::OpSink;
 use crate::session::{Awaiting, Inflight, Pending, RetainedBatch, SubIds, packet_id_for};
+use crate::stats::Stats;
 
 /// Topics shorter than this are sent as they are: an alias (3 bytes of property) would not
 /// pay for itself.
@@ -244,7 +245,7 @@ impl Conn {
             }
             let Some(p) = st.pop_queued() else { break };
             if p.msg.is_expired(now) {
-                self.stats.expired += 1;
+                Stats::add(&self.broker.stats.messages_expired, 1);
                 if p.durable {
                     dropped.push(p.seq);
                 }
@@ -253,7 +254,7 @@ impl Conn {
             if !self.may_receive(&p.msg.topic, p.qos) {
                 // Subscribed through a broader filter, or the rules changed since: the
                 // principal may not read this topic.
-                self.stats.denied_deliveries += 1;
+                Stats::add(&self.broker.stats.deliveries_denied, 1);
                 if p.durable {
                     dropped.push(p.seq);
                 }
@@ -263,13 +264,13 @@ impl Conn {
             publish.dup = p.dup && qos1or2;
             if !self.write_publish(publish) {
                 // MQTT-3.1.2-25: a message too large for the client is discarded as if sent.
-                self.stats.too_large += 1;
+                Stats::add(&self.broker.stats.messages_dropped_too_large, 1);
                 if p.durable {
                     dropped.push(p.seq);
                 }
                 continue;
             }
-            self.stats.msgs_out += 1;
+            self.count_out(p.qos);
             if let Some(id) = packet_id {
                 let state = if p.qos == QoS::AtLeastOnce { Awaiting::PubAck } else { Awaiting::PubRec };
                 st.inflight.insert(id, Inflight { pending: p, state });
@@ -317,7 +318,7 @@ impl Conn {
             if !self.write_packet(&packet)
                 && let Some(f) = st.inflight.remove(&id)
             {
-                self.stats.too_large += 1;
+                Stats::add(&self.broker.stats.messages_dropped_too_large, 1);
                 if f.pending.durable {
                     dropped.push(f.pending.seq);
                 }

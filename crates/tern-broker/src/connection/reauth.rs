@@ -127,7 +127,7 @@ impl Conn {
                 (ReasonCode::ContinueAuthentication, Some(data))
             }
             AuthStep::Failure(code) => {
-                info!(peer = %self.peer, client_id = %self.client_id, %code, "re-authentication failed");
+                info!(peer = %self.peer, listener = %self.listener.name, client_id = %self.client_id, %code, "re-authentication failed");
                 // Authenticators answer in CONNACK codes (e.g. 0x86), which a DISCONNECT
                 // cannot carry: those become 0x87 Not authorized.
                 let code = if code.valid_for(tern_protocol::PacketKind::Disconnect) {
@@ -142,7 +142,7 @@ impl Conn {
                 // The session belongs to the principal that created it: re-authenticating
                 // as someone else does not hand it over.
                 if principal.username != self.principal.username {
-                    info!(peer = %self.peer, client_id = %self.client_id, "re-authenticated as another principal");
+                    info!(peer = %self.peer, listener = %self.listener.name, client_id = %self.client_id, "re-authenticated as another principal");
                     return Err(Close::Server(ReasonCode::NotAuthorized));
                 }
                 debug!("re-authenticated");

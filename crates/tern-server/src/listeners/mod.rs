@@ -97,6 +97,8 @@ impl Listeners {
             if let Some(t) = &tls {
                 reloadable.push((spec.name.clone(), t.clone()));
             }
+            // Its metric series exist (at zero) from the start, not from its first client.
+            broker.register_listener(&spec.name);
             let listener = Arc::new(Listener {
                 meta_name: spec.name.as_str().into(),
                 spec,
@@ -190,11 +192,22 @@ fn accept_one(listener: &Arc<Listener>, broker: &Broker, stream: TcpStream, peer
                         ConnMeta { listener: listener.meta_name.clone(), cert },
                     );
                 }
-                Ok(Err(HandshakeError::Tls(e))) if tls::is_certificate_error(&e) => {
-                    info!(error = %e, "TLS handshake failed: client certificate refused");
+                Ok(Err(HandshakeError::Tls(e))) => {
+                    task_broker.tls_handshake_failed(&listener.meta_name);
+                    if tls::is_certificate_error(&e) {
+                        info!(error = %e, "TLS handshake failed: client certificate refused");
+                    } else {
+                        debug!(error = %e, "TLS handshake failed");
+                    }
                 }
                 Ok(Err(e)) => debug!(error = %e, "handshake failed"),
-                Err(_) => debug!("handshake timed out after {HANDSHAKE_TIMEOUT:?}"),
+                Err(_) => {
+                    // On a TLS listener the TLS handshake is the usual one to stall.
+                    if listener.tls.is_some() {
+                        task_broker.tls_handshake_failed(&listener.meta_name);
+                    }
+                    debug!("handshake timed out after {HANDSHAKE_TIMEOUT:?}");
+                }
             }
         }
         .instrument(span),
