@@ -402,5 +402,11 @@ pub async fn list_topics(
     ))]
 pub async fn metrics(State(state): State<AppState>, who: Authenticated) -> Result<Json<Metrics>, ApiError> {
     who.require(Role::Viewer)?;
-    Ok(Json(state.broker.metrics().into()))
+    let mut m: Metrics = state.broker.metrics().into();
+    m.auth_failures = state.exporter.auth_failures();
+    if let Some(st) = state.broker.store_metrics() {
+        m.store_commits = Some(st.commit_seconds.count);
+        m.store_commit_micros = Some((st.commit_seconds.sum * 1e6) as u64);
+    }
+    Ok(Json(m))
 }

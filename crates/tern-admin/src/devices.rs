@@ -45,6 +45,12 @@ pub struct Device {
     pub created_at: String,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// Whether it is connected now.
+    pub online: bool,
+    /// When it was last connected (RFC 3339): now when online; for an offline persistent
+    /// session, when it disconnected; unknown (`null`) once no session remains (the broker
+    /// keeps no history of clean sessions).
+    pub last_seen: Option<String>,
 }
 
 impl From<DeviceSummary> for Device {
@@ -58,7 +64,22 @@ impl From<DeviceSummary> for Device {
             enabled: d.enabled,
             created_at: millis_rfc3339(d.created_at),
             labels: d.labels,
+            online: false,
+            last_seen: None,
         }
+    }
+}
+
+impl Device {
+    /// Fills in whether the device is connected, from the broker's sessions.
+    pub(crate) fn with_presence(mut self, broker: &tern_broker::Broker) -> Device {
+        if let Some((online, offline_for)) = broker.presence(&self.client_id) {
+            let now = std::time::SystemTime::now();
+            let seen = if online { Some(now) } else { offline_for.and_then(|d| now.checked_sub(d)) };
+            self.online = online;
+            self.last_seen = seen.map(crate::dto::rfc3339);
+        }
+        self
     }
 }
 
@@ -246,7 +267,8 @@ pub async fn list_devices(
     };
     let mut found = state.store.query_devices(&query).await?;
     let next = cut_page(&mut found, n, |d| d.client_id.clone());
-    let items = found.iter().map(|d| Device::from(DeviceSummary::from(d))).collect();
+    let items =
+        found.iter().map(|d| Device::from(DeviceSummary::from(d)).with_presence(&state.broker)).collect();
     Ok(Json(DevicePage { items, next }))
 }
 
@@ -322,7 +344,7 @@ pub async fn get_device(
     who.require(Role::Viewer)?;
     let device = provision::get_device(state.store.as_ref(), &client_id).await?;
     let connection = state.broker.client(&client_id).filter(|c| c.username.is_some()).map(Client::from);
-    Ok(Json(DeviceDetail { device: device.into(), connection }))
+    Ok(Json(DeviceDetail { device: Device::from(device).with_presence(&state.broker), connection }))
 }
 
 /// Updates a device: enable or disable it, replace its labels, set or clear its certificate
@@ -352,7 +374,7 @@ pub async fn update_device(
     if revoked && disconnect(&state, &client_id) {
         tracing::info!(client_id, "device changed: its connection was closed");
     }
-    Ok(Json(after.into()))
+    Ok(Json(Device::from(after).with_presence(&state.broker)))
 }
 
 /// Replaces a device's password (and SCRAM verifier) and disconnects it (0x98). Without a

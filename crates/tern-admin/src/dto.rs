@@ -465,10 +465,19 @@ pub struct Metrics {
     pub messages_received: u64,
     /// PUBLISH packets sent.
     pub messages_sent: u64,
+    /// Messages routed to a matching session (one per session, one per shared group).
+    pub deliveries: u64,
     /// Bytes read from clients.
     pub bytes_received: u64,
     /// Bytes written to clients.
     pub bytes_sent: u64,
+    /// Authentication failures since start (`null`: no device authentication runs).
+    pub auth_failures: Option<u64>,
+    /// Group commits since start (`null`: no store).
+    pub store_commits: Option<u64>,
+    /// Time spent in those commits, microseconds (its increase over the commits' increase is
+    /// the mean commit latency of an interval).
+    pub store_commit_micros: Option<u64>,
     /// Messages dropped: a queue was full.
     pub dropped_queue_full: u64,
     /// Messages dropped: expired before delivery.
@@ -522,6 +531,10 @@ impl From<MetricsSnapshot> for Metrics {
             connections_refused: m.connections_refused,
             messages_received: m.messages_received,
             messages_sent: m.messages_sent,
+            deliveries: m.deliveries,
+            auth_failures: None,
+            store_commits: None,
+            store_commit_micros: None,
             bytes_received: m.bytes_received,
             bytes_sent: m.bytes_sent,
             dropped_queue_full: m.dropped_queue_full,

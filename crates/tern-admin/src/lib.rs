@@ -20,6 +20,7 @@ pub mod listener;
 pub mod metrics;
 pub mod ratelimit;
 pub mod stream;
+pub mod ui;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -404,6 +405,8 @@ pub fn router(state: AppState) -> Router {
     // The stream is long-lived: no request timeout.
     let streaming = Router::new().route("/stream", get(stream::stream));
     let mut app = Router::new()
+        .route("/", get(ui::index))
+        .route("/assets/{*path}", get(ui::asset))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(metrics::metrics))

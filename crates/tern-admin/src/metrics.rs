@@ -75,6 +75,11 @@ impl Exporter {
         Exporter { broker, auth, token: token.filter(|t| !t.is_empty()), registry, requests, durations }
     }
 
+    /// Authentication failures since start, all methods (`None`: no device authentication).
+    pub fn auth_failures(&self) -> Option<u64> {
+        self.auth.as_ref().map(|a| a.failures().map(|(_, _, n)| n).sum())
+    }
+
     /// Whether a scrape with these headers may read the metrics.
     fn authorized(&self, headers: &HeaderMap) -> bool {
         let Some(token) = &self.token else { return true };

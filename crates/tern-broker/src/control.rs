@@ -185,6 +185,8 @@ pub struct MetricsSnapshot {
     pub messages_received: u64,
     /// PUBLISH packets sent.
     pub messages_sent: u64,
+    /// Messages routed to a matching session.
+    pub deliveries: u64,
     /// Bytes read from clients.
     pub bytes_received: u64,
     /// Bytes written to clients.
@@ -410,6 +412,16 @@ impl Broker {
         Some(session_info(&s, Instant::now()))
     }
 
+    /// Whether `client_id` has a session, and if so whether it is online and since when it is
+    /// offline (`None`: no session).
+    pub fn presence(&self, client_id: &str) -> Option<(bool, Option<Duration>)> {
+        let s = self.inner.sessions().get(client_id).cloned()?;
+        let st = s.lock();
+        let offline_for = st.disconnected_at.map(|t| Instant::now().saturating_duration_since(t));
+        drop(st);
+        Some((s.is_online(), offline_for))
+    }
+
     /// Closes `client_id`'s connection with DISCONNECT 0x98 Administrative action (3.x: a
     /// plain close). Its will is published, as for any disconnect the client did not ask
     /// for; its session stays (per its expiry). Returns whether it was connected.
@@ -555,6 +567,7 @@ impl crate::broker::Inner {
             connections_refused: g(&s.connections_refused),
             messages_received: Stats::sum(&s.messages_received),
             messages_sent: Stats::sum(&s.messages_sent),
+            deliveries: g(&s.deliveries),
             bytes_received: g(&s.bytes_received),
             bytes_sent: g(&s.bytes_sent),
             dropped_queue_full: g(&s.messages_dropped_queue_full),

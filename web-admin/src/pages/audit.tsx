@@ -1,0 +1,5 @@
+import { Page } from "../components";
+
+export function Audit() {
+  return <Page title="Audit">TODO</Page>;
+}

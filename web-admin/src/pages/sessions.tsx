@@ -1,0 +1,5 @@
+import { Page } from "../components";
+
+export function Sessions() {
+  return <Page title="Sessions">TODO</Page>;
+}
