@@ -8,9 +8,10 @@
 #   build    cargo build -p tern-server           (target/debug/tern, used by the e2e tests)
 #   cargo    cargo nextest run --workspace + doc tests (plain `cargo test` if nextest is absent)
 #   pytest   pytest tests/python -q               (interop tests: paho-mqtt, mosquitto clients)
-#   observability  pytest tests/observability -q  (Grafana dashboard, Prometheus config, alerts
-#            and their promtool unit tests, Docker Compose stack; a real Prometheus scrapes a
-#            stand-in of /metrics. No Docker engine needed)
+#   observability  pytest tests/observability -q  (tern's /metrics after a known workload, and
+#            promtool on it; Grafana dashboard, Prometheus config, alerts and their promtool
+#            unit tests, Docker Compose stack; a real Prometheus scrapes tern and a stand-in
+#            of /metrics. No Docker engine needed)
 #
 # Usage: scripts/test.sh [STEP...]     e.g. `scripts/test.sh pytest` runs setup + pytest only.
 # Env:   TERN_TEST_KEEP_GOING=1        run the remaining steps after a failure (still exits 1)
@@ -348,10 +349,14 @@ step_pytest() {
   return "$rc"
 }
 
-# Dashboard, alerts, Prometheus config and the Compose stack (tests/observability). The tern
-# binary only serves `tern config`, to check the TERN_* names the image and compose.yaml set.
+# tern's /metrics, the dashboard, alerts, Prometheus config and the Compose stack
+# (tests/observability), against the binary the build step made.
 step_observability() {
   local log="$LOG_DIR/observability.log" rc=0
+  if [ "$BUILD_OK" = 0 ]; then
+    echo "not running the observability tests: the build step failed, $TERN_BIN_PATH would be stale" >&2
+    return 1
+  fi
   # No plugin autoload: schemathesis' and hypothesis' plugins (tests/python) cost 5 s to load.
   TERN_BIN="$TERN_BIN_PATH" PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "$VENV/bin/python" -m pytest \
     -p pytest_timeout tests/observability -q "${PYTEST_COLOR[@]}" 2>&1 | tee "$log" || rc=$?

@@ -1,204 +1,380 @@
-"""A real Prometheus (Debian's `prometheus`) scraping a stand-in of tern's /metrics made from
-metrics.txt (fake_exporter.py), with prometheus/alerts.yml loaded: every dashboard query must
-return series, with the labels its legend shows, and the alert rules must evaluate cleanly,
-stay quiet on a healthy broker and go pending when the database or the target goes down.
+"""A real Prometheus (Debian's `prometheus`), started by the tests, with prometheus/alerts.yml
+loaded, scraping
 
-When tern exports the metrics itself, the same checks run against the real binary in the
-live-scrape test (issue 18); this one keeps the dashboard and the rules honest without it.
+- `TestTern`: the real tern binary (issue 18). tern runs with a plain TCP and a TLS listener
+  and `admin.metrics_token` set, which Prometheus sends as a bearer token. After a workload
+  (publishes of every QoS to 3.1.1 and 5.0 subscribers, retained and queued messages that
+  the store commits, a will, a refused CONNECT, a failed TLS handshake, admin API requests)
+  a query through Prometheus' HTTP API returns the workload's exact connection counts and
+  tern_build_info; every dashboard query returns data with the labels its legend shows;
+  every alert rule evaluates without error, names only series tern exports, and none is
+  active on the healthy broker; stopping tern makes TernDown pending.
+- `TestStandIn`: a stand-in of /metrics made from metrics.txt (fake_exporter.py), for what a
+  short run of tern cannot show: every series of every label value at once, and
+  TernDatabaseUnavailable going pending when the store goes down.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import re
 import socket
 import subprocess
-import time
-import urllib.parse
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
+import requests
 
 import promql
-from conftest import ALERTS, dashboard_queries, load_dashboard, need_tool
+from conftest import (
+    ALERTS,
+    PROMETHEUS_SYNTHETIC,
+    Prometheus,
+    dashboard_queries,
+    load_dashboard,
+    need_tool,
+    running_prometheus,
+    wait_for,
+)
+from exposition import Scrape, scrape
 from fake_exporter import FakeExporter
+from mqttutil import PahoClient
+from rawmqtt import V311, RawClient
+from ternserver import TernServer, clean_env, split_addr, tern_bin
 
-SCRAPE = "1s"
-# Grafana's $__rate_interval is at least 4 scrape intervals.
-DURATIONS = {k: ("5s" if "rate" in k else "30s") for k in promql.GRAFANA_DURATIONS}
-DEADLINE = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+JOB = "tern"  # the job name the alerts (TernDown) and the dashboard's default assume
 
 
-class Prometheus:
-    def __init__(self, base: str):
-        self.base = base
-
-    def get(self, path: str, **params) -> dict:
-        url = f"{self.base}{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        with urllib.request.urlopen(url, timeout=10) as r:
-            doc = json.load(r)
-        assert doc["status"] == "success", doc
-        return doc["data"]
-
-    def query(self, expr: str) -> list[dict]:
-        data = self.get("/api/v1/query", query=expr)
-        assert data["resultType"] == "vector", data
-        return data["result"]
+def legend_labels(legend: str) -> set[str]:
+    return set(re.findall(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}", legend))
 
 
-def wait_for(what: str, check, deadline: float = DEADLINE):
-    end = time.monotonic() + deadline
-    last = None
-    while time.monotonic() < end:
-        last = check()
-        if last is True:
-            return
-        time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what}: {last}")
+def finite(sample: dict) -> bool:
+    return math.isfinite(float(sample["value"][1]))
 
 
-@pytest.fixture(scope="module")
-def exporter(catalogue):
-    with FakeExporter(catalogue) as exp:
-        yield exp
+def alert_states(prom: Prometheus) -> dict[str, str]:
+    return {r["name"]: r["state"] for r in prom.alerting_rules()}
 
 
-@pytest.fixture(scope="module")
-def prometheus(exporter, tmp_path_factory):
-    binary = need_tool("prometheus")
-    tmp: Path = tmp_path_factory.mktemp("prometheus")
-    config = {
-        "global": {"scrape_interval": SCRAPE, "evaluation_interval": SCRAPE},
-        "rule_files": [str(ALERTS)],
-        "scrape_configs": [{
-            "job_name": "tern",
-            "metrics_path": "/metrics",
-            "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}],
-        }],
-    }
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (tmp / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
-    )
-    prom = Prometheus(f"http://127.0.0.1:{port}")
-
-    def ready():
-        if proc.poll() is not None:
-            pytest.fail(f"prometheus exited {proc.returncode}: {(tmp / 'prometheus.log').read_text()}")
-        try:
-            with urllib.request.urlopen(f"{prom.base}/-/ready", timeout=2) as r:
-                return r.status == 200
-        except OSError as e:
-            return str(e)
-
-    try:
-        wait_for("prometheus to be ready", ready)
-        # Enough scrapes for every rate window: 4 samples of the target.
-        wait_for("4 scrapes of the stand-in",
-                 lambda: bool(prom.query('count_over_time(up{job="tern"}[1m]) >= 4'))
-                 or prom.query('up{job="tern"}'))
-        yield prom
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def test_stand_in_exposition_passes_promtool_check_metrics(exporter):
-    """promtool's lint (naming, units, _total) on an exposition with every catalogue name:
-    what `promtool check metrics` will say about tern's real /metrics."""
-    proc = subprocess.run([need_tool("promtool"), "check", "metrics"], input=exporter.exposition.render(),
-                          capture_output=True, text=True, timeout=30)
-    # HELP texts here are placeholders; only naming problems count.
-    problems = [l for l in (proc.stdout + proc.stderr).splitlines() if l.strip() and "HELP" not in l]
-    assert not problems, "\n".join(problems)
-
-
-def test_target_is_up(prometheus):
-    (s,) = prometheus.query('up{job="tern"}')
-    assert s["value"][1] == "1"
-
-
-def test_every_dashboard_query_returns_series_with_its_legend_labels(prometheus):
-    failures = []
-    for q in dashboard_queries(load_dashboard()):
-        # $job and $instance stand in regex matchers (=~) in the dashboard: ".+" selects all.
-        expr = promql.substitute_grafana(q.expr, DURATIONS, value=".+")
-        result = prometheus.query(expr)
-        if q.where.startswith("annotation"):
-            continue  # restarts: nothing to show on a stand-in that never restarts
-        if not result:
-            failures.append(f"{q.where}: no data for {expr}")
-            continue
-        wanted = set(re.findall(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}", q.legend))
-        for s in result:
-            missing = wanted - set(s["metric"])
-            if missing:
-                failures.append(f"{q.where}: legend {q.legend!r} but the series has no {missing}: {s['metric']}")
-                break
-            if s["value"][1] in ("NaN", "+Inf", "-Inf"):
-                failures.append(f"{q.where}: {s['value'][1]} for {expr}")
-                break
-    assert not failures, "\n".join(failures)
-
-
-def alerting_rules(prom: Prometheus) -> list[dict]:
-    groups = prom.get("/api/v1/rules", type="alert")["groups"]
-    return [r for g in groups for r in g["rules"]]
-
-
-def test_alert_rules_load_and_evaluate(prometheus):
+def check_rules_evaluate(prom: Prometheus) -> None:
     def evaluated():
-        rules = alerting_rules(prometheus)
+        rules = prom.alerting_rules()
         bad = [(r["name"], r.get("health"), r.get("lastError")) for r in rules if r.get("health") != "ok"]
         return True if rules and not bad else bad or "no rules"
 
     wait_for("every alert rule evaluated without error", evaluated)
-    names = {r["name"] for r in alerting_rules(prometheus)}
+    names = {r["name"] for r in prom.alerting_rules()}
     assert {"TernDown", "TernDatabaseUnavailable", "TernConnectionsNearLimit"} <= names
 
 
-def test_no_alert_on_a_healthy_broker(prometheus):
-    time.sleep(2)  # a couple more evaluations
-    active = [(r["name"], r["state"]) for r in alerting_rules(prometheus) if r["state"] != "inactive"]
+def check_no_alert_active(prom: Prometheus) -> None:
+    # A couple more evaluations (1 s apart) than the rules already had.
+    prom.wait_scrapes(JOB, 2 + int(prom.query(f'sum_over_time(up{{job="{JOB}"}}[10m])')[0]["value"][1]))
+    active = [(r["name"], r["state"]) for r in prom.alerting_rules() if r["state"] != "inactive"]
     assert not active
 
 
-def test_database_down_makes_the_alert_pending(prometheus, exporter):
-    exporter.exposition.store_up = 0
-    try:
-        def pending():
-            states = {r["name"]: r["state"] for r in alerting_rules(prometheus)}
-            return True if states.get("TernDatabaseUnavailable") == "pending" else states
-        wait_for("TernDatabaseUnavailable pending", pending)
-    finally:
-        exporter.exposition.store_up = 1
-
-
-def test_target_down_makes_tern_down_pending(prometheus, exporter):
-    # Last: stops the stand-in for good.
-    exporter.stop()
-
+def wait_pending(prom: Prometheus, alert: str) -> None:
     def pending():
-        states = {r["name"]: r["state"] for r in alerting_rules(prometheus)}
-        return True if states.get("TernDown") == "pending" else states
-    wait_for("TernDown pending", pending)
+        states = alert_states(prom)
+        return True if states.get(alert) == "pending" else states
+    wait_for(f"{alert} pending", pending)
 
+
+# ---------------------------------------------------------------------------------------------
+# The real tern
+# ---------------------------------------------------------------------------------------------
+
+TOKEN = "prometheus-scrape-token-0123456789"
+# The workload happens in the first seconds of the run: rate windows that cover all of it.
+TERN_DURATIONS = dict.fromkeys(promql.GRAFANA_DURATIONS, "5m")
+TLS_READY_RE = re.compile(r"MQTT listener ready kind=tls addr=(\S+)")
+
+
+def self_signed(d: Path) -> tuple[Path, Path]:
+    proc = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", "server.key", "-out", "server.pem", "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        cwd=d, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, f"openssl failed:\n{proc.stderr}"
+    return d / "server.pem", d / "server.key"
+
+
+class TernRun:
+    """A running tern with a tcp and a tls listener, and what its workload did."""
+
+    def __init__(self, tmp: Path) -> None:
+        cert, key = self_signed(tmp)
+        config = tmp / "tern.toml"
+        config.write_text(
+            '[[listeners]]\nname = "tcp"\nkind = "tcp"\nbind = "127.0.0.1:0"\n\n'
+            f'[[listeners]]\nname = "tls"\nkind = "tls"\nbind = "127.0.0.1:0"\n'
+            f'cert_file = "{cert}"\nkey_file = "{key}"\n'
+        )
+        self.server = TernServer(env={
+            "TERN_CONFIG": str(config),
+            "TERN_DATABASE__URL": f"sqlite://{tmp / 'tern.db'}",
+            "TERN_ADMIN__METRICS_TOKEN": TOKEN,
+        })
+        self.admin = self.server.admin_addr()
+        self.tls_port = self._tls_port()
+        self.version = subprocess.run([str(tern_bin()), "--version"], capture_output=True, text=True,
+                                      env=clean_env(), timeout=30).stdout.split()[-1]
+        self.clients: list = []
+        # Successful CONNACKs of the workload, by protocol.
+        self.accepted = {"5.0": 0, "3.1.1": 0}
+
+    def _tls_port(self) -> int:
+        def ready():
+            return bool(TLS_READY_RE.search(self.server.log())) or "no tls listener line yet"
+        wait_for("the tls listener", ready, deadline=10, interval=0.05)
+        return split_addr(TLS_READY_RE.search(self.server.log()).group(1))[1]
+
+    def metrics(self) -> Scrape:
+        return scrape(f"http://{self.admin}", token=TOKEN)
+
+    def admin_requests(self) -> None:
+        base = f"http://{self.admin}"
+        assert requests.get(f"{base}/healthz", timeout=10).status_code == 200
+        assert requests.get(f"{base}/api/v1/clients", timeout=10).status_code == 401
+
+    def paho(self, version: str, client_id: str, **kwargs) -> PahoClient:
+        c = PahoClient(self.server.port, version, client_id, **kwargs)
+        self.clients.append(c)
+        return c
+
+    def connect(self, c: PahoClient) -> PahoClient:
+        c.connect()
+        self.accepted["5.0" if c.version == "v5" else "3.1.1"] += 1
+        return c
+
+    def workload(self) -> None:
+        """Anonymous clients (tern on loopback allows them), so no device provisioning."""
+        self.admin_requests()
+        sub5 = self.connect(self.paho("v5", "prom-sub5"))
+        sub5.subscribe("w/#", 2)
+        sub311 = self.connect(self.paho("v311", "prom-sub311"))
+        sub311.subscribe("w/#", 1)
+        pub = self.connect(self.paho("v5", "prom-pub"))
+        for qos in (0, 1, 2):
+            pub.publish(f"w/{qos}", f"qos {qos}", qos=qos)
+            sub5.messages.expect_one()
+            sub311.messages.expect_one()
+        # A retained message and a queued one for an offline persistent session: the store
+        # commits both (commit latency and batch size histograms).
+        pub.publish("w/retained", "kept", qos=1, retain=True)
+        durable = self.connect(self.paho("v5", "prom-durable", clean=False, session_expiry=300))
+        durable.subscribe("w/durable", 1)
+        durable.disconnect()
+        # paho reports the disconnection once it has sent DISCONNECT: wait until tern has
+        # taken the session offline too, or the next message may still be sent to it.
+        wait_for("the persistent session to go offline",
+                 lambda: self.metrics().value("tern_sessions", state="offline") == 1 or "not yet",
+                 deadline=10, interval=0.05)
+        pub.publish("w/durable", "queued", qos=1)
+        # A will: the connection drops without DISCONNECT.
+        will = self.connect(self.paho("v311", "prom-will", will={"topic": "w/will", "payload": "gone"}))
+        will.abort()
+        for sub in (sub5, sub311):
+            got = [m.topic for m in sub.messages.expect(3)]
+            assert got == ["w/retained", "w/durable", "w/will"], f"{sub.name}: {got}"
+        # A refused CONNECT: 3.1.1, empty client id without clean session (return code 2).
+        c = RawClient(self.server.port, V311)
+        try:
+            assert c.connect("", clean=False)[1] == 2
+        finally:
+            c.close()
+        # A failed TLS handshake: plain text on the TLS port.
+        with socket.create_connection(("127.0.0.1", self.tls_port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            try:
+                while s.recv(4096):
+                    pass
+            except OSError:
+                pass
+        self.admin_requests()
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.server.terminate()
+        self.server.join_logs()
+        self.server.cleanup()
+
+
+def total(prom: Prometheus, expr: str) -> float | None:
+    result = prom.query(expr)
+    return float(result[0]["value"][1]) if result else None
+
+
+def by_qos(prom: Prometheus, name: str) -> dict[str, float]:
+    return {s["metric"]["qos"]: float(s["value"][1]) for s in prom.query(f'{name}{{job="{JOB}"}}')}
+
+
+class TestTern:
+    @pytest.fixture(scope="class")
+    def tern(self, tmp_path_factory) -> Iterator[TernRun]:
+        run = TernRun(tmp_path_factory.mktemp("tern"))
+        try:
+            yield run
+        finally:
+            run.close()
+
+    @pytest.fixture(scope="class")
+    def prom(self, tern: TernRun, tmp_path_factory) -> Iterator[Prometheus]:
+        with running_prometheus(tmp_path_factory.mktemp("prometheus"), JOB, tern.admin,
+                                rule_files=(ALERTS,), bearer_token=TOKEN) as prom:
+            # One scrape before the workload, so that every rate() has a point before it.
+            prom.wait_scrapes(JOB, 1)
+            tern.workload()
+            want = sum(tern.accepted.values())
+
+            def scraped():
+                got = total(prom, f'sum(tern_connections_accepted_total{{job="{JOB}"}})')
+                tls = total(prom, f'sum(tern_tls_handshake_failures_total{{job="{JOB}"}})')
+                return True if (got, tls) == (want, 1) else f"accepted {got} (want {want}), TLS failures {tls}"
+
+            wait_for("Prometheus to scrape the workload", scraped)
+            # Two more scrapes, so that even the last counter increase has a point after it.
+            prom.wait_scrapes(JOB, 2 + int(total(prom, f'sum_over_time(up{{job="{JOB}"}}[10m])')))
+            yield prom
+
+    def test_target_is_up_with_the_bearer_token(self, prom: Prometheus):
+        (t,) = prom.targets()
+        assert (t["health"], t["lastError"]) == ("up", ""), t
+        (s,) = prom.query(f'up{{job="{JOB}"}}')
+        assert s["value"][1] == "1"
+
+    def test_a_query_returns_the_workload(self, prom: Prometheus, tern: TernRun):
+        (info,) = prom.query(f'tern_build_info{{job="{JOB}"}}')
+        assert info["metric"]["version"] == tern.version and info["value"][1] == "1", info
+        accepted = {s["metric"]["protocol"]: float(s["value"][1]) for s in
+                    prom.query(f'sum by (protocol) (tern_connections_accepted_total{{job="{JOB}", listener="tcp"}})')}
+        assert accepted == {"3.1": 0, **tern.accepted}
+        assert total(prom, f'tern_connections_refused_total{{job="{JOB}", listener="tcp", reason="client_id_invalid"}}') == 1
+        assert total(prom, f'tern_tls_handshake_failures_total{{job="{JOB}", listener="tls"}}') == 1
+        assert total(prom, f'tern_wills_published_total{{job="{JOB}"}}') == 1
+        # In: w/0, w/1, w/2, w/retained (QoS 1), w/durable (QoS 1). Out, to the 5.0 subscriber
+        # (QoS 2): those and the will (QoS 0); to the 3.1.1 one (QoS 1) the same, at most QoS 1.
+        assert by_qos(prom, "tern_messages_received_total") == {"0": 1, "1": 3, "2": 1}
+        assert by_qos(prom, "tern_messages_sent_total") == {"0": 2 + 2, "1": 3 + 4, "2": 1}
+        assert total(prom, f'tern_sessions{{job="{JOB}", state="offline"}}') == 1
+        assert total(prom, f'tern_store_commit_seconds_count{{job="{JOB}"}}') > 0
+
+    def test_every_dashboard_query_returns_data_from_tern(self, prom: Prometheus):
+        """Each query, variables substituted, returns at least one finite sample, and every
+        series carries the labels its legend shows. (A histogram_quantile series may be NaN:
+        a route with no request in the window has no latency.)"""
+        failures = []
+        for q in dashboard_queries(load_dashboard()):
+            if q.where.startswith("annotation"):
+                continue  # restarts: none in this run
+            # $job and $instance stand in regex matchers (=~): ".+" selects all (one target).
+            expr = promql.substitute_grafana(q.expr, TERN_DURATIONS, value=".+")
+            result = prom.query(expr)
+            if not result:
+                failures.append(f"{q.where}: no data for {expr}")
+            elif not any(finite(s) for s in result):
+                failures.append(f"{q.where}: only {[s['value'][1] for s in result]} for {expr}")
+            for s in result:
+                if missing := legend_labels(q.legend) - set(s["metric"]):
+                    failures.append(f"{q.where}: legend {q.legend!r} but the series has no {missing}")
+                    break
+        assert not failures, "\n".join(failures)
+
+    def test_alert_rules_evaluate_on_tern(self, prom: Prometheus):
+        check_rules_evaluate(prom)
+
+    def test_every_alert_names_series_tern_exports(self, prom: Prometheus):
+        failures = []
+        for r in prom.alerting_rules():
+            for name in sorted(promql.selected(r["query"]).names - PROMETHEUS_SYNTHETIC):
+                if not prom.query(f'{name}{{job="{JOB}"}}'):
+                    failures.append(f"{r['name']}: no series {name} from tern")
+        assert not failures, "\n".join(failures)
+
+    def test_no_alert_on_a_healthy_tern(self, prom: Prometheus):
+        check_no_alert_active(prom)
+
+    def test_stopping_tern_makes_tern_down_pending(self, prom: Prometheus, tern: TernRun):
+        # Last: stops tern for good.
+        assert tern.server.terminate() == 0, tern.server.log()
+        wait_pending(prom, "TernDown")
+
+
+# ---------------------------------------------------------------------------------------------
+# The stand-in
+# ---------------------------------------------------------------------------------------------
+
+# Grafana's $__rate_interval is at least 4 scrape intervals.
+STAND_IN_DURATIONS = {k: ("5s" if "rate" in k else "30s") for k in promql.GRAFANA_DURATIONS}
+
+
+class TestStandIn:
+    @pytest.fixture(scope="class")
+    def exporter(self, catalogue):
+        with FakeExporter(catalogue) as exp:
+            yield exp
+
+    @pytest.fixture(scope="class")
+    def prom(self, exporter, tmp_path_factory) -> Iterator[Prometheus]:
+        with running_prometheus(tmp_path_factory.mktemp("prometheus"), JOB, f"127.0.0.1:{exporter.port}",
+                                rule_files=(ALERTS,)) as prom:
+            # Enough scrapes for every rate window: 4 samples of the target.
+            prom.wait_scrapes(JOB, 4)
+            yield prom
+
+    def test_stand_in_exposition_passes_promtool_check_metrics(self, exporter):
+        """promtool's lint (naming, units, _total) on an exposition with every catalogue name."""
+        proc = subprocess.run([need_tool("promtool"), "check", "metrics"], input=exporter.exposition.render(),
+                              capture_output=True, text=True, timeout=30)
+        # HELP texts here are placeholders; only naming problems count.
+        problems = [l for l in (proc.stdout + proc.stderr).splitlines() if l.strip() and "HELP" not in l]
+        assert not problems, "\n".join(problems)
+
+    def test_target_is_up(self, prom: Prometheus):
+        (s,) = prom.query(f'up{{job="{JOB}"}}')
+        assert s["value"][1] == "1"
+
+    def test_every_dashboard_query_returns_series_with_its_legend_labels(self, prom: Prometheus):
+        failures = []
+        for q in dashboard_queries(load_dashboard()):
+            # $job and $instance stand in regex matchers (=~) in the dashboard: ".+" selects all.
+            expr = promql.substitute_grafana(q.expr, STAND_IN_DURATIONS, value=".+")
+            result = prom.query(expr)
+            if q.where.startswith("annotation"):
+                continue  # restarts: nothing to show on a stand-in that never restarts
+            if not result:
+                failures.append(f"{q.where}: no data for {expr}")
+                continue
+            for s in result:
+                missing = legend_labels(q.legend) - set(s["metric"])
+                if missing:
+                    failures.append(f"{q.where}: legend {q.legend!r} but the series has no {missing}: {s['metric']}")
+                    break
+                if not finite(s):
+                    failures.append(f"{q.where}: {s['value'][1]} for {expr}")
+                    break
+        assert not failures, "\n".join(failures)
+
+    def test_alert_rules_load_and_evaluate(self, prom: Prometheus):
+        check_rules_evaluate(prom)
+
+    def test_no_alert_on_a_healthy_broker(self, prom: Prometheus):
+        check_no_alert_active(prom)
+
+    def test_database_down_makes_the_alert_pending(self, prom: Prometheus, exporter):
+        exporter.exposition.store_up = 0
+        try:
+            wait_pending(prom, "TernDatabaseUnavailable")
+        finally:
+            exporter.exposition.store_up = 1
+
+    def test_target_down_makes_tern_down_pending(self, prom: Prometheus, exporter):
+        # Last: stops the stand-in for good.
+        exporter.stop()
+        wait_pending(prom, "TernDown")

@@ -32,9 +32,7 @@ generated change to the test's own admin user (`root`) is not sent.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,12 +51,12 @@ from schemathesis.specs.openapi.checks import (
 
 from conftest import REFERENCE, TernServer, tern_bin
 from mqttutil import PahoClient, v5_props, wait_until
+from ternserver import clean_env
 
 pytestmark = pytest.mark.skipif(
     REFERENCE != "tern", reason="tern's admin API; not applicable to the reference broker"
 )
 
-ADMIN_RE = re.compile(r"admin API listening addr=(\S+)")
 ADMIN_USER = "root"
 ADMIN_PASSWORD = "schemathesis-root-password"
 # Relative to the broker's working directory (TernServer gives each broker its own): the
@@ -95,25 +93,6 @@ OFFLINE_CLIENT = "sch-offline"
 TEXT_TOPIC = "sch/retained/text"
 BINARY_TOPIC = "sch/retained/binary"
 OTHER_ADMIN = "sch-other-admin"
-
-
-def clean_env(extra: dict[str, str]) -> dict[str, str]:
-    """The caller's environment without TERN_* (tern rejects unknown ones), plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TERN_")}
-    env["NO_COLOR"] = "1"
-    env.update(extra)
-    return env
-
-
-def admin_addr(server: TernServer, timeout: float = 10.0) -> str:
-    """The admin API's address, from the line `tern serve` logs when it listens."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = ADMIN_RE.search(server.log())
-        if m:
-            return m.group(1)
-        time.sleep(0.05)
-    pytest.fail(f"tern did not log 'admin API listening addr=...':\n{server.log()}", pytrace=False)
 
 
 class AdminApi:
@@ -235,7 +214,7 @@ def admin_api(tern_factory: Any) -> Iterator[AdminApi]:
         "TERN_ADMIN__LOGIN_FAILURES_PER_USER": "0",
     }
     server = tern_factory(env=env)
-    host, _, port = admin_addr(server).rpartition(":")
+    host, _, port = server.admin_addr().rpartition(":")
     add = subprocess.run(
         [str(tern_bin()), "admin", "add-user", "--username", ADMIN_USER, "--role", "admin",
          "--password-stdin"],
