@@ -45,9 +45,10 @@ async fn devices_are_created_listed_filtered_and_paged() {
         assert!(r.json["password"].is_null());
     }
     // Taken client id: 409; invalid label key: 400; unknown field: 400.
-    app.call("POST", "/api/v1/devices", Some(&op), Some(r#"{"client_id":"sensor-1"}"#))
-        .await
-        .assert_problem(409, "conflict");
+    let taken = app.call("POST", "/api/v1/devices", Some(&op), Some(r#"{"client_id":"sensor-1"}"#)).await;
+    taken.assert_problem(409, "conflict");
+    // In the operator's terms, not the database's (no constraint name, no SQL state).
+    assert_eq!(taken.json["detail"], r#"a device with client id "sensor-1" already exists"#, "{taken:?}");
     app.call("POST", "/api/v1/devices", Some(&op), Some(r#"{"client_id":"x","labels":{"bad key":"v"}}"#))
         .await
         .assert_problem(400, "validation");

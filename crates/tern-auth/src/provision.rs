@@ -239,7 +239,16 @@ pub async fn add_device<'a>(
         created_at: now_millis(),
         labels: req.labels,
     };
-    store.add_device(&device).await?;
+    store.add_device(&device).await.map_err(|e| match e {
+        // The database's own words name a constraint, not what the operator typed.
+        StoreError::Conflict(_) => StoreError::Conflict(match &device.username {
+            Some(u) => {
+                format!("a device with client id {:?} or user name {u:?} already exists", device.client_id)
+            }
+            None => format!("a device with client id {:?} already exists", device.client_id),
+        }),
+        other => other,
+    })?;
     let summary = DeviceSummary::from(&device);
     let target = Some(device_target(&summary.client_id));
     audit(store, actor.into(), "device.add", target, serde_json::json!({ "after": json_of(&summary) }))
