@@ -35,15 +35,18 @@ const ROUTES: Route[] = [
   { pattern: "/audit", render: () => <Audit /> },
 ];
 
-const NAV: [string, string, boolean?][] = [
-  ["#/", "Overview"],
-  ["#/devices", "Devices"],
-  ["#/acl", "ACLs"],
-  ["#/clients", "Clients"],
-  ["#/sessions", "Sessions"],
-  ["#/topics", "Topics"],
-  ["#/audit", "Audit log"],
-  ["#/admin", "Admin users", true],
+/** Who sees a link: everyone, operators and admins (the API refuses viewers), admins. */
+type Audience = "all" | "operator" | "admin";
+
+const NAV: [string, string, Audience][] = [
+  ["#/", "Overview", "all"],
+  ["#/devices", "Devices", "all"],
+  ["#/acl", "ACLs", "all"],
+  ["#/clients", "Clients", "all"],
+  ["#/sessions", "Sessions", "all"],
+  ["#/topics", "Topics", "all"],
+  ["#/audit", "Audit log", "operator"],
+  ["#/admin", "Admin users", "admin"],
 ];
 
 export function App() {
@@ -94,7 +97,7 @@ function Shell() {
         </span>
         <nav aria-label="Main">
           <ul>
-            {NAV.filter(([, , admin]) => !admin || auth.isAdmin).map(([link, label]) => (
+            {NAV.filter(([, , who]) => who === "all" || (who === "operator" ? auth.canOperate : auth.isAdmin)).map(([link, label]) => (
               <li key={link}>
                 <a href={link} aria-current={active(link) ? "page" : undefined}>
                   {label}

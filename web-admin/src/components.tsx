@@ -207,20 +207,28 @@ export function Stat(props: { label: string; value: string; series?: number[]; t
 
 /** A tab strip (buttons with aria-selected; arrow keys move between them). */
 export function Tabs<T extends string>(props: { tabs: [T, string][]; value: T; onChange: (t: T) => void; label: string }) {
+  const list = useRef<HTMLDivElement>(null);
+  // Arrow keys move between tabs (and focus with them), Home/End to the ends: the ARIA tabs
+  // pattern with automatic activation.
   const onKey = (e: JSX.TargetedKeyboardEvent<HTMLDivElement>) => {
+    const n = props.tabs.length;
     const i = props.tabs.findIndex(([t]) => t === props.value);
-    const d = e.key === "ArrowRight" ? 1 : e.key === "ArrowLeft" ? -1 : 0;
-    if (!d) return;
-    const next = props.tabs[(i + d + props.tabs.length) % props.tabs.length];
-    if (next) props.onChange(next[0]);
+    const to = { ArrowRight: (i + 1) % n, ArrowLeft: (i - 1 + n) % n, Home: 0, End: n - 1 }[e.key];
+    if (to === undefined) return;
+    e.preventDefault();
+    const next = props.tabs[to];
+    if (!next) return;
+    props.onChange(next[0]);
+    list.current?.querySelectorAll<HTMLButtonElement>("[role=tab]")[to]?.focus();
   };
   return (
-    <div class="tabs" role="tablist" aria-label={props.label} onKeyDown={onKey}>
+    <div class="tabs" role="tablist" aria-label={props.label} onKeyDown={onKey} ref={list}>
       {props.tabs.map(([t, label]) => (
         <button
           key={t}
           type="button"
           role="tab"
+          id={`tab-${t}`}
           aria-selected={t === props.value}
           tabIndex={t === props.value ? 0 : -1}
           onClick={() => props.onChange(t)}

@@ -1,14 +1,15 @@
 // Number, byte and time formatting shared by the pages.
 
-/** `1234567` → `1.23M`; small numbers as they are. */
+/** `1234567` → `1.23M`; small numbers as they are (fractions with 2 digits below 1, 1 below 10). */
 export function compact(n: number): string {
   if (!Number.isFinite(n)) return "–";
   const a = Math.abs(n);
-  if (a >= 1e9) return (n / 1e9).toFixed(2) + "G";
-  if (a >= 1e6) return (n / 1e6).toFixed(2) + "M";
+  // Each unit's figure is rounded first, so 999,999 reads `1.00M`, not `1000.0k`.
+  if (a >= 999_995_000) return (n / 1e9).toFixed(2) + "G";
+  if (a >= 999_950) return (n / 1e6).toFixed(2) + "M";
   if (a >= 1e4) return (n / 1e3).toFixed(1) + "k";
   if (Number.isInteger(n)) return String(n);
-  return n.toFixed(a < 10 ? 1 : 0);
+  return n.toFixed(a < 1 ? 2 : a < 10 ? 1 : 0);
 }
 
 /** Bytes in binary units. */
@@ -17,11 +18,12 @@ export function bytes(n: number): string {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let v = n;
   let i = 0;
-  while (Math.abs(v) >= 1024 && i < units.length - 1) {
+  // Move up while the figure would print as 1024 or more (1,048,575 B is `1.0 MiB`, not `1024 KiB`).
+  while (i < units.length - 1 && Math.abs(i === 0 ? v : Number(v.toFixed(v < 10 ? 1 : 0))) >= 1024) {
     v /= 1024;
     i++;
   }
-  return i === 0 ? `${v} B` : `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+  return i === 0 ? `${v} B` : `${v.toFixed(Math.abs(v) < 10 ? 1 : 0)} ${units[i]}`;
 }
 
 /** A duration in seconds as `3d 4h`, `5m 2s`, `42s`. */

@@ -6,6 +6,21 @@ export interface FieldError {
   message: string;
 }
 
+/**
+ * One line for a banner: the detail (or title), the field errors the detail does not already
+ * say, and for server errors the request id to quote.
+ */
+export function problemMessage(status: number, title: string, detail: string, errors: FieldError[], requestId: string | null): string {
+  const main = detail || title;
+  const fields = errors
+    .filter((e) => !main.includes(e.message))
+    .map((e) => `${e.field}: ${e.message}`)
+    .join("; ");
+  let text = [main, fields].filter(Boolean).join(" — ") || `HTTP ${status}`;
+  if (status >= 500 && requestId) text += ` (request id ${requestId})`;
+  return text;
+}
+
 /** A failed API call: the problem document's fields, or what the transport said. */
 export class ApiError extends Error {
   constructor(
@@ -16,7 +31,9 @@ export class ApiError extends Error {
     readonly errors: FieldError[] = [],
     readonly requestId: string | null = null,
   ) {
-    super(detail || title);
+    // The message is computed here: `Error` makes `message` an own property of the instance,
+    // which would hide a getter on the prototype.
+    super(problemMessage(status, title, detail, errors, requestId));
     this.name = "ApiError";
   }
 
@@ -24,13 +41,6 @@ export class ApiError extends Error {
   get slug(): string {
     const i = this.type.lastIndexOf("/");
     return i >= 0 ? this.type.slice(i + 1) : this.type;
-  }
-
-  /** One line for a banner: detail, the first field errors, and the request id to quote. */
-  get message(): string {
-    const fields = this.errors.map((e) => `${e.field}: ${e.message}`).join("; ");
-    const text = [this.detail || this.title, fields].filter(Boolean).join(" — ");
-    return text || `HTTP ${this.status}`;
   }
 }
 
@@ -71,7 +81,11 @@ export async function problemFromResponse(res: Response): Promise<ApiError> {
 /** Any thrown value as a message for the user. */
 export function errorMessage(e: unknown): string {
   if (e instanceof ApiError) return e.message;
-  if (e instanceof TypeError) return "The admin API cannot be reached (network error).";
+  // fetch rejects with a TypeError when the network fails ("Failed to fetch" in Chromium,
+  // "NetworkError when attempting to fetch resource." in Firefox, "Load failed" in Safari,
+  // "fetch failed" in Node); other TypeErrors are bugs and say what they are.
+  if (e instanceof TypeError && /fetch|network|load failed/i.test(e.message)) return "The admin API cannot be reached (network error).";
+  if (e instanceof Error && e.name === "AbortError") return "The request was cancelled.";
   if (e instanceof Error) return e.message;
   return String(e);
 }

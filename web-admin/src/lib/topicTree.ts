@@ -9,6 +9,8 @@ export interface TopicFigures {
   lastMessageAt?: string | null;
   /** Messages per second over the last refresh interval, if known. */
   rate?: number;
+  /** Upper bound of the overcount in `messages` (a bounded top-N estimates; 0 or absent: exact). */
+  error?: number;
 }
 
 /** A node of the tree: one topic level. Totals include every descendant. */
@@ -22,12 +24,14 @@ export interface TopicNode {
   messages: number;
   bytes: number;
   rate: number;
+  /** Upper bound of the overcount in `messages` (summed over the subtree). */
+  error: number;
   lastMessageAt: string | null;
   children: TopicNode[];
 }
 
 function node(name: string, path: string): TopicNode {
-  return { name, path, leaf: false, messages: 0, bytes: 0, rate: 0, lastMessageAt: null, children: [] };
+  return { name, path, leaf: false, messages: 0, bytes: 0, rate: 0, error: 0, lastMessageAt: null, children: [] };
 }
 
 function later(a: string | null, b: string | null | undefined): string | null {
@@ -43,24 +47,32 @@ function later(a: string | null, b: string | null | undefined): string | null {
  */
 export function buildTopicTree(topics: TopicFigures[]): TopicNode[] {
   const root = node("", "");
+  // Children by name while building (a linear search per level is quadratic in wide trees).
+  const index = new Map<TopicNode, Map<string, TopicNode>>();
+  const childOf = (parent: TopicNode, name: string): TopicNode => {
+    let byName = index.get(parent);
+    if (!byName) index.set(parent, (byName = new Map()));
+    let child = byName.get(name);
+    if (!child) {
+      child = node(name, parent === root ? name : `${parent.path}/${name}`);
+      byName.set(name, child);
+      parent.children.push(child);
+    }
+    return child;
+  };
   for (const t of topics) {
-    const levels = t.topic.split("/");
     let cur = root;
-    const chain: TopicNode[] = [root];
-    levels.forEach((level, i) => {
-      let child = cur.children.find((c) => c.name === level);
-      if (!child) {
-        child = node(level, levels.slice(0, i + 1).join("/"));
-        cur.children.push(child);
-      }
-      cur = child;
+    const chain: TopicNode[] = [];
+    for (const level of t.topic.split("/")) {
+      cur = childOf(cur, level);
       chain.push(cur);
-    });
+    }
     cur.leaf = true;
     for (const n of chain) {
       n.messages += t.messages;
       n.bytes += t.bytes;
       n.rate += t.rate ?? 0;
+      n.error += t.error ?? 0;
       n.lastMessageAt = later(n.lastMessageAt, t.lastMessageAt);
     }
   }
@@ -70,6 +82,11 @@ export function buildTopicTree(topics: TopicFigures[]): TopicNode[] {
   };
   sort(root);
   return root.children;
+}
+
+/** The topic filter matching a node and everything under it (`a/b` → `a/b/#`; a leaf alone → `a/b`). */
+export function subtreeFilter(n: TopicNode): string {
+  return n.children.length ? `${n.path}/#` : n.path;
 }
 
 /** Messages per second per topic between two readings taken `seconds` apart. */
