@@ -279,9 +279,44 @@ pub async fn publish(
         ),
         (None, None) => Bytes::new(),
     };
+    if let Some(t) = &req.response_topic
+        && tern_protocol::topic::validate_topic_name(t).is_err()
+    {
+        // MQTT-3.3.2-14: a Response Topic is a topic name.
+        return Err(ApiError::field(
+            "response_topic",
+            "not a valid MQTT topic name (empty, wildcard or NUL)",
+        ));
+    }
+    let max_props = state.broker.config().mqtt.max_user_properties as usize;
+    if req.user_properties.len() > max_props {
+        return Err(ApiError::field(
+            "user_properties",
+            format!("at most {max_props} (mqtt.max_user_properties)"),
+        ));
+    }
+    let correlation = match &req.correlation_data_base64 {
+        None => None,
+        Some(b64) => {
+            Some(Bytes::from(base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()).map_err(
+                |_| ApiError::field("correlation_data_base64", "not valid base64 (standard alphabet)"),
+            )?))
+        }
+    };
+    if req.payload_format_indicator == Some(true) && std::str::from_utf8(&payload).is_err() {
+        // What an MQTT 5 publisher would hear as 0x99 Payload format invalid.
+        return Err(ApiError::field("payload_format_indicator", "the payload is declared UTF-8 but is not"));
+    }
     let properties = MessageProperties {
+        payload_format_indicator: req.payload_format_indicator,
         content_type: req.content_type.clone().map(Into::into),
-        ..MessageProperties::default()
+        response_topic: req.response_topic.clone().map(Into::into),
+        correlation_data: correlation,
+        user_properties: req
+            .user_properties
+            .iter()
+            .map(|u| (u.name.as_str().into(), u.value.as_str().into()))
+            .collect(),
     };
     let payload_len = payload.len();
     let outcome = state

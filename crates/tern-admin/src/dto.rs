@@ -391,6 +391,15 @@ pub struct PublishRequest {
     /// Message Expiry Interval, seconds.
     #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub expiry_interval: Option<u32>,
+    /// Response Topic property (a topic name: no wildcards), for request/response.
+    pub response_topic: Option<String>,
+    /// Correlation Data property, base64.
+    pub correlation_data_base64: Option<String>,
+    /// User properties, in order (at most `mqtt.max_user_properties`).
+    #[serde(default)]
+    pub user_properties: Vec<UserProperty>,
+    /// Payload Format Indicator: `true` declares the payload UTF-8 (it must be).
+    pub payload_format_indicator: Option<bool>,
 }
 
 /// Why the broker refused a message (an MQTT 5 reason code).

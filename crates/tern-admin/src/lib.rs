@@ -288,7 +288,7 @@ impl Modify for BearerScheme {
         audit::list_audit,
         stream::stream,
     ),
-    components(schemas(error::Problem, error::FieldError, auth::Role)),
+    components(schemas(error::Problem, error::FieldError, auth::Role, stream::StreamMessage)),
     modifiers(&BearerScheme, &CommonResponses),
     tags(
         (name = "auth", description = "Log in, refresh, log out"),

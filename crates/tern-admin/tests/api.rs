@@ -139,6 +139,21 @@ async fn publish_reaches_a_subscriber() {
     let p = sub.expect_publish(WAIT).await.unwrap();
     assert_eq!(&p.payload[..], &[0, 1, 2, 255]);
 
+    // The MQTT 5 properties of request/response reach a 5.0 subscriber as given.
+    let body = r#"{"topic":"cmd/req","payload":"{}","payload_format_indicator":true,
+        "response_topic":"reply/dev-1","correlation_data_base64":"AQID",
+        "user_properties":[{"name":"a","value":"1"},{"name":"a","value":"2"}]}"#;
+    let r = app.call("POST", "/api/v1/publish", Some(&op), Some(body)).await;
+    assert_eq!(r.json["matched"], 1, "{r:?}");
+    let p = sub.expect_publish(WAIT).await.unwrap();
+    let props = &p.properties;
+    assert_eq!(props.response_topic.as_deref(), Some("reply/dev-1"));
+    assert_eq!(props.correlation_data.as_deref(), Some(&[1u8, 2, 3][..]));
+    assert_eq!(props.payload_format_indicator, Some(true));
+    let user: Vec<(&str, &str)> =
+        props.user_properties.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(user, [("a", "1"), ("a", "2")]);
+
     // The broker's refusals are a 200 with the reason code.
     let r = app.call("POST", "/api/v1/publish", Some(&op), Some(r#"{"topic":"$SYS/x","payload":"x"}"#)).await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
@@ -152,11 +167,14 @@ async fn publish_reaches_a_subscriber() {
         r#"{"topic":"a","qos":3}"#,
         r#"{"topic":"a","payload":"x","payload_base64":"eA=="}"#,
         r#"{"topic":"a","payload_base64":"not base64!"}"#,
+        r#"{"topic":"a","response_topic":"reply/#"}"#,
+        r#"{"topic":"a","correlation_data_base64":"%%"}"#,
+        r#"{"topic":"a","payload_base64":"/w==","payload_format_indicator":true}"#,
     ] {
         app.call("POST", "/api/v1/publish", Some(&op), Some(bad)).await.assert_problem(400, "validation");
     }
     let actions: Vec<String> = app.audit_log().await.into_iter().map(|e| e.action).collect();
-    assert_eq!(actions, ["message.publish"; 3]);
+    assert_eq!(actions, ["message.publish"; 4]);
 }
 
 #[tokio::test]

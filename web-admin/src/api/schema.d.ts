@@ -1098,6 +1098,8 @@ export interface components {
         PublishRequest: {
             /** @description Content Type property. */
             content_type?: string | null;
+            /** @description Correlation Data property, base64. */
+            correlation_data_base64?: string | null;
             /**
              * Format: int64
              * @description Message Expiry Interval, seconds.
@@ -1107,15 +1109,21 @@ export interface components {
             payload?: string | null;
             /** @description Payload as base64 (standard alphabet, padded). */
             payload_base64?: string | null;
+            /** @description Payload Format Indicator: `true` declares the payload UTF-8 (it must be). */
+            payload_format_indicator?: boolean | null;
             /**
              * Format: int32
              * @description QoS 0, 1 or 2 (default 0).
              */
             qos?: number;
+            /** @description Response Topic property (a topic name: no wildcards), for request/response. */
+            response_topic?: string | null;
             /** @description RETAIN flag (default false). */
             retain?: boolean;
             /** @description Topic name (no wildcards; `$SYS` topics are refused). */
             topic: string;
+            /** @description User properties, in order (at most `mqtt.max_user_properties`). */
+            user_properties?: components["schemas"]["UserProperty"][];
         };
         /** @description What happened to a published message. */
         PublishResult: {
@@ -1268,6 +1276,38 @@ export interface components {
             items: components["schemas"]["Session"][];
             /** @description Pass as `after` for the next page (`null`: this was the last). */
             next?: string | null;
+        };
+        /** @description The data of one `message` event. */
+        StreamMessage: {
+            /** @description Content Type property. */
+            content_type?: string | null;
+            /**
+             * Format: int64
+             * @description Messages this viewer missed just before this one (it was too slow).
+             */
+            dropped: number;
+            /** @description Payload as text, when it is valid UTF-8. */
+            payload?: string | null;
+            /** @description Payload as base64, when it is not valid UTF-8. */
+            payload_base64?: string | null;
+            /**
+             * Format: int64
+             * @description Payload size, bytes.
+             */
+            payload_bytes: number;
+            /**
+             * Format: int32
+             * @description QoS it was published with.
+             */
+            qos: number;
+            /** @description RETAIN flag. */
+            retain: boolean;
+            /** @description When it was published (RFC 3339, UTC). */
+            time: string;
+            /** @description Topic name. */
+            topic: string;
+            /** @description User properties. */
+            user_properties: components["schemas"]["UserProperty"][];
         };
         /** @description One subscription of a session. */
         Subscription: {

@@ -10,21 +10,7 @@ import { prettyJson } from "../../lib/payload";
 type PayloadKind = "text" | "json" | "base64";
 type UserProperty = Schemas["UserProperty"];
 
-/**
- * Whether POST /api/v1/publish takes the other MQTT 5 properties (response topic, correlation
- * data, user properties, payload format indicator). Its PublishRequest has content type and
- * message expiry only, and rejects unknown fields; the form below is ready for the others under
- * the names GET /api/v1/retained uses: set this to true when the API accepts them.
- */
-const API_TAKES_ALL_V5_PROPERTIES = false;
-
-/** The request body, with the properties the API may take later (see above). */
-type PublishBody = PublishRequest & {
-  response_topic?: string;
-  correlation_data_base64?: string;
-  user_properties?: UserProperty[];
-  payload_format_indicator?: boolean;
-};
+type PublishBody = PublishRequest;
 
 const MAX_EXPIRY = 4_294_967_295;
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
@@ -93,13 +79,11 @@ function body(f: Form): PublishBody {
   else b.payload = f.payload;
   if (f.contentType.trim()) b.content_type = f.contentType.trim();
   if (f.expiry.trim()) b.expiry_interval = Number(f.expiry.trim());
-  if (API_TAKES_ALL_V5_PROPERTIES) {
-    if (f.responseTopic) b.response_topic = f.responseTopic;
-    if (f.correlation) b.correlation_data_base64 = toBase64(new TextEncoder().encode(f.correlation));
-    const props = f.userProps.filter((u) => u.name !== "");
-    if (props.length) b.user_properties = props;
-    if (f.utf8Indicator) b.payload_format_indicator = true;
-  }
+  if (f.responseTopic) b.response_topic = f.responseTopic;
+  if (f.correlation) b.correlation_data_base64 = toBase64(new TextEncoder().encode(f.correlation));
+  const props = f.userProps.filter((u) => u.name !== "");
+  if (props.length) b.user_properties = props;
+  if (f.utf8Indicator) b.payload_format_indicator = true;
   return b;
 }
 
@@ -250,27 +234,18 @@ export function PublishTab() {
             />
             {err("expiry")}
           </Field>
-          {API_TAKES_ALL_V5_PROPERTIES ? (
-            <>
-              <Field id="pub-rt" label="Response topic">
-                <input id="pub-rt" class="mono" value={f.responseTopic} onInput={(e) => set("responseTopic", e.currentTarget.value)} spellcheck={false} />
-              </Field>
-              <Field id="pub-cd" label="Correlation data (text)">
-                <input id="pub-cd" value={f.correlation} onInput={(e) => set("correlation", e.currentTarget.value)} spellcheck={false} />
-              </Field>
-              <label class="check">
-                <input type="checkbox" checked={f.utf8Indicator} onChange={(e) => set("utf8Indicator", e.currentTarget.checked)} /> Payload
-                format indicator: UTF-8 text
-              </label>
-              <UserPropertyRows items={f.userProps} onChange={(v) => set("userProps", v)} />
-              {err("userProps")}
-            </>
-          ) : (
-            <p class="muted small">
-              This broker's publish API takes the content type and message expiry; response topic, correlation data, user properties
-              and the payload format indicator cannot be set from here.
-            </p>
-          )}
+          <Field id="pub-rt" label="Response topic">
+            <input id="pub-rt" class="mono" value={f.responseTopic} onInput={(e) => set("responseTopic", e.currentTarget.value)} spellcheck={false} />
+          </Field>
+          <Field id="pub-cd" label="Correlation data (text)">
+            <input id="pub-cd" value={f.correlation} onInput={(e) => set("correlation", e.currentTarget.value)} spellcheck={false} />
+          </Field>
+          <label class="check">
+            <input type="checkbox" checked={f.utf8Indicator} onChange={(e) => set("utf8Indicator", e.currentTarget.checked)} /> Payload
+            format indicator: UTF-8 text
+          </label>
+          <UserPropertyRows items={f.userProps} onChange={(v) => set("userProps", v)} />
+          {err("userProps")}
         </fieldset>
       </div>
       <div class="toolbar spaced">
