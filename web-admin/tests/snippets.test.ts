@@ -19,6 +19,7 @@ import {
   snippets,
   urlHost,
   userinfo,
+  listenerOverrides,
   wsPath,
   type BrokerAddress,
 } from "../src/lib/snippets.js";
@@ -210,4 +211,14 @@ describe("device facts", () => {
     assert.ok(!ruleApplies({ client_id: "c", username: "v" }, "c", "u"));
     assert.ok(!ruleApplies({ client_id: "d" }, "c", "u"));
   });
+});
+
+it("the broker's listeners replace the default ports and path", () => {
+  const o = listenerOverrides([
+    { kind: "tcp", port: 11883 },
+    { kind: "tcp", port: 11884 },
+    { kind: "ws", port: 9001, path: "/ws" },
+  ]);
+  assert.deepEqual(o, { tcpPort: 11883, wsPort: 9001, wsPath: "/ws" }, "the first of each kind; no tls/wss listener, no override");
+  assert.deepEqual(listenerOverrides([{ kind: "wss", port: 8443, path: "/mqtt" }]), { wssPort: 8443, wsPath: "/mqtt" });
 });

@@ -19,8 +19,8 @@ use crate::AppState;
 use crate::audit::record;
 use crate::auth::{Authenticated, Role};
 use crate::dto::{
-    Client, ClientPage, ClientQuery, Health, Metrics, PublishRequest, PublishResult, Readiness, Refusal,
-    Retained, RetainedPage, RetainedQuery, Session, SessionPage, SubscriptionItem, SubscriptionPage,
+    Client, ClientPage, ClientQuery, Health, ListenerList, Metrics, PublishRequest, PublishResult, Readiness,
+    Refusal, Retained, RetainedPage, RetainedQuery, Session, SessionPage, SubscriptionItem, SubscriptionPage,
     SubscriptionQuery, TopicList, TopicQuery, TopicStat, cut_page, limit,
 };
 use crate::error::{ApiError, Problem};
@@ -444,4 +444,19 @@ pub async fn metrics(State(state): State<AppState>, who: Authenticated) -> Resul
         m.store_commit_micros = Some((st.commit_seconds.sum * 1e6) as u64);
     }
     Ok(Json(m))
+}
+
+/// The broker's MQTT listeners: kind, address, port and WebSocket path (what a device needs to
+/// connect; the UI's connection examples use it).
+#[utoipa::path(get, path = "/api/v1/listeners", tag = "metrics", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The listeners", body = ListenerList),
+    ))]
+pub async fn listeners(
+    State(state): State<AppState>,
+    who: Authenticated,
+) -> Result<Json<ListenerList>, ApiError> {
+    who.require(Role::Viewer)?;
+    let items = state.listeners.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    Ok(Json(ListenerList { items }))
 }

@@ -608,3 +608,27 @@ mod tests {
         assert_eq!(rfc3339(t), "2000-02-29T00:00:00.000Z");
     }
 }
+
+/// An MQTT listener of the broker (so clients can be told where to connect).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ListenerInfo {
+    /// Its configured name.
+    pub name: String,
+    /// `tcp`, `tls`, `ws` or `wss`.
+    pub kind: String,
+    /// The address it listens on (`0.0.0.0:1883`, `127.0.0.1:8883`, ...).
+    pub addr: String,
+    /// Its port.
+    pub port: u16,
+    /// The WebSocket path (`ws`, `wss`).
+    pub path: Option<String>,
+    /// Client certificates on a TLS listener: `none`, `optional` or `required`.
+    pub client_certs: Option<String>,
+}
+
+/// The broker's MQTT listeners.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ListenerList {
+    /// Listeners, in configuration order.
+    pub items: Vec<ListenerInfo>,
+}

@@ -121,6 +121,8 @@ pub struct AppState {
     pub(crate) stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// `/metrics` and the request counters.
     pub(crate) exporter: Arc<metrics::Exporter>,
+    /// The broker's MQTT listeners (set by the server once bound).
+    pub(crate) listeners: Arc<std::sync::RwLock<Vec<dto::ListenerInfo>>>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<metrics::Exporter> {
@@ -159,6 +161,7 @@ impl AppState {
         }
         Ok(AppState {
             exporter: Arc::new(metrics::Exporter::new(broker.clone(), None, None)),
+            listeners: Arc::default(),
             broker,
             store,
             authorizer,
@@ -196,6 +199,11 @@ impl AppState {
     /// The options in force.
     pub fn options(&self) -> &AdminOptions {
         &self.opts
+    }
+
+    /// Records the broker's MQTT listeners for `GET /api/v1/listeners`.
+    pub fn set_listeners(&self, listeners: Vec<dto::ListenerInfo>) {
+        *self.listeners.write().unwrap_or_else(std::sync::PoisonError::into_inner) = listeners;
     }
 
     /// Tells `/readyz` whether the broker's listeners are up.
@@ -265,6 +273,7 @@ impl Modify for BearerScheme {
         api::delete_retained,
         api::publish,
         api::metrics,
+        api::listeners,
         devices::list_devices,
         devices::create_device,
         devices::get_device,
@@ -383,6 +392,7 @@ pub fn router(state: AppState) -> Router {
         .route("/retained/{*topic}", get(api::get_retained).delete(api::delete_retained))
         .route("/publish", post(api::publish))
         .route("/metrics", get(api::metrics))
+        .route("/listeners", get(api::listeners))
         .route("/devices", get(devices::list_devices).post(devices::create_device))
         .route(
             "/devices/{client_id}",

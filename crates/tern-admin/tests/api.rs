@@ -309,3 +309,24 @@ async fn serve_runs_until_shutdown() {
     tx.send(()).unwrap();
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn listeners_are_listed_for_connection_examples() {
+    let app = App::new().await;
+    let t = app.token(Role::Viewer).await;
+    let empty = app.call("GET", "/api/v1/listeners", Some(&t), None).await;
+    assert_eq!(empty.status, StatusCode::OK, "{empty:?}");
+    assert_eq!(empty.json["items"], serde_json::json!([]));
+    app.state.set_listeners(vec![tern_admin::dto::ListenerInfo {
+        name: "ws".into(),
+        kind: "ws".into(),
+        addr: "0.0.0.0:8083".into(),
+        port: 8083,
+        path: Some("/mqtt".into()),
+        client_certs: None,
+    }]);
+    let r = app.call("GET", "/api/v1/listeners", Some(&t), None).await;
+    assert_eq!(r.json["items"][0]["port"], 8083, "{r:?}");
+    assert_eq!(r.json["items"][0]["path"], "/mqtt");
+    app.call("GET", "/api/v1/listeners", None, None).await.assert_problem(401, "unauthenticated");
+}

@@ -347,6 +347,9 @@ async fn run(config: config::Config) -> Result<()> {
             None
         }
     };
+    if let Some((_, state)) = &admin {
+        state.set_listeners(listeners.summary());
+    }
     broker.start();
     let acceptors = listeners.start(&broker);
     if let Some((_, state)) = &admin {

@@ -338,6 +338,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/listeners": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The broker's MQTT listeners: kind, address, port and WebSocket path (what a device needs to
+         *     connect; the UI's connection examples use it).
+         */
+        get: operations["listeners"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/metrics": {
         parameters: {
             query?: never;
@@ -883,6 +903,29 @@ export interface components {
         Health: {
             /** @description Always `ok`. */
             status: string;
+        };
+        /** @description An MQTT listener of the broker (so clients can be told where to connect). */
+        ListenerInfo: {
+            /** @description The address it listens on (`0.0.0.0:1883`, `127.0.0.1:8883`, ...). */
+            addr: string;
+            /** @description Client certificates on a TLS listener: `none`, `optional` or `required`. */
+            client_certs?: string | null;
+            /** @description `tcp`, `tls`, `ws` or `wss`. */
+            kind: string;
+            /** @description Its configured name. */
+            name: string;
+            /** @description The WebSocket path (`ws`, `wss`). */
+            path?: string | null;
+            /**
+             * Format: int32
+             * @description Its port.
+             */
+            port: number;
+        };
+        /** @description The broker's MQTT listeners. */
+        ListenerList: {
+            /** @description Listeners, in configuration order. */
+            items: components["schemas"]["ListenerInfo"][];
         };
         /** @description Login request. */
         LoginRequest: {
@@ -2669,6 +2712,29 @@ export interface operations {
             };
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    listeners: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The listeners */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ListenerList"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["Unavailable"];
         };

@@ -276,3 +276,32 @@ export function ruleApplies(
 ): boolean {
   return (rule.client_id == null || rule.client_id === clientId) && (rule.username == null || rule.username === username);
 }
+
+/** A listener as GET /api/v1/listeners describes it. */
+export interface ListenerSummary {
+  kind: string;
+  port: number;
+  path?: string | null;
+}
+
+/**
+ * The ports and WebSocket path of the broker's actual listeners (the first of each kind), to
+ * override the defaults with; kinds the broker does not run are absent.
+ */
+export function listenerOverrides(listeners: ListenerSummary[]): Partial<Pick<BrokerAddress, "tcpPort" | "tlsPort" | "wsPort" | "wssPort" | "wsPath">> {
+  const first = (kind: string) => listeners.find((l) => l.kind === kind);
+  const out: Partial<Pick<BrokerAddress, "tcpPort" | "tlsPort" | "wsPort" | "wssPort" | "wsPath">> = {};
+  const ports = [
+    ["tcp", "tcpPort"],
+    ["tls", "tlsPort"],
+    ["ws", "wsPort"],
+    ["wss", "wssPort"],
+  ] as const;
+  for (const [kind, key] of ports) {
+    const l = first(kind);
+    if (l) out[key] = l.port;
+  }
+  const ws = first("ws") ?? first("wss");
+  if (ws?.path) out.wsPath = ws.path;
+  return out;
+}

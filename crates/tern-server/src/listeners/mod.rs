@@ -73,6 +73,21 @@ pub(crate) async fn bind(specs: Vec<ListenerSpec>) -> Result<Listeners> {
 }
 
 impl Listeners {
+    /// What the admin API tells clients about the listeners (for connection examples).
+    pub(crate) fn summary(&self) -> Vec<tern_admin::dto::ListenerInfo> {
+        self.bound
+            .iter()
+            .map(|b| tern_admin::dto::ListenerInfo {
+                name: b.spec.name.clone(),
+                kind: b.spec.kind.as_str().to_string(),
+                addr: b.addr.to_string(),
+                port: b.addr.port(),
+                path: b.spec.kind.is_ws().then(|| b.spec.path.clone()),
+                client_certs: b.tls.as_ref().map(|t| format!("{:?}", t.client_certs()).to_lowercase()),
+            })
+            .collect()
+    }
+
     /// Logs one ready line per listener (`MQTT listener ready kind=.. addr=.. name=..`; tests
     /// and scripts parse `kind=` and `addr=`), starts accepting and, if any listener uses TLS,
     /// reloads certificates on SIGHUP.

@@ -2,10 +2,10 @@
 // ready-to-paste connection examples (computed in lib/snippets.ts). Used by the create wizard
 // and by the device page after a rotation.
 
-import { useState } from "preact/hooks";
-import type { Device } from "../../api/client";
+import { useEffect, useState } from "preact/hooks";
+import { api, type Device, type Schemas } from "../../api/client";
 import { CopyButton, Field } from "../../components";
-import { defaultAddress, snippetNotes, snippets, type BrokerAddress, type SnippetGroup } from "../../lib/snippets";
+import { defaultAddress, snippetNotes, snippets, listenerOverrides, type BrokerAddress, type SnippetGroup } from "../../lib/snippets";
 
 const STORAGE_KEY = "tern.snippet-address";
 
@@ -93,6 +93,25 @@ export function PasswordOnce(props: { password: string }) {
 export function ShownOnce(props: { device: Device; password: string | null | undefined }) {
   const d = props.device;
   const [form, setForm] = useState<AddressForm>(() => loadForm(d.client_id));
+  const [fromBroker, setFromBroker] = useState(false);
+  // The broker's actual listeners replace the documented default ports and path.
+  useEffect(() => {
+    let alive = true;
+    api
+      .get<Schemas["ListenerList"]>("/api/v1/listeners")
+      .then((l) => {
+        if (!alive || l.items.length === 0) return;
+        const o = listenerOverrides(l.items);
+        setForm((f) => ({ ...f, ...Object.fromEntries(Object.entries(o).map(([k, v]) => [k, String(v)])) }));
+        setFromBroker(true);
+      })
+      .catch(() => {
+        // Older broker or no answer: the defaults stay, the operator can edit them.
+      });
+    return () => {
+      alive = false;
+    };
+  }, []);
   const addr = effective(form, d.client_id);
   const creds = { clientId: d.client_id, username: d.username, password: props.password, certIdentity: d.cert_identity };
   const all = snippets(creds, addr);
@@ -129,9 +148,10 @@ export function ShownOnce(props: { device: Device; password: string | null | und
       <details class="snippet-settings">
         <summary>Broker address used in the examples</summary>
         <p class="muted small">
-          The admin API does not tell which MQTT listeners run: these start as Tern's documented defaults (tcp 1883, tls 8883,
-          ws 8080, wss 8443, path <code>/mqtt</code>) on this page's host. Set them to your <code>[[listeners]]</code>; they are
-          remembered in this browser.
+          {fromBroker
+            ? "Ports and the WebSocket path are the broker's listeners; kinds it does not run show Tern's defaults. "
+            : "These are Tern's documented defaults (tcp 1883, tls 8883, ws 8080, wss 8443, path /mqtt). "}
+          The host is this page's: set the one devices reach the broker by. Your changes are remembered in this browser.
         </p>
         <div class="row">
           {input("host", "Broker host")}
