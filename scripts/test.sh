@@ -5,6 +5,8 @@
 # (quickly skipped when already there), then runs, stopping at the first failure:
 #   fmt      cargo fmt --all -- --check
 #   clippy   cargo clippy --workspace --all-targets -- -D warnings
+#   ui       the admin web UI (web-admin/): npm ci, typecheck, unit tests (node:test), production
+#            build (web-admin/dist, embedded by the build step), bundle size (gzip)
 #   build    cargo build -p tern-server           (target/debug/tern, used by the e2e tests)
 #   cargo    cargo nextest run --workspace + doc tests (plain `cargo test` if nextest is absent)
 #   pytest   pytest tests/python -q               (interop tests: paho-mqtt, mosquitto clients)
@@ -12,6 +14,13 @@
 #            promtool on it; Grafana dashboard, Prometheus config, alerts and their promtool
 #            unit tests, Docker Compose stack; a real Prometheus scrapes tern and a stand-in
 #            of /metrics. No Docker engine needed)
+#   e2e      browser tests of the UI against target/debug/tern (web-admin/e2e/run.mjs:
+#            playwright-core driving Debian's chromium headless, mosquitto clients as devices);
+#            screenshots, first-render time and bundle size in web-admin/e2e/out/
+#
+# The ui and e2e steps need Node.js >= 20 with npm (playwright-core's minimum; the UI build
+# itself needs 18: Debian 13's apt nodejs is installed here when missing, Debian 12's is 18:
+# use NodeSource's nodejs 20.x or newer) and, for e2e, apt's chromium (installed here).
 #
 # Usage: scripts/test.sh [STEP...]     e.g. `scripts/test.sh pytest` runs setup + pytest only.
 # Env:   TERN_TEST_KEEP_GOING=1        run the remaining steps after a failure (still exits 1)
@@ -34,7 +43,8 @@ SKIP_SETUP="${TERN_TEST_SKIP_SETUP:-0}"
 TERN_BIN_OVERRIDE="${TERN_BIN:-}"
 unset TERN_TEST_KEEP_GOING TERN_TEST_SKIP_SETUP TERN_BIN
 
-ALL_STEPS=(fmt clippy build cargo pytest observability)
+# ui before build: the binary embeds web-admin/dist at compile time.
+ALL_STEPS=(fmt clippy ui build cargo pytest observability e2e)
 # mosquitto: reference broker for test self-checks; prometheus: promtool and a real Prometheus
 # for the observability step.
 APT_PACKAGES=(mosquitto-clients mosquitto prometheus)
@@ -42,6 +52,9 @@ VENV="$ROOT/.venv"
 PY_REQUIREMENTS="$ROOT/tests/python/requirements.txt"
 PYTHON="${PYTHON:-python3}"
 NEXTEST_CONFIG="$ROOT/.ci/nextest.toml"
+UI_DIR="$ROOT/web-admin"
+NODE_MIN=20.0 # playwright-core's minimum (Vite 6 needs 18)
+CHROMIUM=/usr/bin/chromium
 LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/tern-test.XXXXXX")"
 
 STEP_NAMES=()
@@ -109,6 +122,12 @@ count_tests() {
       text="$(strip_ansi <"$log" | grep -E '^test result: ' || true)" ;;
     pytest) # "1 failed, 67 passed, 3 skipped in 16.65s"
       text="$(strip_ansi <"$log" | grep -E '[0-9]+ (passed|failed|errors?|skipped|deselected).* in [0-9.]+s' | tail -n1 || true)" ;;
+    node) # node --test's closing lines: "ℹ pass 41", "ℹ fail 0", "ℹ cancelled 0", "ℹ skipped 0", "ℹ todo 0"
+      text="$(strip_ansi <"$log" | grep -E '^[^ ]+ (pass|fail|cancelled|skipped|todo) [0-9]+$' \
+        | sed -E 's/^[^ ]+ pass ([0-9]+)$/\1 passed/; s/^[^ ]+ (fail|cancelled) ([0-9]+)$/\2 failed/;
+                  s/^[^ ]+ (skipped|todo) ([0-9]+)$/\2 skipped/' || true)" ;;
+    e2e) # web-admin/e2e/run.mjs: "e2e: 28 passed, 0 failed, 0 skipped"
+      text="$(strip_ansi <"$log" | grep -E '^e2e: [0-9]+ passed' | tail -n1 || true)" ;;
   esac
   TESTS_PASSED=$((TESTS_PASSED + $(sum_counts "$text" 'passed')))
   TESTS_FAILED=$((TESTS_FAILED + $(sum_counts "$text" 'failed|timed out|errors?')))
@@ -176,8 +195,46 @@ ensure_rust() {
 
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
+# The steps this run asked for include one of the arguments.
+wants_step() {
+  local s
+  for s in "$@"; do
+    case " ${REQUESTED_STEPS[*]} " in *" $s "*) return 0 ;; esac
+  done
+  return 1
+}
+
+# Whether "$1" (a version such as 20.19.2 or 20.19.2+dfsg-1) is at least "$2" (major.minor).
+version_at_least() {
+  local have=${1%%[!0-9.]*} a b x y
+  IFS=. read -r a b _ <<<"$have"
+  IFS=. read -r x y _ <<<"$2"
+  [ -n "$a" ] || return 1
+  [ "${a:-0}" -gt "$x" ] || { [ "${a:-0}" -eq "$x" ] && [ "${b:-0}" -ge "$y" ]; }
+}
+
+node_ok() {
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+    && version_at_least "$(node -p process.versions.node 2>/dev/null)" "$NODE_MIN"
+}
+
+node_missing_message() {
+  local have="none"
+  ! command -v node >/dev/null 2>&1 || have="$(node --version 2>/dev/null)"
+  command -v npm >/dev/null 2>&1 || have="$have, no npm"
+  printf '%s' "the ui and e2e steps need Node.js >= $NODE_MIN with npm (found: $have). Debian 13: \
+apt-get install nodejs npm. Debian 12 ships Node 18 (enough for scripts/run.sh, not for the browser tests): install NodeSource's nodejs 20.x or 22.x \
+(https://github.com/nodesource/distributions), or put any Node >= $NODE_MIN on the PATH."
+}
+
 ensure_apt_packages() {
-  local wanted=("${APT_PACKAGES[@]}") missing=() p
+  local wanted=("${APT_PACKAGES[@]}") missing=() p need_node=0 candidate
+  if wants_step e2e; then
+    wanted+=(chromium)
+  fi
+  if wants_step ui e2e && ! node_ok; then
+    need_node=1
+  fi
   # A Python that can make venvs (Debian's python3 needs python3-venv for ensurepip).
   if ! command -v "$PYTHON" >/dev/null 2>&1; then
     wanted+=(python3 python3-venv)
@@ -188,18 +245,29 @@ ensure_apt_packages() {
     for p in mosquitto_pub mosquitto_sub stdbuf promtool prometheus; do
       command -v "$p" >/dev/null 2>&1 || die "not a Debian system and '$p' is missing: install mosquitto-clients and prometheus by hand."
     done
+    [ "$need_node" = 0 ] || die "not a Debian system and $(node_missing_message)"
+    if wants_step e2e && [ ! -x "$CHROMIUM" ]; then
+      die "not a Debian system and $CHROMIUM is missing: install chromium (or run without the e2e step)."
+    fi
     return 0
   fi
   for p in "${wanted[@]}"; do
     pkg_installed "$p" || missing+=("$p")
   done
-  if [ ${#missing[@]} -eq 0 ]; then
+  if [ ${#missing[@]} -eq 0 ] && [ "$need_node" = 0 ]; then
     say "apt packages present: ${wanted[*]}"
     return 0
   fi
-  say "installing apt packages: ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq \
     || die "apt-get update failed"
+  if [ "$need_node" = 1 ]; then
+    # Only a nodejs new enough for playwright-core: Debian 13's is; Debian 12's (18.x) is not.
+    candidate="$(apt-cache policy nodejs 2>/dev/null | awk '/Candidate:/ { print $2 }')"
+    version_at_least "${candidate#*:}" "$NODE_MIN" || die "$(node_missing_message) (apt's nodejs: ${candidate:-none})"
+    missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
+  fi
+  say "installing apt packages: ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
     --no-install-recommends "${missing[@]}" || die "apt-get install ${missing[*]} failed"
 }
@@ -245,6 +313,12 @@ check_tools() {
   for t in mosquitto_pub mosquitto_sub stdbuf promtool prometheus; do
     command -v "$t" >/dev/null 2>&1 || die "'$t' not found after setup"
   done
+  if wants_step ui e2e; then
+    node_ok || die "$(node_missing_message)"
+  fi
+  if wants_step e2e; then
+    [ -x "$CHROMIUM" ] || die "$CHROMIUM not found after setup (apt-get install chromium)"
+  fi
 }
 
 setup() {
@@ -302,6 +376,40 @@ step_fmt() {
 
 step_clippy() {
   cargo clippy --workspace --all-targets -- -D warnings || return
+}
+
+# web-admin/node_modules from package-lock.json: `npm ci` when it is missing or older than the
+# lock file (always in CI, where the checkout is fresh anyway).
+ensure_node_modules() {
+  if [ "${CI:-}" = true ] || [ ! -d "$UI_DIR/node_modules" ] || [ "$UI_DIR/package-lock.json" -nt "$UI_DIR/node_modules" ]; then
+    say "npm ci (web-admin)"
+    (cd "$UI_DIR" && npm ci --no-audit --no-fund) || return
+    touch "$UI_DIR/node_modules"
+  else
+    say "web-admin/node_modules up to date"
+  fi
+}
+
+# The admin web UI: typecheck, unit tests, production build (embedded by the build step), and
+# the size of what the browser downloads.
+step_ui() {
+  local log="$LOG_DIR/ui-test.log" rc=0 f raw gz total_raw=0 total_gz=0
+  ensure_node_modules || return
+  (cd "$UI_DIR" && npm run typecheck) || return
+  (cd "$UI_DIR" && npm test) 2>&1 | tee "$log" || rc=$?
+  count_tests node "$log"
+  [ "$rc" -eq 0 ] || return "$rc"
+  (cd "$UI_DIR" && npm run build) || return
+  say "bundle size (web-admin/dist/assets; gzip -9 is the usual measure: tern serves them uncompressed, cached for a year):"
+  for f in "$UI_DIR"/dist/assets/*.js "$UI_DIR"/dist/assets/*.css; do
+    [ -f "$f" ] || continue
+    raw=$(wc -c <"$f")
+    gz=$(gzip -9 -c "$f" | wc -c)
+    total_raw=$((total_raw + raw))
+    total_gz=$((total_gz + gz))
+    printf '    %-36s %8d bytes  %7d gzip\n' "${f##*/}" "$raw" "$gz"
+  done
+  printf '    %-36s %8d bytes  %7d gzip\n' "total" "$total_raw" "$total_gz"
 }
 
 step_build() {
@@ -364,6 +472,19 @@ step_observability() {
   if [ "$rc" -eq 5 ]; then
     echo "pytest collected no tests (exit 5): tests/observability is misconfigured" >&2
   fi
+  return "$rc"
+}
+
+# Browser tests of the UI against the binary the build step made (web-admin/e2e/run.mjs).
+step_e2e() {
+  local log="$LOG_DIR/e2e.log" rc=0
+  if [ "$BUILD_OK" = 0 ]; then
+    echo "not running the browser tests: the build step failed, $TERN_BIN_PATH would be stale" >&2
+    return 1
+  fi
+  ensure_node_modules || return
+  TERN_BIN="$TERN_BIN_PATH" TERN_E2E_CHROMIUM="$CHROMIUM" node "$UI_DIR/e2e/run.mjs" 2>&1 | tee "$log" || rc=$?
+  count_tests e2e "$log"
   return "$rc"
 }
 

@@ -14,6 +14,6 @@ export default defineConfig({
   },
   server: {
     // `npm run dev`: proxy the API to a local tern (admin.addr default).
-    proxy: { "/api": "http://127.0.0.1:8080", "/healthz": "http://127.0.0.1:8080", "/metrics": "http://127.0.0.1:8080" },
+    proxy: Object.fromEntries(["/api", "/healthz", "/readyz", "/metrics"].map((p) => [p, "http://127.0.0.1:8080"])),
   },
 });

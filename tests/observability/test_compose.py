@@ -191,10 +191,15 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 def test_dockerfile_shape():
     ins = dockerfile_instructions()
     froms = [rest for word, rest in ins if word == "FROM"]
-    assert len(froms) == 2 and froms[0].startswith("rust:") and "bookworm" in froms[0]
-    assert froms[1] == "debian:bookworm-slim"
+    assert len(froms) == 3, froms
+    # The web UI is built first and copied into the Rust build, which embeds it.
+    assert froms[0].startswith("node:") and froms[0].endswith(" AS ui")
+    assert froms[1].startswith("rust:") and "bookworm" in froms[1]
+    assert froms[2] == "debian:bookworm-slim"
     runs = " ".join(rest for word, rest in ins if word == "RUN")
-    assert "cargo build --release -p tern-server --locked" in runs
+    assert "npm ci" in runs and "npm run build" in runs
+    assert ("COPY", "--from=ui /src/web-admin/dist web-admin/dist") in ins
+    assert runs.index("npm run build") < runs.index("cargo build --release -p tern-server --locked")
     final = ins[[i for i, (w, _) in enumerate(ins) if w == "FROM"][-1]:]
     get = lambda w: [rest for word, rest in final if word == w]  # noqa: E731
     user = get("USER")

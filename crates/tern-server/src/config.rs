@@ -195,7 +195,7 @@ const BINARY_ENV: &[&str] = &["TERN_CONFIG"];
 /// `TERN_*` names reserved for Tern's tooling (test harnesses, `scripts/`, `bench/`), which
 /// may be set in the environment a broker is started from: accepted and ignored. No
 /// configuration key may take one of these names (a unit test keeps it so).
-const TOOLING_ENV: &[&str] = &["TERN_BIN", "TERN_BENCH"];
+const TOOLING_ENV: &[&str] = &["TERN_BIN", "TERN_BENCH", "TERN_NO_UI"];
 
 /// Prefixes of `TERN_*` names reserved for Tern's tooling, like [`TOOLING_ENV`]:
 /// `TERN_TEST_*` (scripts/test.sh, e.g. `TERN_TEST_POSTGRES_URL`), `TERN_E2E_*`
