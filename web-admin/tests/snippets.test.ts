@@ -19,6 +19,7 @@ import {
   snippets,
   urlHost,
   userinfo,
+  forListeners,
   listenerOverrides,
   wsPath,
   type BrokerAddress,
@@ -221,4 +222,15 @@ it("the broker's listeners replace the default ports and path", () => {
   ]);
   assert.deepEqual(o, { tcpPort: 11883, wsPort: 9001, wsPath: "/ws" }, "the first of each kind; no tls/wss listener, no override");
   assert.deepEqual(listenerOverrides([{ kind: "wss", port: 8443, path: "/mqtt" }]), { wssPort: 8443, wsPath: "/mqtt" });
+});
+
+it("examples are kept for the listener kinds the broker runs", () => {
+  const creds = { clientId: "d", username: "u", password: "p" };
+  const all = snippets(creds, defaultAddress("h", "d"));
+  assert.deepEqual(
+    forListeners(all, ["tcp"]).map((s) => s.id),
+    ["tcp-pub", "tcp-sub", "url-mqtt"],
+  );
+  assert.equal(forListeners(all, null).length, all.length, "unknown kinds: every example");
+  assert.ok(forListeners(all, ["tcp", "wss"]).some((s) => s.id === "url-wss"));
 });

@@ -305,3 +305,26 @@ export function listenerOverrides(listeners: ListenerSummary[]): Partial<Pick<Br
   if (ws?.path) out.wsPath = ws.path;
   return out;
 }
+
+/** The listener kind an example needs. */
+export function snippetKind(id: string): "tcp" | "tls" | "ws" | "wss" {
+  const table: Record<string, "tcp" | "tls" | "ws" | "wss"> = {
+    "tcp-pub": "tcp",
+    "tcp-sub": "tcp",
+    "url-mqtt": "tcp",
+    "tls-pub": "tls",
+    "tls-sub": "tls",
+    "url-mqtts": "tls",
+    "ws-pub": "ws",
+    "url-ws": "ws",
+    "wss-pub": "wss",
+    "url-wss": "wss",
+  };
+  return table[id] ?? "tcp";
+}
+
+/** The examples a broker with these listener kinds can serve (all, when the kinds are unknown). */
+export function forListeners(all: Snippet[], kinds: string[] | null): Snippet[] {
+  if (!kinds || kinds.length === 0) return all;
+  return all.filter((s) => kinds.includes(snippetKind(s.id)));
+}

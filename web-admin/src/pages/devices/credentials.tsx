@@ -5,7 +5,7 @@
 import { useEffect, useState } from "preact/hooks";
 import { api, type Device, type Schemas } from "../../api/client";
 import { CopyButton, Field } from "../../components";
-import { defaultAddress, snippetNotes, snippets, listenerOverrides, type BrokerAddress, type SnippetGroup } from "../../lib/snippets";
+import { defaultAddress, snippetNotes, snippets, forListeners, listenerOverrides, type BrokerAddress, type SnippetGroup } from "../../lib/snippets";
 
 const STORAGE_KEY = "tern.snippet-address";
 
@@ -93,7 +93,9 @@ export function PasswordOnce(props: { password: string }) {
 export function ShownOnce(props: { device: Device; password: string | null | undefined }) {
   const d = props.device;
   const [form, setForm] = useState<AddressForm>(() => loadForm(d.client_id));
-  const [fromBroker, setFromBroker] = useState(false);
+  // The kinds of listener the broker runs (null: not known, every example is shown).
+  const [kinds, setKinds] = useState<string[] | null>(null);
+  const fromBroker = kinds !== null;
   // The broker's actual listeners replace the documented default ports and path.
   useEffect(() => {
     let alive = true;
@@ -103,7 +105,7 @@ export function ShownOnce(props: { device: Device; password: string | null | und
         if (!alive || l.items.length === 0) return;
         const o = listenerOverrides(l.items);
         setForm((f) => ({ ...f, ...Object.fromEntries(Object.entries(o).map(([k, v]) => [k, String(v)])) }));
-        setFromBroker(true);
+        setKinds(l.items.map((x) => x.kind));
       })
       .catch(() => {
         // Older broker or no answer: the defaults stay, the operator can edit them.
@@ -114,7 +116,9 @@ export function ShownOnce(props: { device: Device; password: string | null | und
   }, []);
   const addr = effective(form, d.client_id);
   const creds = { clientId: d.client_id, username: d.username, password: props.password, certIdentity: d.cert_identity };
-  const all = snippets(creds, addr);
+  // Only examples for listeners the broker runs: a TLS command against a broker without TLS
+  // would only fail.
+  const all = forListeners(snippets(creds, addr), kinds);
   const notes = snippetNotes(creds);
   const update = (key: keyof BrokerAddress, value: string) => {
     const next = { ...form, [key]: value };
@@ -149,7 +153,7 @@ export function ShownOnce(props: { device: Device; password: string | null | und
         <summary>Broker address used in the examples</summary>
         <p class="muted small">
           {fromBroker
-            ? "Ports and the WebSocket path are the broker's listeners; kinds it does not run show Tern's defaults. "
+            ? "Ports and the WebSocket path are the broker's listeners (examples only for the kinds it runs). "
             : "These are Tern's documented defaults (tcp 1883, tls 8883, ws 8080, wss 8443, path /mqtt). "}
           The host is this page's: set the one devices reach the broker by. Your changes are remembered in this browser.
         </p>
