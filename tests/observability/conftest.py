@@ -64,12 +64,15 @@ REFUSAL_REASONS = (
     "unsupported_protocol", "malformed", "no_connect", "client_id_invalid", "bad_credentials",
     "not_authorized", "banned", "bad_auth_method", "auth_failed", "will_refused",
     "connection_limit", "session_limit", "session_owner", "server_unavailable",
+    "connect_timeout", "too_many_pending", "rate_limited",
 )
 DISCONNECT_REASONS = (
     "client", "client_will", "connection_lost", "keep_alive_timeout", "taken_over",
     "protocol_error", "packet_too_large", "not_authorized", "credentials_expired",
-    "write_timeout", "shutdown", "admin", "quota_exceeded", "other",
+    "write_timeout", "shutdown", "admin", "quota_exceeded", "rate_limited", "other",
 )
+# tern_throttled_total: pauses for rate_limits.publish_rate, publish_bytes_rate, outbound_bytes_rate.
+THROTTLE_KINDS = ("messages", "bytes", "outbound_bytes")
 DROP_REASONS = ("queue_full", "queue_refused", "expired", "acl", "too_large", "no_subscriber")
 # "will": a CONNECT whose will topic the principal may not publish to (refused, will_refused).
 ACL_ACTIONS = ("publish", "subscribe", "deliver", "will")
@@ -83,6 +86,7 @@ LABEL_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
     ("tern_messages_received_total", "qos"): QOS_LEVELS,
     ("tern_messages_sent_total", "qos"): QOS_LEVELS,
     ("tern_messages_dropped_total", "reason"): DROP_REASONS,
+    ("tern_throttled_total", "kind"): THROTTLE_KINDS,
     ("tern_acl_denials_total", "action"): ACL_ACTIONS,
     ("tern_auth_failures_total", "method"): AUTH_METHODS,
     ("tern_auth_failures_total", "reason"): AUTH_FAILURE_REASONS,

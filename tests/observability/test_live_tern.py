@@ -159,6 +159,8 @@ def expected_after_workload(version: str) -> Expected:
     e.put("tern_retained_messages", 0)
     e.put("tern_retained_bytes", 0)
     e.put("tern_connection_limit", MAX_CONNECTIONS)
+    e.put("tern_pending_connections", 0)  # every handshake of the workload completed
+    e.all_of("tern_throttled_total", {}, "kind")  # no rate limit is on by default
     e.put("tern_store_up", 1)
     e.put("tern_store_commit_failures_total", 0)
     e.put("tern_store_deferred_ops", 0)

@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq as _;
 use tern_auth::stats::AuthStats;
 use tern_broker::Broker;
 use tern_broker::histogram::HistogramSnapshot;
-use tern_broker::stats::{DisconnectReason, PROTOCOLS, Refusal, Stats};
+use tern_broker::stats::{DisconnectReason, PROTOCOLS, Refusal, Stats, THROTTLE_KINDS};
 
 use crate::error::ApiError;
 
@@ -128,6 +128,11 @@ impl Exporter {
             .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
         f.gauge("tern_connection_limit", "The most connections accepted at once (limits.max_connections).")
             .value(b.config().limits.max_connections as f64);
+        f.gauge(
+            "tern_pending_connections",
+            "Connections that have not completed CONNECT (TLS and WebSocket handshakes, CONNECT, authentication).",
+        )
+        .value(b.pending_connections() as f64);
 
         // Per listener: the registry holds every configured listener from the start, so
         // each series exists (at 0) before its first event.
@@ -199,6 +204,13 @@ impl Exporter {
             .sample(&[("reason", "acl")], (m.publishes_denied + m.deliveries_denied) as f64)
             .sample(&[("reason", "too_large")], m.dropped_too_large as f64)
             .sample(&[("reason", "no_subscriber")], m.unrouted as f64);
+        let mut c = f.counter(
+            "tern_throttled_total",
+            "Times a client's reading (publish limits) or writing (outbound limit) was paused by a rate limit, by limit.",
+        );
+        for (kind, n) in THROTTLE_KINDS.iter().zip(&s.throttled) {
+            c = c.sample(&[("kind", kind)], Stats::get(n) as f64);
+        }
         f.counter("tern_wills_published_total", "Will messages published.").value(m.wills_published as f64);
         f.counter("tern_acl_denials_total", "Authorization refusals, by action.")
             .sample(&[("action", "publish")], m.publishes_denied as f64)

@@ -13,7 +13,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Authenticator, Authorizer, Security};
+use crate::admission::{Admission, GateSettings, ListenerGate};
+use crate::auth::{Authenticator, Authorizer, CertIdentity, Security};
 use crate::config::BrokerConfig;
 use crate::connection::io::{BoxStream, Transport};
 use crate::connection::{Accepted, ConnMeta};
@@ -44,6 +45,8 @@ pub(crate) struct Inner {
     pub(crate) retained: RwLock<crate::retained::RetainedStore>,
     pub(crate) stats: Stats,
     pub(crate) connection_slots: Arc<Semaphore>,
+    /// Connections before CONNECT: pending caps and connection-rate buckets.
+    pub(crate) admissions: crate::admission::Admissions,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) started: Instant,
@@ -113,6 +116,7 @@ impl Broker {
                 retained: RwLock::new(crate::retained::RetainedStore::default()),
                 stats: Stats::default(),
                 connection_slots: slots,
+                admissions: crate::admission::Admissions::default(),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 started: Instant::now(),
@@ -193,21 +197,52 @@ impl Broker {
         }
     }
 
-    /// Serves one accepted TCP connection on a task of its own.
-    pub fn accept_tcp(&self, stream: TcpStream, peer: SocketAddr, meta: ConnMeta) {
-        self.ensure_sweeping();
+    /// The entrance of listener `name`: each accepted connection is admitted through it
+    /// before anything is read ([`ListenerGate::admit`]). Make one per listener, once: it
+    /// holds the listener's connection-rate bucket.
+    pub fn listener_gate(&self, name: &str, settings: GateSettings) -> Arc<ListenerGate> {
+        Arc::new(ListenerGate::new(self.inner.clone(), name, settings))
+    }
+
+    /// Serves one admitted TCP connection on a task of its own.
+    pub fn serve_tcp(&self, stream: TcpStream, admission: Admission) {
         let _ = stream.set_nodelay(true);
+        self.spawn_connection(Transport::Tcp(stream), admission, None);
+    }
+
+    /// Serves one admitted connection over any byte stream (TLS, WebSocket) whose own
+    /// handshake is done, on a task of its own; `cert` is the verified client certificate.
+    pub fn serve_stream(&self, stream: BoxStream, admission: Admission, cert: Option<CertIdentity>) {
+        self.spawn_connection(Transport::Boxed(stream, false), admission, cert);
+    }
+
+    fn spawn_connection(&self, io: Transport, admission: Admission, cert: Option<CertIdentity>) {
+        self.ensure_sweeping();
+        let meta = ConnMeta { listener: admission.listener().clone(), cert };
         let broker = self.inner.clone();
-        let accepted = Box::new(Accepted { broker, io: Transport::Tcp(stream), peer, meta });
+        let peer = admission.peer();
+        let accepted = Box::new(Accepted { broker, io, peer, meta, admission });
         self.inner.tasks.spawn(crate::connection::run(accepted));
     }
 
-    /// Serves one connection over any byte stream (TLS, WebSocket) on a task of its own.
-    pub fn accept_stream(&self, stream: BoxStream, peer: SocketAddr, meta: ConnMeta) {
-        self.ensure_sweeping();
-        let broker = self.inner.clone();
-        let accepted = Box::new(Accepted { broker, io: Transport::Boxed(stream, false), peer, meta });
-        self.inner.tasks.spawn(crate::connection::run(accepted));
+    /// Serves one accepted TCP connection on a task of its own, admitted through a gate
+    /// without a connection rate and with the global per-client limits (for embedding and
+    /// tests; the `tern` binary's listeners use [`Broker::listener_gate`]). Refused (closed)
+    /// when too many connections are pending.
+    pub fn accept_tcp(&self, stream: TcpStream, peer: SocketAddr, meta: ConnMeta) {
+        let settings =
+            GateSettings { client: self.inner.config.rate_limits.client(), ..GateSettings::default() };
+        let gate = self.listener_gate(&meta.listener, settings);
+        if let Some(admission) = gate.admit(peer) {
+            let _ = stream.set_nodelay(true);
+            self.spawn_connection(Transport::Tcp(stream), admission, meta.cert);
+        }
+    }
+
+    /// Connections that have not completed their CONNECT handshake (TLS and WebSocket
+    /// handshakes, CONNECT, authentication).
+    pub fn pending_connections(&self) -> usize {
+        self.inner.admissions.pending()
     }
 
     /// The task tracker that connection tasks run on; listeners spawn their own per-connection

@@ -14,6 +14,8 @@ pub struct BrokerConfig {
     pub limits: LimitsConfig,
     /// $SYS topic publication.
     pub sys: SysConfig,
+    /// Connection-rate and per-client publish and outbound rate limits.
+    pub rate_limits: RateLimitsConfig,
     /// Group commit and housekeeping of the store.
     pub persistence: crate::persist::PersistenceConfig,
 }
@@ -57,7 +59,8 @@ pub struct MqttConfig {
     pub shared_subscriptions: bool,
     /// Whether Subscription Identifiers are supported.
     pub subscription_identifiers: bool,
-    /// Seconds a new connection has to send CONNECT.
+    /// Seconds a new connection has to complete its handshake as a whole: TLS, the WebSocket
+    /// upgrade, CONNECT and authentication (the AUTH exchange included).
     pub connect_timeout: u32,
 }
 
@@ -101,6 +104,12 @@ pub enum QueueFullPolicy {
 pub struct LimitsConfig {
     /// Concurrent client connections; further CONNECTs get 0x97 Quota exceeded.
     pub max_connections: usize,
+    /// Connections that have not completed CONNECT (TLS and WebSocket handshakes, CONNECT,
+    /// authentication), all listeners together; further ones are closed at accept.
+    pub max_pending_connections: usize,
+    /// Connections that have not completed CONNECT from one source address (IPv6: one /64);
+    /// 0 = no per-address cap.
+    pub max_pending_per_ip: usize,
     /// Messages queued per session (not yet sent, or waiting for the client's window).
     pub max_queued_messages: usize,
     /// Payload bytes queued per session.
@@ -142,6 +151,8 @@ impl Default for LimitsConfig {
     fn default() -> LimitsConfig {
         LimitsConfig {
             max_connections: 100_000,
+            max_pending_connections: 10_000,
+            max_pending_per_ip: 1_000,
             max_queued_messages: 10_000,
             max_queued_bytes: 64 * 1024 * 1024,
             queue_full_policy: QueueFullPolicy::DropOldest,
@@ -177,6 +188,154 @@ impl Default for SysConfig {
     }
 }
 
+/// What happens to a client that publishes faster than its publish limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishLimitAction {
+    /// Stop reading from the client until its buckets refill (TCP backpressure slows it).
+    #[default]
+    Throttle,
+    /// Close the connection (MQTT 5: DISCONNECT 0x96 Message rate too high).
+    Disconnect,
+}
+
+/// Connection-rate limits and per-client rate limits (token buckets: a rate per second and a
+/// burst). Every rate is off (0) by default; a burst of 0 means one second's worth of its rate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// New connections per second accepted by each listener (its own bucket); over it a
+    /// TLS or WebSocket connection is closed before its handshake, a TCP one gets CONNACK
+    /// 0x9F Connection rate exceeded (3.x: 0x03). 0: off.
+    pub connection_rate: u32,
+    /// Burst of `connection_rate`.
+    pub connection_burst: u32,
+    /// New connections per second from one source address (IPv6: one /64), all listeners
+    /// together. 0: off.
+    pub connection_rate_per_ip: u32,
+    /// Burst of `connection_rate_per_ip`.
+    pub connection_burst_per_ip: u32,
+    /// PUBLISH packets per second one client may send. 0: off.
+    pub publish_rate: u32,
+    /// Burst of `publish_rate`, in messages.
+    pub publish_burst: u32,
+    /// PUBLISH bytes (whole packets) per second one client may send. 0: off.
+    pub publish_bytes_rate: u64,
+    /// Burst of `publish_bytes_rate`, in bytes.
+    pub publish_bytes_burst: u64,
+    /// What happens to a client over its publish limits.
+    pub publish_limit_action: PublishLimitAction,
+    /// Bytes per second written to one client (all packets): writes are paced, messages wait
+    /// in the session queue. 0: off.
+    pub outbound_bytes_rate: u64,
+    /// Burst of `outbound_bytes_rate`, in bytes.
+    pub outbound_bytes_burst: u64,
+}
+
+/// The per-client limits in force on one listener (the global `[rate_limits]`, or a
+/// listener's own values).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// PUBLISH packets per second; 0: off.
+    pub publish_rate: u32,
+    /// Burst of `publish_rate` (0: one second's worth).
+    pub publish_burst: u32,
+    /// PUBLISH bytes per second; 0: off.
+    pub publish_bytes_rate: u64,
+    /// Burst of `publish_bytes_rate` (0: one second's worth).
+    pub publish_bytes_burst: u64,
+    /// Throttle or disconnect.
+    pub action: PublishLimitAction,
+    /// Bytes per second written to the client; 0: off.
+    pub outbound_bytes_rate: u64,
+    /// Burst of `outbound_bytes_rate` (0: one second's worth).
+    pub outbound_bytes_burst: u64,
+}
+
+impl ClientLimits {
+    /// Whether any limit is on (a connection then gets a limiter).
+    pub fn any(&self) -> bool {
+        self.publish_rate > 0 || self.publish_bytes_rate > 0 || self.outbound_bytes_rate > 0
+    }
+}
+
+impl RateLimitsConfig {
+    /// The per-client limits these settings define.
+    pub fn client(&self) -> ClientLimits {
+        ClientLimits {
+            publish_rate: self.publish_rate,
+            publish_burst: self.publish_burst,
+            publish_bytes_rate: self.publish_bytes_rate,
+            publish_bytes_burst: self.publish_bytes_burst,
+            action: self.publish_limit_action,
+            outbound_bytes_rate: self.outbound_bytes_rate,
+            outbound_bytes_burst: self.outbound_bytes_burst,
+        }
+    }
+
+    /// Checks the settings (also used for a listener's own values, with its prefix).
+    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        let pairs: [(&'static str, u64, &'static str, u64); 4] = [
+            (
+                "connection_rate",
+                self.connection_rate.into(),
+                "connection_burst",
+                self.connection_burst.into(),
+            ),
+            (
+                "connection_rate_per_ip",
+                self.connection_rate_per_ip.into(),
+                "connection_burst_per_ip",
+                self.connection_burst_per_ip.into(),
+            ),
+            ("publish_rate", self.publish_rate.into(), "publish_burst", self.publish_burst.into()),
+            ("publish_bytes_rate", self.publish_bytes_rate, "publish_bytes_burst", self.publish_bytes_burst),
+        ];
+        for (rate_key, rate, burst_key, burst) in pairs {
+            if rate == 0 && burst > 0 {
+                return Err(ConfigError::dynamic(
+                    prefix,
+                    burst_key,
+                    format!("is set but {rate_key} is 0 (off): set {rate_key} too, or remove it"),
+                ));
+            }
+        }
+        if self.outbound_bytes_rate == 0 && self.outbound_bytes_burst > 0 {
+            return Err(ConfigError::dynamic(
+                prefix,
+                "outbound_bytes_burst",
+                "is set but outbound_bytes_rate is 0 (off): set outbound_bytes_rate too, or remove it".into(),
+            ));
+        }
+        if self.outbound_bytes_rate > 0 && self.outbound_bytes_rate < MIN_OUTBOUND_RATE {
+            return Err(ConfigError::dynamic(
+                prefix,
+                "outbound_bytes_rate",
+                format!(
+                    "must be 0 (off) or at least {MIN_OUTBOUND_RATE} bytes/s (acknowledgements and \
+                     PINGRESPs are paced too)"
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("publish_bytes_rate", self.publish_bytes_rate),
+            ("publish_bytes_burst", self.publish_bytes_burst),
+            ("outbound_bytes_rate", self.outbound_bytes_rate),
+            ("outbound_bytes_burst", self.outbound_bytes_burst),
+        ] {
+            if v > MAX_BYTES_RATE {
+                return Err(ConfigError::dynamic(prefix, key, format!("must be at most {MAX_BYTES_RATE}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Smallest `outbound_bytes_rate` that is not 0.
+pub const MIN_OUTBOUND_RATE: u64 = 1024;
+/// Largest byte rate or burst (1 TiB/s: token arithmetic in millibytes stays far from overflow).
+const MAX_BYTES_RATE: u64 = 1 << 40;
+
 /// Largest `limits.topic_stats_capacity` (about 2 GiB of statistics with 64-byte topics).
 const MAX_TOPIC_STATS_CAPACITY: usize = 1 << 24;
 
@@ -185,15 +344,24 @@ const MAX_TOPIC_STATS_CAPACITY: usize = 1 << 24;
 #[error("invalid setting {key}: {reason}")]
 pub struct ConfigError {
     /// The dotted key.
-    pub key: &'static str,
+    pub key: std::borrow::Cow<'static, str>,
     /// What is wrong with it.
-    pub reason: &'static str,
+    pub reason: std::borrow::Cow<'static, str>,
+}
+
+impl ConfigError {
+    /// An error about `prefix` + `key` (e.g. `rate_limits.` + `publish_burst`).
+    fn dynamic(prefix: &str, key: &str, reason: String) -> ConfigError {
+        ConfigError { key: format!("{prefix}{key}").into(), reason: reason.into() }
+    }
 }
 
 impl BrokerConfig {
     /// Checks ranges that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |key, reason| Err(ConfigError { key, reason });
+        let err = |key: &'static str, reason: &'static str| {
+            Err(ConfigError { key: key.into(), reason: reason.into() })
+        };
         if self.mqtt.max_packet_size < 64 {
             return err("mqtt.max_packet_size", "must be at least 64 bytes");
         }
@@ -227,6 +395,22 @@ impl BrokerConfig {
         if self.limits.write_timeout == 0 {
             return err("limits.write_timeout", "must be at least 1 second");
         }
+        if self.mqtt.connect_timeout == 0 {
+            return err("mqtt.connect_timeout", "must be at least 1 second");
+        }
+        if self.limits.max_pending_connections == 0 {
+            return err(
+                "limits.max_pending_connections",
+                "must be at least 1 (every connection is pending until its CONNECT completes)",
+            );
+        }
+        if self.limits.max_pending_per_ip > self.limits.max_pending_connections {
+            return err(
+                "limits.max_pending_per_ip",
+                "must be at most limits.max_pending_connections (0 turns the per-address cap off)",
+            );
+        }
+        self.rate_limits.validate("rate_limits.")?;
         if self.limits.max_topic_levels == 0 {
             return err("limits.max_topic_levels", "must be at least 1");
         }

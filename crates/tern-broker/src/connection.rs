@@ -28,6 +28,7 @@ mod acl;
 mod handlers;
 mod handshake;
 pub(crate) mod io;
+mod limiter;
 mod outbound;
 mod reauth;
 
@@ -150,7 +151,9 @@ pub(crate) struct Conn {
     pub(crate) connect_expiry: u32,
     pub(crate) expiry_override: Option<u32>,
     /// Reason String for the closing DISCONNECT (MQTT 5), e.g. the violated rule.
-    pub(crate) close_text: Option<String>,
+    pub(crate) close_text: Option<Box<str>>,
+    /// Per-client rate limits (boxed, and only when one is on).
+    limiter: Option<Box<limiter::Limiter>>,
     /// The wait for a subscriber's full queue to drain, which this connection's reads pause
     /// for (backpressure; boxed: it exists only then).
     pub(crate) blocked: Option<SpaceWait>,
@@ -183,6 +186,8 @@ pub(crate) struct Accepted {
     pub(crate) io: Transport,
     pub(crate) peer: SocketAddr,
     pub(crate) meta: ConnMeta,
+    /// Its place among the connections that have not completed CONNECT, and the deadline.
+    pub(crate) admission: crate::admission::Admission,
 }
 
 /// Entry point of a connection task.
@@ -240,6 +245,10 @@ enum Event {
     Committed(CommitResult),
     WriteTimeout,
     ReAuth(reauth::StepOut),
+    /// A pause for a rate limit ended.
+    Paced,
+    /// A boxed stream flushed while writes are paced.
+    Flushed(std::io::Result<usize>),
 }
 
 impl Conn {
@@ -305,12 +314,28 @@ impl Conn {
                 } else {
                     self.read_size
                 };
-                self.session.touch(self.broker.now_ms());
+                let now = self.broker.now_ms();
+                self.session.touch(now);
+                if let Some(l) = self.limiter.as_deref_mut() {
+                    l.refill_in(now);
+                }
                 self.handle_buffered()?;
             }
             // A stream that takes nothing of a non-empty buffer is closed.
             Event::Wrote(Ok(0)) if !self.wbuf.is_empty() => return Err(Close::SocketClosed),
             Event::Wrote(Ok(n)) => self.wrote(n),
+            Event::Flushed(r) => {
+                r.map_err(|_| Close::SocketClosed)?;
+            }
+            Event::Paced => {
+                let now = self.broker.now_ms();
+                if let Some(l) = self.limiter.as_deref_mut() {
+                    l.refill_in(now);
+                }
+                // Reading may have been paused: the client was sending, it was us who waited.
+                self.session.touch(now);
+                self.handle_buffered()?;
+            }
             Event::Queue => {}
             Event::Unblocked => {
                 self.blocked = None;
@@ -359,10 +384,21 @@ impl Conn {
         {
             return Poll::Ready(Event::ReAuth(out));
         }
-        if (!self.wbuf.is_empty() || self.io.needs_flush())
-            && let Poll::Ready(r) = self.io.poll_write(cx, &self.wbuf)
-        {
-            return Poll::Ready(Event::Wrote(r));
+        if !self.wbuf.is_empty() || self.io.needs_flush() {
+            match self.write_allowance() {
+                Some(n) => {
+                    if let Poll::Ready(r) = self.io.poll_write(cx, &self.wbuf[..n]) {
+                        return Poll::Ready(Event::Wrote(r));
+                    }
+                }
+                // Paced: what a boxed stream buffered is still flushed.
+                None if self.io.needs_flush() => {
+                    if let Poll::Ready(r) = self.io.poll_write(cx, &[]) {
+                        return Poll::Ready(Event::Flushed(r));
+                    }
+                }
+                None => {}
+            }
         }
         if self.queue_ready {
             return Poll::Ready(Event::Queue);
@@ -370,7 +406,22 @@ impl Conn {
         if self.want_queue && self.session.poll_rung().is_ready() {
             return Poll::Ready(Event::Queue);
         }
+        let (paused_in, paused_out) = match self.limiter.as_deref_mut() {
+            Some(l) => {
+                if l.poll_pause(cx).is_ready() {
+                    return Poll::Ready(Event::Paced);
+                }
+                (l.paused_in, l.paused_out)
+            }
+            None => (false, false),
+        };
         if self.wbuf.len() >= self.broker.config.limits.max_write_buffer {
+            if paused_out {
+                // Our own pacing holds the output back, not the client: stop reading, but
+                // this is no reason to close.
+                self.stall = None;
+                return Poll::Pending;
+            }
             // The client sends but does not read what it is sent: stop reading (its packets
             // would only add answers it will not read) and close it if that lasts.
             let limit = Duration::from_secs(u64::from(self.broker.config.limits.write_timeout));
@@ -385,21 +436,79 @@ impl Conn {
             if wait.0.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Unblocked);
             }
-        } else if let Poll::Ready(r) = self.io.poll_read(cx, &mut self.rbuf, self.read_size as usize) {
+        } else if !paused_in
+            && let Poll::Ready(r) = self.io.poll_read(cx, &mut self.rbuf, self.read_size as usize)
+        {
             return Poll::Ready(Event::Read(r));
         }
         Poll::Pending
     }
 
+    /// How much of the write buffer may be written now: all of it, or what the outbound rate
+    /// allows; `None` while writes are paused for it.
+    fn write_allowance(&mut self) -> Option<usize> {
+        let len = self.wbuf.len();
+        let Some(l) = self.limiter.as_deref_mut().filter(|l| l.paces_out()) else { return Some(len) };
+        if l.paused_out {
+            return None;
+        }
+        if len == 0 {
+            return Some(0);
+        }
+        match l.out_allowance(self.broker.now_ms()) {
+            0 => {
+                l.pause_out(&self.broker.stats);
+                None
+            }
+            n => Some(n.min(len)),
+        }
+    }
+
+    /// Whether the next buffered packet is a PUBLISH over the client's publish limits; then
+    /// reading pauses (throttle) or the connection closes with 0x96 (disconnect).
+    fn over_publish_limit(&mut self) -> Result<bool, Close> {
+        let Some(l) = self.limiter.as_deref_mut() else { return Ok(false) };
+        // The decoder keeps no state between packets: the buffer starts with the next one.
+        if self.rbuf.first().is_none_or(|b| b >> 4 != 3) {
+            return Ok(false);
+        }
+        let Some(kind) = l.publish_blocked() else { return Ok(false) };
+        match l.action {
+            crate::config::PublishLimitAction::Throttle => {
+                l.pause_in(kind, &self.broker.stats);
+                Ok(true)
+            }
+            crate::config::PublishLimitAction::Disconnect => {
+                debug!(
+                    limit = crate::stats::THROTTLE_KINDS[kind],
+                    "publish rate limit exceeded: disconnecting"
+                );
+                self.close_text = Some("publish rate limit exceeded".into());
+                Err(Close::Server(ReasonCode::MessageRateTooHigh))
+            }
+        }
+    }
+
     fn handle_buffered(&mut self) -> Result<(), Close> {
         loop {
+            if self.limiter.is_some() && self.over_publish_limit()? {
+                break;
+            }
+            let before = self.rbuf.len();
             match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(Some(packet)) => {
+                    if let Some(l) = self.limiter.as_deref_mut()
+                        && matches!(packet, tern_protocol::Packet::Publish(_))
+                    {
+                        l.took_publish(before - self.rbuf.len());
+                    }
+                    self.handle(packet)?;
+                }
                 Ok(None) => break,
                 Err(e) => {
                     debug!(error = %e, rule = e.spec_rule().unwrap_or("-"), "protocol violation");
                     Stats::add(&self.broker.stats.protocol_errors, 1);
-                    self.close_text = Some(e.to_string());
+                    self.close_text = Some(e.to_string().into());
                     return Err(Close::Server(e.reason_code()));
                 }
             }
@@ -463,7 +572,7 @@ impl Conn {
             && code.valid_for(tern_protocol::PacketKind::Disconnect)
         {
             let mut d = Disconnect::new(code);
-            d.properties.reason_string = self.close_text.take().map(ByteStr::from);
+            d.properties.reason_string = self.close_text.take().map(|t| ByteStr::from(String::from(t)));
             self.write_packet(&Packet::Disconnect(d));
         }
         let data = std::mem::take(&mut self.wbuf);
@@ -505,17 +614,24 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, peer) = listener.accept().await.unwrap();
+        let gate = Arc::new(crate::admission::ListenerGate::new(
+            broker.inner.clone(),
+            "tcp",
+            crate::admission::GateSettings::default(),
+        ));
         let fut = run(Box::new(Accepted {
             broker: broker.inner.clone(),
             io: Transport::Tcp(server),
             peer,
             meta: ConnMeta::plain("tcp"),
+            admission: gate.admit(peer).unwrap(),
         }));
         let size = std::mem::size_of_val(&fut);
         eprintln!(
-            "connection future: {size} bytes; Conn: {} bytes; Session: {} bytes",
+            "connection future: {size} bytes; Conn: {} bytes; Session: {} bytes; rate limiter (when on): {} bytes",
             std::mem::size_of::<Conn>(),
-            std::mem::size_of::<Session>()
+            std::mem::size_of::<Session>(),
+            std::mem::size_of::<limiter::Limiter>()
         );
 
         drop((fut, client));

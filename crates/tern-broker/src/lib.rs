@@ -5,6 +5,7 @@
 //! [`Broker::accept_tcp`]. Wire types stay at the connection boundary; inside, messages are
 //! [`Message`]s shared by `Arc` between all their recipients.
 
+pub mod admission;
 pub mod auth;
 mod broker;
 pub mod config;
@@ -25,9 +26,13 @@ pub mod tap;
 pub mod topics;
 mod trie;
 
+pub use admission::{Admission, GateSettings, ListenerGate};
 pub use auth::Security;
 pub use broker::Broker;
-pub use config::{BrokerConfig, ConfigError, LimitsConfig, MqttConfig, QueueFullPolicy, SysConfig};
+pub use config::{
+    BrokerConfig, ClientLimits, ConfigError, LimitsConfig, MqttConfig, PublishLimitAction, QueueFullPolicy,
+    RateLimitsConfig, SysConfig,
+};
 pub use connection::ConnMeta;
 pub use connection::io::{AsyncStream, BoxStream};
 pub use message::{Message, MessageProperties, next_message_id};

@@ -56,6 +56,10 @@ pub struct Stats {
     pub write_timeouts: AtomicU64,
     /// Wills refused at CONNECT because the principal may not publish to their topic.
     pub wills_denied: AtomicU64,
+    /// Times a client's reading or writing was paused by a rate limit, by limit (see
+    /// [`THROTTLE_KINDS`]). Counted once per pause (at most about 20 a second per client),
+    /// never per message.
+    pub throttled: [AtomicU64; 3],
     /// Per-listener connection counters.
     pub listeners: ListenerRegistry,
 }
@@ -83,6 +87,10 @@ impl Stats {
         counters.iter().map(Stats::get).sum()
     }
 }
+
+/// The `kind` label of each index of [`Stats::throttled`]: `rate_limits.publish_rate`,
+/// `publish_bytes_rate` and `outbound_bytes_rate`.
+pub const THROTTLE_KINDS: [&str; 3] = ["messages", "bytes", "outbound_bytes"];
 
 /// Index of a protocol level in per-protocol arrays (3.1, 3.1.1, 5.0).
 fn protocol_index(v: ProtocolVersion) -> usize {
@@ -121,8 +129,16 @@ labelled! {
         UnsupportedProtocol => "unsupported_protocol",
         /// The first packet was not a valid CONNECT.
         Malformed => "malformed",
-        /// The client sent no CONNECT within `connect_timeout`, or closed before.
+        /// The client closed before a whole CONNECT (on WebSocket: also during the upgrade).
         NoConnect => "no_connect",
+        /// The handshake as a whole (TLS, WebSocket upgrade, CONNECT, authentication) did not
+        /// complete within `mqtt.connect_timeout`.
+        ConnectTimeout => "connect_timeout",
+        /// Over `limits.max_pending_connections` or `max_pending_per_ip`: closed at accept.
+        TooManyPending => "too_many_pending",
+        /// Over a connection rate (`rate_limits.connection_rate`, `connection_rate_per_ip`):
+        /// closed at accept (TLS, WebSocket) or CONNACK 0x9F (3.x: 0x03).
+        RateLimited => "rate_limited",
         /// The client identifier was refused.
         ClientIdInvalid => "client_id_invalid",
         /// Wrong user name or password, or an invalid token or certificate.
@@ -192,6 +208,9 @@ labelled! {
         Admin => "admin",
         /// The client exceeded a quota (e.g. its receive maximum).
         QuotaExceeded => "quota_exceeded",
+        /// The client published faster than its publish limits (`rate_limits`, action
+        /// `disconnect`: 0x96 Message rate too high).
+        RateLimited => "rate_limited",
         /// Any other server-side reason.
         Other => "other",
     }
@@ -209,9 +228,8 @@ impl DisconnectReason {
             R::MaximumConnectTime => DisconnectReason::CredentialsExpired,
             R::ServerShuttingDown => DisconnectReason::Shutdown,
             R::AdministrativeAction => DisconnectReason::Admin,
-            R::QuotaExceeded | R::ReceiveMaximumExceeded | R::MessageRateTooHigh => {
-                DisconnectReason::QuotaExceeded
-            }
+            R::QuotaExceeded | R::ReceiveMaximumExceeded => DisconnectReason::QuotaExceeded,
+            R::MessageRateTooHigh => DisconnectReason::RateLimited,
             R::MalformedPacket
             | R::ProtocolError
             | R::TopicAliasInvalid
@@ -267,7 +285,7 @@ impl ListenerStats {
     }
 
     /// Counts a refused connection.
-    pub(crate) fn refused(&self, why: Refusal) {
+    pub fn refused(&self, why: Refusal) {
         self.refused[why as usize].fetch_add(1, Relaxed);
     }
 

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use tern_broker::{LimitsConfig, MqttConfig, PersistenceConfig, SysConfig};
+use tern_broker::{LimitsConfig, MqttConfig, PersistenceConfig, RateLimitsConfig, SysConfig};
 use tern_store::StoreOptions;
 
 use crate::listeners::{ListenerConfig, ListenerSpec};
@@ -40,6 +40,8 @@ pub(crate) struct Config {
     pub(crate) mqtt: MqttConfig,
     /// Resource limits.
     pub(crate) limits: LimitsConfig,
+    /// Connection-rate and per-client rate limits (listeners may have their own).
+    pub(crate) rate_limits: RateLimitsConfig,
     /// $SYS publication.
     pub(crate) sys: SysConfig,
     /// Group commit and housekeeping of the store.
@@ -139,6 +141,7 @@ impl Default for Config {
             shutdown_grace: 10,
             mqtt: MqttConfig::default(),
             limits: LimitsConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
             sys: SysConfig::default(),
             persistence: PersistenceConfig::default(),
             database: StoreOptions { url: DEFAULT_DATABASE_URL.to_string(), ..StoreOptions::default() },
@@ -155,6 +158,7 @@ impl Config {
         tern_broker::BrokerConfig {
             mqtt: self.mqtt.clone(),
             limits: self.limits.clone(),
+            rate_limits: self.rate_limits.clone(),
             sys: self.sys.clone(),
             persistence: self.persistence.clone(),
         }
@@ -360,7 +364,13 @@ pub(crate) fn load(file: Option<&Path>, env: impl Iterator<Item = (String, Strin
     config.broker().validate()?;
     config.auth.validate().context("invalid [auth] settings")?;
     config.admin.validate().context("invalid [admin] settings")?;
-    config.listener_specs()?;
+    for (i, spec) in config.listener_specs()?.iter().enumerate() {
+        if let Some(own) = &spec.rate_limits {
+            own.apply(&config.rate_limits)
+                .validate(&format!("listeners[{i}].rate_limits."))
+                .with_context(|| format!("listener {:?}", spec.name))?;
+        }
+    }
     Ok(config)
 }
 
@@ -606,6 +616,79 @@ mod tests {
         std::fs::write(&path, tcp).unwrap();
         let text = toml::to_string(&load(Some(&path), env(&[])).unwrap()).unwrap();
         assert!(text.contains("[[listeners]]"), "{text}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn rate_limits_and_pending_caps_are_validated_with_the_key_named() {
+        let err = |pairs: &[(&str, &str)]| format!("{:#}", load(None, env(pairs)).unwrap_err());
+        let e = err(&[("TERN_RATE_LIMITS__PUBLISH_BURST", "10")]);
+        assert!(e.contains("rate_limits.publish_burst") && e.contains("publish_rate is 0"), "{e}");
+        let e = err(&[("TERN_RATE_LIMITS__CONNECTION_BURST_PER_IP", "10")]);
+        assert!(e.contains("rate_limits.connection_burst_per_ip"), "{e}");
+        let e = err(&[("TERN_RATE_LIMITS__OUTBOUND_BYTES_RATE", "100")]);
+        assert!(e.contains("rate_limits.outbound_bytes_rate") && e.contains("at least 1024"), "{e}");
+        let e = err(&[("TERN_RATE_LIMITS__PUBLISH_LIMIT_ACTION", "drop")]);
+        assert!(e.contains("publish_limit_action") || e.contains("unknown variant"), "{e}");
+        let e = err(&[("TERN_LIMITS__MAX_PENDING_CONNECTIONS", "0")]);
+        assert!(e.contains("limits.max_pending_connections"), "{e}");
+        let e =
+            err(&[("TERN_LIMITS__MAX_PENDING_CONNECTIONS", "10"), ("TERN_LIMITS__MAX_PENDING_PER_IP", "11")]);
+        assert!(e.contains("limits.max_pending_per_ip"), "{e}");
+        let e = err(&[("TERN_MQTT__CONNECT_TIMEOUT", "0")]);
+        assert!(e.contains("mqtt.connect_timeout"), "{e}");
+        let c = load(
+            None,
+            env(&[
+                ("TERN_RATE_LIMITS__PUBLISH_RATE", "100"),
+                ("TERN_RATE_LIMITS__PUBLISH_LIMIT_ACTION", "disconnect"),
+                ("TERN_LIMITS__MAX_PENDING_PER_IP", "0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.rate_limits.publish_rate, 100);
+        assert_eq!(c.rate_limits.publish_limit_action, tern_broker::PublishLimitAction::Disconnect);
+        assert_eq!(c.limits.max_pending_per_ip, 0);
+    }
+
+    #[test]
+    fn listener_rate_limits_replace_the_global_ones_they_name() {
+        let dir = std::env::temp_dir().join(format!("tern-config-rates-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tern.toml");
+        let global = "[rate_limits]\npublish_rate = 100\npublish_burst = 500\nconnection_rate = 50\n\
+                      outbound_bytes_rate = 100000\n";
+        let listener = |extra: &str| {
+            format!(
+                "{global}[[listeners]]\nname = \"a\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\
+                 [[listeners]]\nname = \"b\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\
+                 [listeners.rate_limits]\n{extra}"
+            )
+        };
+        std::fs::write(
+            &path,
+            listener("publish_rate = 10\nconnection_rate = 0\npublish_limit_action = \"disconnect\"\n"),
+        )
+        .unwrap();
+        let c = load(Some(&path), env(&[])).unwrap();
+        let specs = c.listener_specs().unwrap();
+        assert!(specs[0].rate_limits.is_none());
+        let b = specs[1].rate_limits.as_ref().unwrap().apply(&c.rate_limits);
+        // A rate set on the listener brings its own burst (unset: one second's worth).
+        assert_eq!((b.publish_rate, b.publish_burst), (10, 0));
+        assert_eq!((b.connection_rate, b.connection_burst), (0, 0));
+        assert_eq!(b.publish_limit_action, tern_broker::PublishLimitAction::Disconnect);
+        // What the listener does not name is the global value.
+        assert_eq!(b.outbound_bytes_rate, 100_000);
+        // `tern config` prints the listener's table back.
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("[listeners.rate_limits]"), "{text}");
+        // A merged listener setting is validated, naming the listener.
+        std::fs::write(&path, listener("outbound_bytes_rate = 10\n")).unwrap();
+        let e = format!("{:#}", load(Some(&path), env(&[])).unwrap_err());
+        assert!(e.contains("listeners[1].rate_limits.outbound_bytes_rate") && e.contains("\"b\""), "{e}");
+        std::fs::write(&path, listener("per_ip = 1\n")).unwrap();
+        assert!(load(Some(&path), env(&[])).is_err(), "unknown keys in a listener's rate_limits");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

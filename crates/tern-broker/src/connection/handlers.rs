@@ -250,7 +250,7 @@ impl Conn {
                 // PUBREC answers QoS 2 only; this packet id carries a QoS 1 message
                 // (MQTT 4.3.2, 4.3.3).
                 drop(st);
-                self.close_text = Some(format!("PUBREC for QoS 1 packet id {}", r.packet_id));
+                self.close_text = Some(format!("PUBREC for QoS 1 packet id {}", r.packet_id).into());
                 return Err(protocol_error());
             }
             Some(f) if f.state == Awaiting::PubRec && r.reason_code.is_error() => {

@@ -2,7 +2,9 @@
 //! exchange), connection limits, session attach and CONNACK.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tern_protocol::{
@@ -18,20 +20,30 @@ use crate::broker::{Attached, Inner, max_qos};
 use crate::message::{own_str, own_user_properties};
 use crate::stats::{ListenerStats, Refusal, Stats};
 
-/// Reads until one packet decodes, or the deadline passes / the stream ends (`Ok(None)`).
+/// What reading one packet came to, short of a packet or a decoding error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoPacket {
+    /// The stream ended or failed.
+    Closed,
+    /// The deadline passed.
+    TimedOut,
+}
+
+/// Reads until one packet decodes, or the deadline passes / the stream ends.
 async fn read_packet(
     io: &mut Transport,
     buf: &mut BytesMut,
     decoder: &mut Decoder,
     deadline: Instant,
-) -> Result<Option<Packet>, DecodeError> {
+) -> Result<Result<Packet, NoPacket>, DecodeError> {
     loop {
         if let Some(p) = decoder.decode(buf)? {
-            return Ok(Some(p));
+            return Ok(Ok(p));
         }
-        match tokio::time::timeout_at(deadline.into(), io.read(buf, super::io::MIN_READ as usize)).await {
+        match tokio::time::timeout_at(deadline, io.read(buf, super::io::MIN_READ as usize)).await {
             Ok(Ok(n)) if n > 0 => {}
-            _ => return Ok(None),
+            Ok(_) => return Ok(Err(NoPacket::Closed)),
+            Err(_) => return Ok(Err(NoPacket::TimedOut)),
         }
     }
 }
@@ -133,7 +145,7 @@ async fn enhanced_auth(
                     .map_err(|_| ReasonCode::ImplementationSpecificError)?;
                 io.write_all(&out).await.map_err(|_| ReasonCode::UnspecifiedError)?;
                 let reply = read_packet(io, buf, decoder, deadline).await;
-                let Ok(Some(Packet::Auth(a))) = reply else {
+                let Ok(Ok(Packet::Auth(a))) = reply else {
                     return Err(ReasonCode::ProtocolError);
                 };
                 if a.reason_code != ReasonCode::ContinueAuthentication
@@ -151,8 +163,8 @@ async fn enhanced_auth(
 
 /// The CONNECT handshake. Returns `None` when the connection was refused or dropped.
 pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
-    let Accepted { broker, mut io, peer, meta } = *accepted;
-    let listener = broker.stats.listeners.get(&meta.listener);
+    let Accepted { broker, mut io, peer, meta, admission } = *accepted;
+    let listener = admission.gate.stats.clone();
     let counters = (&*broker, &*listener);
     let cfg = &broker.config.mqtt;
     let mut decoder = Decoder::new_server(cfg.max_packet_size);
@@ -161,14 +173,20 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         max_properties_size: cfg.max_properties_size,
     });
     let mut rbuf = BytesMut::new();
-    let deadline = Instant::now() + Duration::from_secs(u64::from(cfg.connect_timeout.max(1)));
+    // The whole handshake (TLS and WebSocket included) counts against mqtt.connect_timeout.
+    let deadline = admission.deadline();
     let connect: Box<Connect> = match read_packet(&mut io, &mut rbuf, &mut decoder, deadline).await {
-        Ok(Some(Packet::Connect(c))) => c,
-        Ok(None) => {
+        Ok(Ok(Packet::Connect(c))) => c,
+        Ok(Err(NoPacket::Closed)) => {
             listener.refused(Refusal::NoConnect);
             return None;
         }
-        Ok(Some(other)) => {
+        Ok(Err(NoPacket::TimedOut)) => {
+            debug!("no CONNECT within mqtt.connect_timeout: closing");
+            listener.refused(Refusal::ConnectTimeout);
+            return None;
+        }
+        Ok(Ok(other)) => {
             // MQTT-3.1.0-1: the first packet must be CONNECT.
             debug!(kind = ?other.kind(), "first packet is not CONNECT");
             Stats::add(&broker.stats.protocol_errors, 1);
@@ -205,6 +223,12 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
 
     if broker.shutdown.is_cancelled() {
         refuse(&mut io, version, ReasonCode::ServerUnavailable, counters, Refusal::ServerUnavailable).await;
+        return None;
+    }
+    if admission.rate_limited {
+        debug!(client_id = %connect.client_id, "over the connection rate: refusing");
+        let code = if v5 { ReasonCode::ConnectionRateExceeded } else { ReasonCode::ServerUnavailable };
+        refuse(&mut io, version, code, counters, Refusal::RateLimited).await;
         return None;
     }
     let Ok(permit) = broker.connection_slots.clone().try_acquire_owned() else {
@@ -247,26 +271,48 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
     let mut auth_method = None;
     let mut reauth_method = None;
     let mut auth_data = None;
+    // Authentication counts against the handshake's deadline too (a slow directory, the
+    // failure backoff's delay): past it the client is told the server is busy.
+    let timed_out = |what: &str| {
+        info!(%peer, listener = %meta.listener, client_id = %requested_id, "{what} did not complete within mqtt.connect_timeout");
+        if v5 { ReasonCode::ServerBusy } else { ReasonCode::ServerUnavailable }
+    };
     let principal = if let Some(method) = connect.properties.authentication_method.clone().filter(|_| v5) {
-        match enhanced_auth(&broker, &mut io, &mut rbuf, &mut decoder, deadline, &connect, &info).await {
+        let exchange = enhanced_auth(&broker, &mut io, &mut rbuf, &mut decoder, deadline, &connect, &info);
+        let outcome = match tokio::time::timeout_at(deadline, exchange).await {
+            // A client that stopped answering in the exchange ran out of time, too.
+            Ok(Err(_)) if Instant::now() >= deadline => {
+                Err((timed_out("enhanced authentication"), Refusal::ConnectTimeout))
+            }
+            Ok(r) => r.map_err(|code| (code, Refusal::of_auth(code))),
+            Err(_) => Err((timed_out("enhanced authentication"), Refusal::ConnectTimeout)),
+        };
+        match outcome {
             Ok((p, data)) => {
                 reauth_method = Some(method.clone());
                 auth_method = Some(method);
                 auth_data = data.map(Bytes::from);
                 p
             }
-            Err(code) => {
-                info!(%peer, listener = %meta.listener, client_id = %requested_id, %code, "enhanced authentication failed");
-                refuse(&mut io, version, code, counters, Refusal::of_auth(code)).await;
+            Err((code, why)) => {
+                if why != Refusal::ConnectTimeout {
+                    info!(%peer, listener = %meta.listener, client_id = %requested_id, %code, "enhanced authentication failed");
+                }
+                refuse(&mut io, version, code, counters, why).await;
                 return None;
             }
         }
     } else {
-        match broker.authenticator.authenticate(&info).await {
-            AuthOutcome::Allow(p) => p,
-            AuthOutcome::Deny(code) => {
+        match tokio::time::timeout_at(deadline, broker.authenticator.authenticate(&info)).await {
+            Ok(AuthOutcome::Allow(p)) => p,
+            Ok(AuthOutcome::Deny(code)) => {
                 info!(%peer, listener = %meta.listener, client_id = %requested_id, username = info.username.unwrap_or(""), %code, "connection refused");
                 refuse(&mut io, version, code, counters, Refusal::of_auth(code)).await;
+                return None;
+            }
+            Err(_) => {
+                let code = timed_out("authentication");
+                refuse(&mut io, version, code, counters, Refusal::ConnectTimeout).await;
                 return None;
             }
         }
@@ -378,7 +424,7 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
     }
     let connack = ConnAck { session_present, reason_code: ReasonCode::Success, properties: props };
     let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
-    let now = Instant::now();
+    let now = std::time::Instant::now();
     let auth_expiry = principal.expires_at.map(|t| {
         let left = t.duration_since(SystemTime::now()).unwrap_or_default();
         now + left
@@ -436,6 +482,7 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         connect_expiry: if v5 { connect.properties.session_expiry_interval.unwrap_or(0) } else { expiry },
         expiry_override: None,
         close_text: None,
+        limiter: super::limiter::Limiter::new(&admission.gate.client, broker.now_ms()),
         blocked: None,
         acl_cache: None,
         acks: std::collections::VecDeque::new(),
@@ -444,6 +491,8 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         stats: LocalStats::default(),
         listener: listener.clone(),
     });
+    // No longer pending: its handshake is complete.
+    drop(admission);
     conn.write_packet(&Packet::ConnAck(connack));
     Stats::add(&broker.stats.connections_total, 1);
     Stats::add(&broker.stats.clients_connected, 1);

@@ -193,6 +193,9 @@ impl Conn {
     pub(super) fn wrote(&mut self, n: usize) {
         // A write is at most the write buffer, far below 4 GiB.
         self.stats.bytes_out = self.stats.bytes_out.wrapping_add(n as u32);
+        if let Some(l) = self.limiter.as_deref_mut() {
+            l.took_out(n);
+        }
         self.wbuf.advance(n);
         if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
             // Idle connections keep no write buffer.
@@ -203,7 +206,8 @@ impl Conn {
     /// Writes as much of the write buffer as the transport takes without waiting.
     pub(super) fn try_flush(&mut self) -> Result<(), Close> {
         while !self.wbuf.is_empty() {
-            match self.io.try_write(&self.wbuf) {
+            let Some(n) = self.write_allowance() else { break };
+            match self.io.try_write(&self.wbuf[..n]) {
                 Ok(0) => return Err(Close::SocketClosed),
                 Ok(n) => self.wrote(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,

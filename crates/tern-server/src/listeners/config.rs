@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
+use tern_broker::{PublishLimitAction, RateLimitsConfig};
 
 /// Default WebSocket upgrade path.
 pub(crate) const DEFAULT_WS_PATH: &str = "/mqtt";
@@ -42,6 +43,78 @@ pub(crate) struct ListenerConfig {
     /// Lowest TLS version accepted (tls/wss).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) min_tls_version: Option<TlsVersion>,
+    /// This listener's own rate limits, in place of the `[rate_limits]` ones they name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rate_limits: Option<ListenerRateLimits>,
+}
+
+/// A listener's `rate_limits` table: the `[rate_limits]` keys that apply per listener or per
+/// client. A key left out takes the `[rate_limits]` value; a rate and its burst go together
+/// (setting either on the listener takes both from it, an unset burst being one second's
+/// worth). 0 turns a limit off on this listener.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenerRateLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) connection_rate: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) connection_burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) publish_rate: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) publish_burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) publish_bytes_rate: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) publish_bytes_burst: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) publish_limit_action: Option<PublishLimitAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) outbound_bytes_rate: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) outbound_bytes_burst: Option<u64>,
+}
+
+impl ListenerRateLimits {
+    /// The `[rate_limits]` settings with this listener's values in place.
+    pub(crate) fn apply(&self, global: &RateLimitsConfig) -> RateLimitsConfig {
+        fn pair<T: Copy + Default>(rate: Option<T>, burst: Option<T>, global: (T, T)) -> (T, T) {
+            if rate.is_none() && burst.is_none() {
+                global
+            } else {
+                (rate.unwrap_or(global.0), burst.unwrap_or_default())
+            }
+        }
+        let (connection_rate, connection_burst) = pair(
+            self.connection_rate,
+            self.connection_burst,
+            (global.connection_rate, global.connection_burst),
+        );
+        let (publish_rate, publish_burst) =
+            pair(self.publish_rate, self.publish_burst, (global.publish_rate, global.publish_burst));
+        let (publish_bytes_rate, publish_bytes_burst) = pair(
+            self.publish_bytes_rate,
+            self.publish_bytes_burst,
+            (global.publish_bytes_rate, global.publish_bytes_burst),
+        );
+        let (outbound_bytes_rate, outbound_bytes_burst) = pair(
+            self.outbound_bytes_rate,
+            self.outbound_bytes_burst,
+            (global.outbound_bytes_rate, global.outbound_bytes_burst),
+        );
+        RateLimitsConfig {
+            connection_rate,
+            connection_burst,
+            publish_rate,
+            publish_burst,
+            publish_bytes_rate,
+            publish_bytes_burst,
+            publish_limit_action: self.publish_limit_action.unwrap_or(global.publish_limit_action),
+            outbound_bytes_rate,
+            outbound_bytes_burst,
+            ..global.clone()
+        }
+    }
 }
 
 /// The transport of a listener.
@@ -133,6 +206,8 @@ pub(crate) struct ListenerSpec {
     pub(crate) path: String,
     /// TLS settings (tls/wss).
     pub(crate) tls: Option<TlsSettings>,
+    /// The listener's own rate limits, if any (see [`ListenerRateLimits::apply`]).
+    pub(crate) rate_limits: Option<ListenerRateLimits>,
 }
 
 /// The TLS part of a listener: which files to read (again on SIGHUP) and the policies.
@@ -159,6 +234,7 @@ impl ListenerSpec {
             bind: addr,
             path: String::new(),
             tls: None,
+            rate_limits: None,
         }
     }
 }
@@ -242,7 +318,7 @@ fn resolve_one(c: &ListenerConfig) -> Result<ListenerSpec> {
         }
         None
     };
-    Ok(ListenerSpec { name, kind: c.kind, bind: c.bind, path, tls })
+    Ok(ListenerSpec { name, kind: c.kind, bind: c.bind, path, tls, rate_limits: c.rate_limits.clone() })
 }
 
 #[cfg(test)]

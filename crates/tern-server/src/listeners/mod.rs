@@ -1,6 +1,8 @@
 //! MQTT listeners: plain TCP, TLS, WebSocket and WebSocket over TLS. Binds every configured
-//! listener, accepts connections until shutdown, runs TLS and WebSocket handshakes on tasks of
-//! their own (bounded in number and time), and reloads TLS certificates on SIGHUP.
+//! listener, accepts connections until shutdown (each admitted by the broker's gate for the
+//! listener: pending-connection caps and connection rates), runs TLS and WebSocket handshakes
+//! on tasks of their own within the connection's handshake deadline (`mqtt.connect_timeout`,
+//! which covers CONNECT and authentication too), and reloads TLS certificates on SIGHUP.
 
 pub(crate) mod config;
 pub(crate) mod tls;
@@ -13,19 +15,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tern_broker::auth::CertIdentity;
-use tern_broker::{BoxStream, Broker, ConnMeta};
+use tern_broker::stats::Refusal;
+use tern_broker::{BoxStream, Broker, GateSettings, ListenerGate};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 pub(crate) use config::{ListenerConfig, ListenerKind, ListenerSpec};
 use tls::TlsState;
-
-/// Time a client has to finish the TLS and WebSocket handshakes.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress per listener; connections beyond it are closed at once.
-const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 /// One bound listener, ready to accept.
 #[derive(Debug)]
@@ -112,14 +110,25 @@ impl Listeners {
             if let Some(t) = &tls {
                 reloadable.push((spec.name.clone(), t.clone()));
             }
-            // Its metric series exist (at zero) from the start, not from its first client.
-            broker.register_listener(&spec.name);
+            // The gate also makes the listener's metric series exist (at zero) from the start.
+            let rates = match &spec.rate_limits {
+                Some(own) => own.apply(&broker.config().rate_limits),
+                None => broker.config().rate_limits.clone(),
+            };
+            let gate = broker.listener_gate(
+                &spec.name,
+                GateSettings {
+                    connection_rate: rates.connection_rate,
+                    connection_burst: rates.connection_burst,
+                    handshake_first: spec.kind != ListenerKind::Tcp,
+                    client: rates.client(),
+                },
+            );
             let listener = Arc::new(Listener {
-                meta_name: spec.name.as_str().into(),
                 spec,
                 tls,
                 ws_config: ws::ws_config(broker.config().mqtt.max_packet_size),
-                handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+                gate,
             });
             tasks.push(tokio::spawn(accept_loop(socket, listener, broker.clone())));
         }
@@ -144,10 +153,10 @@ impl Running {
 #[derive(Debug)]
 struct Listener {
     spec: ListenerSpec,
-    meta_name: Arc<str>,
     tls: Option<Arc<TlsState>>,
     ws_config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
-    handshakes: Arc<Semaphore>,
+    /// Admits each accepted connection (pending caps, connection rates).
+    gate: Arc<ListenerGate>,
 }
 
 async fn accept_loop(socket: TcpListener, listener: Arc<Listener>, broker: Broker) {
@@ -173,55 +182,52 @@ async fn accept_loop(socket: TcpListener, listener: Arc<Listener>, broker: Broke
 }
 
 fn accept_one(listener: &Arc<Listener>, broker: &Broker, stream: TcpStream, peer: SocketAddr) {
+    // Refused (too many pending, or over a connection rate before a TLS or WebSocket
+    // handshake): counted and logged by the gate, and closed here by dropping the socket.
+    let Some(admission) = listener.gate.admit(peer) else { return };
     if listener.spec.kind == ListenerKind::Tcp {
-        broker.accept_tcp(stream, peer, ConnMeta { listener: listener.meta_name.clone(), cert: None });
+        broker.serve_tcp(stream, admission);
         return;
     }
     let _ = stream.set_nodelay(true);
-    let Ok(permit) = listener.handshakes.clone().try_acquire_owned() else {
-        warn!(
-            listener = %listener.spec.name, %peer,
-            "too many handshakes in progress ({MAX_PENDING_HANDSHAKES}); connection closed"
-        );
-        return;
-    };
     let listener = listener.clone();
     let task_broker = broker.clone();
     let shutdown = broker.shutdown_token();
     let span = info_span!("handshake", listener = %listener.spec.name, %peer);
     broker.tasks().spawn(
         async move {
+            // The connection's deadline covers these handshakes, CONNECT and authentication.
+            let deadline = admission.deadline();
             let result = tokio::select! {
-                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&listener, stream)) => r,
+                r = handshake(&listener, stream, deadline) => r,
                 () = shutdown.cancelled() => return,
             };
-            drop(permit);
             match result {
-                Ok(Ok((stream, cert))) => {
+                Ok((stream, cert)) => {
                     if let Some(c) = &cert {
                         debug!(cn = ?c.cn, sha256 = %c.sha256, "client certificate verified");
                     }
-                    task_broker.accept_stream(
-                        stream,
-                        peer,
-                        ConnMeta { listener: listener.meta_name.clone(), cert },
-                    );
+                    task_broker.serve_stream(stream, admission, cert);
                 }
-                Ok(Err(HandshakeError::Tls(e))) => {
-                    task_broker.tls_handshake_failed(&listener.meta_name);
+                Err(HandshakeError::Tls(e)) => {
+                    listener.gate.tls_handshake_failed();
                     if tls::is_certificate_error(&e) {
                         info!(error = %e, "TLS handshake failed: client certificate refused");
                     } else {
                         debug!(error = %e, "TLS handshake failed");
                     }
                 }
-                Ok(Err(e)) => debug!(error = %e, "handshake failed"),
-                Err(_) => {
-                    // On a TLS listener the TLS handshake is the usual one to stall.
-                    if listener.tls.is_some() {
-                        task_broker.tls_handshake_failed(&listener.meta_name);
+                Err(e @ HandshakeError::Ws(_)) => {
+                    admission.refused(if e.is_closed() { Refusal::NoConnect } else { Refusal::Malformed });
+                    debug!(error = %e, "handshake failed");
+                }
+                Err(HandshakeError::TimedOut { tls }) => {
+                    if tls {
+                        listener.gate.tls_handshake_failed();
                     }
-                    debug!("handshake timed out after {HANDSHAKE_TIMEOUT:?}");
+                    admission.refused(Refusal::ConnectTimeout);
+                    let stage = if tls { "TLS handshake" } else { "WebSocket upgrade" };
+                    debug!("{stage} not done within mqtt.connect_timeout: closed");
                 }
             }
         }
@@ -234,6 +240,18 @@ fn accept_one(listener: &Arc<Listener>, broker: &Broker, stream: TcpStream, peer
 enum HandshakeError {
     Tls(std::io::Error),
     Ws(tokio_tungstenite::tungstenite::Error),
+    /// The deadline passed, in the TLS handshake or (`tls: false`) the WebSocket upgrade.
+    TimedOut {
+        tls: bool,
+    },
+}
+
+impl HandshakeError {
+    /// Whether the client closed (or the socket failed) rather than sent something invalid.
+    fn is_closed(&self) -> bool {
+        use tokio_tungstenite::tungstenite::Error as E;
+        matches!(self, HandshakeError::Ws(E::ConnectionClosed | E::AlreadyClosed | E::Io(_)))
+    }
 }
 
 impl std::fmt::Display for HandshakeError {
@@ -241,31 +259,59 @@ impl std::fmt::Display for HandshakeError {
         match self {
             HandshakeError::Tls(e) => write!(f, "TLS: {e}"),
             HandshakeError::Ws(e) => write!(f, "WebSocket upgrade: {e}"),
+            HandshakeError::TimedOut { tls: true } => f.write_str("TLS handshake timed out"),
+            HandshakeError::TimedOut { tls: false } => f.write_str("WebSocket upgrade timed out"),
         }
     }
 }
 
-/// TLS (tls, wss) then WebSocket upgrade (ws, wss).
+/// TLS (tls, wss) then WebSocket upgrade (ws, wss), both by `deadline`.
 async fn handshake(
     listener: &Listener,
     stream: TcpStream,
+    deadline: Instant,
 ) -> Result<(BoxStream, Option<CertIdentity>), HandshakeError> {
-    let path = listener.spec.path.as_str();
+    let (path, config) = (listener.spec.path.as_str(), listener.ws_config);
     match (&listener.tls, listener.spec.kind.is_ws()) {
         (Some(tls), false) => {
-            let (s, cert) = tls::handshake(tls.acceptor(), stream).await.map_err(HandshakeError::Tls)?;
+            let (s, cert) = tls_stage(tls, stream, deadline).await?;
             Ok((Box::new(s), cert))
         }
         (Some(tls), true) => {
-            let (s, cert) = tls::handshake(tls.acceptor(), stream).await.map_err(HandshakeError::Tls)?;
-            let ws = ws::upgrade(s, path, listener.ws_config).await.map_err(HandshakeError::Ws)?;
+            let (s, cert) = tls_stage(tls, stream, deadline).await?;
+            let ws = ws_stage(s, path, config, deadline).await?;
             Ok((Box::new(ws), cert))
         }
         (None, true) => {
-            let ws = ws::upgrade(stream, path, listener.ws_config).await.map_err(HandshakeError::Ws)?;
+            let ws = ws_stage(stream, path, config, deadline).await?;
             Ok((Box::new(ws), None))
         }
         (None, false) => Ok((Box::new(stream), None)),
+    }
+}
+
+/// The TLS handshake, by `deadline`.
+async fn tls_stage(
+    tls: &TlsState,
+    stream: TcpStream,
+    deadline: Instant,
+) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Option<CertIdentity>), HandshakeError> {
+    match tokio::time::timeout_at(deadline, tls::handshake(tls.acceptor(), stream)).await {
+        Ok(r) => r.map_err(HandshakeError::Tls),
+        Err(_) => Err(HandshakeError::TimedOut { tls: true }),
+    }
+}
+
+/// The WebSocket upgrade, by `deadline`.
+async fn ws_stage<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: S,
+    path: &str,
+    config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    deadline: Instant,
+) -> Result<ws::WsStream<S>, HandshakeError> {
+    match tokio::time::timeout_at(deadline, ws::upgrade(stream, path, config)).await {
+        Ok(r) => r.map_err(HandshakeError::Ws),
+        Err(_) => Err(HandshakeError::TimedOut { tls: false }),
     }
 }
 
