@@ -22,13 +22,29 @@ pub(crate) fn map(error: sqlx::Error) -> StoreError {
 
 /// Whether the connection that returned `error` is unusable (the transport failed, or the server
 /// ended the session): it must be closed, not returned to the pool.
+///
+/// SQLite: after FULL, IOERR and the other environmental errors SQLite may have rolled the whole
+/// transaction back by itself; sqlx's ROLLBACK of the dropped transaction then fails and sqlx
+/// keeps counting the transaction as open, so every later `BEGIN` on that connection fails with
+/// "attempted to call begin_with at non-zero transaction depth" (a disk that filled up once
+/// would fail every commit for good). Such a connection is closed; so is one already in that
+/// state.
 pub(crate) fn breaks_connection(error: &sqlx::Error) -> bool {
     use sqlx::Error;
     match error {
-        Error::Io(_) | Error::Protocol(_) | Error::Tls(_) | Error::WorkerCrashed => true,
+        Error::Io(_)
+        | Error::Protocol(_)
+        | Error::Tls(_)
+        | Error::WorkerCrashed
+        | Error::InvalidSavePointStatement => true,
         Error::Database(db) => {
-            db.try_downcast_ref::<PgDatabaseError>().is_some()
-                && db.code().is_some_and(|code| postgres_unavailable(&code))
+            if db.try_downcast_ref::<PgDatabaseError>().is_some() {
+                db.code().is_some_and(|code| postgres_unavailable(&code))
+            } else if db.try_downcast_ref::<SqliteError>().is_some() {
+                db.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(sqlite_unavailable)
+            } else {
+                false
+            }
         }
         _ => false,
     }
@@ -114,6 +130,8 @@ mod tests {
         assert!(matches!(map(sqlx::Error::RowNotFound), StoreError::NotFound(_)));
         assert!(matches!(map(sqlx::Error::Protocol("x".into())), StoreError::Other(_)));
         assert!(breaks_connection(&sqlx::Error::Io(std::io::ErrorKind::UnexpectedEof.into())));
+        // sqlx's "attempted to call begin_with at non-zero transaction depth".
+        assert!(breaks_connection(&sqlx::Error::InvalidSavePointStatement));
         assert!(!breaks_connection(&sqlx::Error::RowNotFound));
         assert!(!breaks_connection(&sqlx::Error::PoolTimedOut));
     }
