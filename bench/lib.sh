@@ -31,6 +31,17 @@
 #                       run with /healthz costs the poller the same processes and the broker
 #                       almost nothing
 #   BENCH_ADMIN_USER=1  create the admin user (as BENCH_ADMIN_POLL does) without the poller
+#   BENCH_PROMETHEUS=1  Tern only, admin API on: run a real Prometheus (PROMETHEUS_BIN, default
+#                       prometheus on PATH, apt-get installed if missing) for the broker's
+#                       life, with its own config and storage under $BENCH_WORK, on a free
+#                       127.0.0.1 port, scraping GET /metrics on ADMIN_PORT every second
+#                       (scrape_timeout 900ms, job `tern`). start_broker returns after its first
+#                       successful scrape; stop_broker asks its API for the scrapes done and
+#                       their duration, stops it, and appends a summary line "prometheus
+#                       summary: scrapes=N ok=M ..." to its log, PROMETHEUS_LOG. See
+#                       start_prometheus.
+#   BENCH_PROMETHEUS_CPUS  taskset -c for Prometheus (default: unpinned; run-matrix.sh's pinned
+#                       pass puts it on the load generator's CPU, like the poller)
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
@@ -153,15 +164,16 @@ ADMIN_PASSWORD="bench-password-123"
 # empty), waits until it listens, and sets BROKER_PID (and BROKER_RUN_DIR for Tern). Logs go
 # to $BENCH_WORK/NAME-PORT.log. Tern with its admin API on (unless BENCH_ADMIN=off) also sets
 # ADMIN_PORT (the API is on 127.0.0.1:ADMIN_PORT, the first free port from PORT+5, so a port
-# 8080 taken by something else cannot stop a run), and with BENCH_ADMIN_POLL=1
-# ADMIN_POLL_PID and ADMIN_POLL_LOG.
+# 8080 taken by something else cannot stop a run), with BENCH_ADMIN_POLL=1
+# ADMIN_POLL_PID and ADMIN_POLL_LOG, and with BENCH_PROMETHEUS=1 PROMETHEUS_PID and
+# PROMETHEUS_LOG.
 start_broker() {
     local name=$1 port=$2 cpus=$3 maxconn=${4:-100000} pin=() cfg logf env=()
     [[ -n "${BENCH_NICE:-}" ]] && pin+=(nice -n "$BENCH_NICE")
     [[ -n "$cpus" ]] && pin+=(taskset -c "$cpus")
     port_free "$port" || die "port $port is already in use"
     logf="$BENCH_WORK/$name-$port.log"
-    ADMIN_PORT="" ADMIN_POLL_PID="" ADMIN_POLL_LOG=""
+    ADMIN_PORT="" ADMIN_POLL_PID="" ADMIN_POLL_LOG="" PROMETHEUS_PID="" PROMETHEUS_LOG=""
     case "$name" in
         tern)
             # The default config keeps a SQLite store in data/ under the working directory:
@@ -172,8 +184,10 @@ start_broker() {
                 # A build from before issue 17 (e.g. TERN_BIN of an older commit): it refuses
                 # the unknown TERN_ADMIN__* variables, and has nothing to turn off.
                 [[ "${BENCH_ADMIN_POLL:-0}" == 1 ]] && die "$TERN_BIN has no admin API to poll"
+                [[ "${BENCH_PROMETHEUS:-0}" == 1 ]] && die "$TERN_BIN has no admin API to scrape"
             elif [[ "${BENCH_ADMIN:-on}" == off ]]; then
                 [[ "${BENCH_ADMIN_POLL:-0}" == 1 ]] && die "BENCH_ADMIN=off and BENCH_ADMIN_POLL=1 exclude each other"
+                [[ "${BENCH_PROMETHEUS:-0}" == 1 ]] && die "BENCH_ADMIN=off and BENCH_PROMETHEUS=1 exclude each other"
                 env+=(TERN_ADMIN__ENABLED=false TERN_LIMITS__TOPIC_STATS_CAPACITY=0)
             else
                 ADMIN_PORT=$((port + 5))
@@ -235,6 +249,106 @@ start_broker() {
         grep -q ' pages=[0-9]* clients=[0-9]* ms=[0-9]* failed=0' "$ADMIN_POLL_LOG" \
             || log "warning: the admin poller's first poll did not succeed within 20 s"
     fi
+    if [[ -n "$ADMIN_PORT" && "${BENCH_PROMETHEUS:-0}" == 1 ]]; then
+        start_prometheus "$name-$port" "$ADMIN_PORT" "$port"
+    fi
+}
+
+# ensure_prometheus: PROMETHEUS_BIN, default prometheus on PATH (Debian's package, installed
+# with apt-get if missing). A Prometheus already running is reported, not stopped: it may be
+# someone else's (Debian's service, which does not start on a machine without systemd, or a
+# test's).
+ensure_prometheus() {
+    PROMETHEUS_BIN="${PROMETHEUS_BIN:-$(command -v prometheus || true)}"
+    if [[ -z "$PROMETHEUS_BIN" ]]; then
+        log "installing prometheus (apt-get)"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus) >&2 \
+            || die "cannot install prometheus"
+        PROMETHEUS_BIN="$(command -v prometheus || echo /usr/bin/prometheus)"
+    fi
+    [[ -x "$PROMETHEUS_BIN" ]] || die "no prometheus binary"
+}
+
+# prom_query PORT EXPR: the first value of an instant query on the Prometheus at
+# 127.0.0.1:PORT, or "?" when there is none.
+prom_query() {
+    local v
+    v="$(curl -sS --max-time 10 --data-urlencode "query=$2" "http://127.0.0.1:$1/api/v1/query" 2>/dev/null \
+        | jq -r '.data.result[0].value[1] // "?"' 2>/dev/null)"
+    printf '%s\n' "${v:-?}"
+}
+
+# start_prometheus TAG ADMIN_PORT PORT: starts Prometheus (nice BENCH_NICE, taskset -c
+# BENCH_PROMETHEUS_CPUS) with a fresh config and storage folder under $BENCH_WORK, listening on
+# the first free port from ADMIN_PORT+1, scraping http://127.0.0.1:ADMIN_PORT/metrics every
+# second (scrape_timeout 900ms, job `tern`; --enable-feature=extra-scrape-metrics adds
+# scrape_body_size_bytes). Returns after its first successful scrape (up == 1), so that its
+# start-up (a Go process, tens of MiB, a few hundred ms of CPU) lands before the caller's
+# measurement. Sets PROMETHEUS_PID, PROMETHEUS_PORT, PROMETHEUS_DIR and PROMETHEUS_LOG
+# ($BENCH_WORK/TAG-prometheus.log: Prometheus's own log, warnings and errors only, then the
+# summary line stop_prometheus appends).
+start_prometheus() {
+    local tag=$1 admin=$2 port=$3 ppin=() i up="?" other
+    ensure_prometheus
+    other="$(pgrep -x prometheus | tr '\n' ' ' || true)"
+    [[ -n "$other" ]] && log "warning: other Prometheus processes are running (pids $other), not stopped"
+    PROMETHEUS_PORT=$((admin + 1))
+    while ! port_free "$PROMETHEUS_PORT"; do
+        PROMETHEUS_PORT=$((PROMETHEUS_PORT + 1))
+        ((PROMETHEUS_PORT < port + 100)) || die "no free port for Prometheus near $port"
+    done
+    PROMETHEUS_DIR="$(mktemp -d "$BENCH_WORK/prometheus-$port.XXXXXX")"
+    PROMETHEUS_LOG="$BENCH_WORK/$tag-prometheus.log"
+    printf '%s\n' "global:" "  scrape_interval: 1s" "  scrape_timeout: 900ms" \
+        "  evaluation_interval: 1m" "scrape_configs:" "  - job_name: tern" \
+        "    metrics_path: /metrics" "    static_configs:" \
+        "      - targets: ['127.0.0.1:$admin']" > "$PROMETHEUS_DIR/prometheus.yml"
+    [[ -n "${BENCH_NICE:-}" ]] && ppin+=(nice -n "$BENCH_NICE")
+    [[ -n "${BENCH_PROMETHEUS_CPUS:-}" ]] && ppin+=(taskset -c "$BENCH_PROMETHEUS_CPUS")
+    "${ppin[@]}" "$PROMETHEUS_BIN" --config.file="$PROMETHEUS_DIR/prometheus.yml" \
+        --storage.tsdb.path="$PROMETHEUS_DIR/data" --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" \
+        --enable-feature=extra-scrape-metrics --log.level=warn > "$PROMETHEUS_LOG" 2>&1 &
+    PROMETHEUS_PID=$!
+    for ((i = 0; i < 200; i++)); do
+        up="$(prom_query "$PROMETHEUS_PORT" 'up{job="tern"}')"
+        [[ $up == 1 ]] && break
+        kill -0 "$PROMETHEUS_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    [[ $up == 1 ]] || log "warning: Prometheus did not scrape tern's /metrics successfully within 20 s (up=$up)"
+}
+
+# stop_prometheus: asks Prometheus for the scrapes it did (count_over_time(up[1h])), the
+# successful ones (sum_over_time), the median and largest scrape_duration_seconds (in ms), the
+# samples and bytes of the last scrape, reads its own CPU time from /proc, stops it (SIGTERM,
+# then SIGKILL after 5 s), removes its storage folder and appends "prometheus summary: ..." to
+# PROMETHEUS_LOG. Called by stop_broker before it stops the broker.
+stop_prometheus() {
+    [[ -n "${PROMETHEUS_PID:-}" ]] || return 0
+    local p=$PROMETHEUS_PORT scrapes ok med max samples bytes cpu="?" i
+    scrapes="$(prom_query "$p" 'count_over_time(up{job="tern"}[1h])')"
+    ok="$(prom_query "$p" 'sum_over_time(up{job="tern"}[1h])')"
+    med="$(prom_query "$p" 'quantile_over_time(0.5, scrape_duration_seconds{job="tern"}[1h]) * 1000')"
+    max="$(prom_query "$p" 'max_over_time(scrape_duration_seconds{job="tern"}[1h]) * 1000')"
+    samples="$(prom_query "$p" 'scrape_samples_scraped{job="tern"}')"
+    bytes="$(prom_query "$p" 'scrape_body_size_bytes{job="tern"}')"
+    if [[ -r /proc/$PROMETHEUS_PID/stat ]]; then
+        cpu="$(awk -v t="$(getconf CLK_TCK)" '{sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / t}' \
+            "/proc/$PROMETHEUS_PID/stat")"
+    fi
+    kill "$PROMETHEUS_PID" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$PROMETHEUS_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$PROMETHEUS_PID" 2>/dev/null && kill -9 "$PROMETHEUS_PID" 2>/dev/null
+    wait "$PROMETHEUS_PID" 2>/dev/null || true
+    [[ $med == "?" ]] || med="$(printf '%.2f' "$med")"
+    [[ $max == "?" ]] || max="$(printf '%.2f' "$max")"
+    printf 'prometheus summary: scrapes=%s ok=%s median_ms=%s max_ms=%s samples=%s body_bytes=%s prometheus_cpu_s=%s\n' \
+        "$scrapes" "$ok" "$med" "$max" "$samples" "$bytes" "$cpu" >> "$PROMETHEUS_LOG"
+    rm -rf "$PROMETHEUS_DIR"
+    PROMETHEUS_PID="" PROMETHEUS_DIR=""
 }
 
 # tern_has_admin: whether TERN_BIN has the admin API (issue 17); cached per binary.
@@ -248,13 +362,19 @@ tern_has_admin() {
     [[ $TERN_HAS_ADMIN == 1 ]]
 }
 
-# admin_mode: how start_broker runs Tern's admin API: off, on or polled; absent for a build
-# without it.
+# admin_mode: how start_broker runs Tern's admin API: off, on, polled or scraped
+# (polled+scraped with both); absent for a build without it.
 admin_mode() {
     if ! tern_has_admin; then echo absent
     elif [[ "${BENCH_ADMIN:-on}" == off ]]; then echo off
-    elif [[ "${BENCH_ADMIN_POLL:-0}" == 1 ]]; then echo "polled${BENCH_ADMIN_POLL_PATH:+ $BENCH_ADMIN_POLL_PATH}"
-    else echo on; fi
+    else
+        local m=on
+        [[ "${BENCH_ADMIN_POLL:-0}" == 1 ]] && m="polled${BENCH_ADMIN_POLL_PATH:+ $BENCH_ADMIN_POLL_PATH}"
+        if [[ "${BENCH_PROMETHEUS:-0}" == 1 ]]; then
+            if [[ $m == on ]]; then m=scraped; else m+="+scraped"; fi
+        fi
+        echo "$m"
+    fi
 }
 
 # admin_login PORT: prints an access token of ADMIN_USER (empty and status 1 on failure).
@@ -339,8 +459,9 @@ admin_poller() {
     done
 }
 
-# stop_broker PID: SIGTERM, then SIGKILL after 5 s; then removes the broker's scratch
-# working directory (Tern's data/), if start_broker made one.
+# stop_broker PID: stops the admin poller and Prometheus if start_broker started them, then
+# the broker: SIGTERM, then SIGKILL after 5 s; then removes the broker's scratch working
+# directory (Tern's data/), if start_broker made one.
 stop_broker() {
     local pid=$1 i
     if [[ -n "${ADMIN_POLL_PID:-}" ]]; then
@@ -354,6 +475,7 @@ stop_broker() {
         wait "$ADMIN_POLL_PID" 2>/dev/null || true
         ADMIN_POLL_PID=""
     fi
+    stop_prometheus  # before the broker too: its last scrapes would fail
     if kill "$pid" 2>/dev/null; then
         for ((i = 0; i < 50; i++)); do
             kill -0 "$pid" 2>/dev/null || break

@@ -8,7 +8,8 @@
 #                       [--out DIR] [--quick]
 #
 # Results: DIR/<pass>/<scenario>/<broker>.json (tern-bench's JSON) and .log (its stderr),
-# DIR/report.md. Default DIR: bench/results/<date-time>.
+# with BENCH_ADMIN_POLL=1 / BENCH_PROMETHEUS=1 also .admin-poll.log / .prometheus.log (see
+# lib.sh), DIR/report.md. Default DIR: bench/results/<date-time>.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -89,6 +90,7 @@ log "brokers: ${want[*]}; passes: $PASSES; open-files limit $NOFILE; results in 
 
 port=19000
 poll_cpus_default="${BENCH_ADMIN_POLL_CPUS:-}"
+prom_cpus_default="${BENCH_PROMETHEUS_CPUS:-}"
 run_one() { # pass scenario broker args...
     local pass=$1 scen=$2 broker=$3 bcpus="" lcpus=() dir rc=0 need=0 conns=0
     shift 3
@@ -97,10 +99,13 @@ run_one() { # pass scenario broker args...
     mkdir -p "$dir"
     [[ -n "${BENCH_NICE:-}" ]] && lcpus+=(nice -n "$BENCH_NICE")
     BENCH_ADMIN_POLL_CPUS="$poll_cpus_default"
+    BENCH_PROMETHEUS_CPUS="$prom_cpus_default"
     if [[ $pass == pinned ]]; then
         bcpus=0
         lcpus+=(taskset -c 1)
-        BENCH_ADMIN_POLL_CPUS="${poll_cpus_default:-1}"  # the admin poller goes with the load
+        # the admin poller and Prometheus go with the load
+        BENCH_ADMIN_POLL_CPUS="${poll_cpus_default:-1}"
+        BENCH_PROMETHEUS_CPUS="${prom_cpus_default:-1}"
     fi
     if [[ ${args[0]} == conn ]]; then
         conns="${args[2]}"
@@ -134,6 +139,10 @@ run_one() { # pass scenario broker args...
     if [[ -n "$ADMIN_POLL_LOG" ]]; then
         mv "$ADMIN_POLL_LOG" "$dir/$broker.admin-poll.log"
         tail -1 "$dir/$broker.admin-poll.log" | sed 's/^/    /' >&2
+    fi
+    if [[ -n "$PROMETHEUS_LOG" ]]; then
+        mv "$PROMETHEUS_LOG" "$dir/$broker.prometheus.log"
+        tail -1 "$dir/$broker.prometheus.log" | sed 's/^/    /' >&2
     fi
     grep -E '^(publish|deliver|check|latency|connect|storm|broker|load gen|WARNING|FAILED)|error' "$dir/$broker.log" \
         | sed 's/^/    /' >&2 || true

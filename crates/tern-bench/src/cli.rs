@@ -27,6 +27,9 @@ pub(crate) enum Mode {
     Scenario(ScenarioArgs),
     /// Publish N retained topics, then M subscribers subscribe at once (retained storm).
     RetainStorm(StormArgs),
+    /// A latency probe for long runs: one publisher and one subscriber at a low fixed rate,
+    /// reconnecting after any failure, one line of figures per --interval (also as CSV).
+    Probe(ProbeArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,6 +97,11 @@ pub(crate) struct Common {
     /// Keep Alive in seconds sent in CONNECT (PINGREQ every half of it when idle); 0 = off.
     #[arg(short = 'k', long, default_value_t = 60)]
     pub(crate) keep_alive: u16,
+    /// Persistent sessions: 0 (default) connects with Clean Start and no session expiry;
+    /// N > 0 connects with Clean Start 0 (3.x: Clean Session 0) and, in MQTT 5, Session Expiry
+    /// Interval N seconds, so a client id resumes its session (and its queued messages).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) session_expiry: u32,
     /// Local addresses to bind before connecting, round robin over connections:
     /// comma-separated addresses and inclusive IPv4 ranges, e.g. 127.0.0.1-127.0.0.50.
     #[arg(long)]
@@ -307,6 +315,45 @@ pub(crate) struct StormArgs {
     pub(crate) timeout: f64,
 }
 
+/// `probe`: a reconnecting latency probe.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ProbeArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// Topic of the probe's messages (default: tern-bench/probe/<client id prefix>).
+    #[arg(short = 't', long)]
+    pub(crate) topic: Option<String>,
+    /// QoS of the PUBLISHes and of the subscription.
+    #[arg(short = 'q', long, default_value = "1", value_parser = parse_qos)]
+    pub(crate) qos: QoS,
+    /// Messages per second.
+    #[arg(short = 'r', long, default_value_t = 20.0)]
+    pub(crate) rate: f64,
+    /// Payload size in bytes (at least 16).
+    #[arg(short = 's', long, default_value_t = 64)]
+    pub(crate) size: usize,
+    /// Seconds to run (0 = until interrupted).
+    #[arg(short = 'd', long, default_value = "60", value_parser = parse_secs)]
+    pub(crate) duration: f64,
+    /// Session Expiry Interval of the subscriber (seconds; 0 = a clean session): with a
+    /// persistent session (and a broker that keeps it), no acknowledged message may be lost
+    /// across reconnects or broker restarts.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) sub_session_expiry: u32,
+    /// An acknowledged message not received this many seconds after its acknowledgement
+    /// counts as lost.
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    pub(crate) loss_after: f64,
+    /// Seconds to wait before reconnecting after a failure.
+    #[arg(long, default_value = "1", value_parser = parse_secs)]
+    pub(crate) reconnect_delay: f64,
+    /// Append one CSV line per --interval to this file (a header line first if it is empty):
+    /// unix_time,elapsed_s,connected,sent,acked,received,duplicates,lost,reconnects,p50_us,p99_us,max_us
+    /// (counts are of the interval; latency of the messages received in it).
+    #[arg(long)]
+    pub(crate) csv: Option<PathBuf>,
+}
+
 impl Mode {
     pub(crate) fn common(&self) -> &Common {
         match self {
@@ -315,6 +362,7 @@ impl Mode {
             Mode::Sub(a) => &a.common,
             Mode::Scenario(a) => &a.common,
             Mode::RetainStorm(a) => &a.common,
+            Mode::Probe(a) => &a.common,
         }
     }
 
@@ -325,6 +373,7 @@ impl Mode {
             Mode::Sub(_) => "sub",
             Mode::Scenario(_) => "scenario",
             Mode::RetainStorm(_) => "retain-storm",
+            Mode::Probe(_) => "probe",
         }
     }
 }

@@ -11,6 +11,7 @@ mod conn;
 mod mqtt;
 mod net;
 mod payload;
+mod probe;
 mod procfs;
 mod run;
 mod stats;
@@ -71,6 +72,7 @@ pub(crate) fn client_cfg(common: &Common, size: usize) -> ClientCfg {
         username: common.username.clone(),
         password: common.password.clone(),
         max_packet_size: u32::try_from(size.saturating_add(64 * 1024).max(1 << 20)).unwrap_or(u32::MAX),
+        session_expiry: common.session_expiry,
         timeout: Duration::from_secs_f64(common.connect_timeout),
     }
 }
@@ -164,6 +166,7 @@ async fn dispatch(mode: &Mode) -> anyhow::Result<Outcome> {
         Mode::Sub(a) => run::run_sub(a).await,
         Mode::Scenario(a) => run::run_scenario(a).await,
         Mode::RetainStorm(a) => storm::run(a).await,
+        Mode::Probe(a) => probe::run(a).await,
     }
 }
 

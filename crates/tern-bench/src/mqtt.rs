@@ -28,6 +28,8 @@ pub(crate) struct ClientCfg {
     pub(crate) password: Option<String>,
     pub(crate) max_packet_size: u32,
     pub(crate) timeout: Duration,
+    /// 0: Clean Start; N > 0: Clean Start 0 and (5.0) Session Expiry Interval N.
+    pub(crate) session_expiry: u32,
 }
 
 /// An established MQTT connection.
@@ -83,7 +85,7 @@ pub(crate) async fn connect(
         };
         let connect = Connect {
             protocol: cfg.version,
-            clean_start: true,
+            clean_start: cfg.session_expiry == 0,
             keep_alive: cfg.keep_alive,
             client_id: ByteStr::from(id.as_str()),
             will: None,
@@ -91,6 +93,8 @@ pub(crate) async fn connect(
             password: cfg.password.as_ref().map(|p| Bytes::copy_from_slice(p.as_bytes())),
             properties: ConnectProperties {
                 maximum_packet_size: cfg.version.is_v5().then_some(cfg.max_packet_size),
+                session_expiry_interval: (cfg.version.is_v5() && cfg.session_expiry > 0)
+                    .then_some(cfg.session_expiry),
                 ..ConnectProperties::default()
             },
         };
