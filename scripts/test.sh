@@ -321,8 +321,29 @@ check_tools() {
   fi
 }
 
+# Free space where the build writes, in GiB (rounded down).
+free_gib() { df -Pk "$1" 2>/dev/null | awk 'NR == 2 { print int($4 / 1048576) }'; }
+
+# A full build of the test binaries needs ~6 GiB (measured: docs/testing.md); a disk that fills
+# mid-build fails with rustc's "No space left on device" deep in a log, so say it up front.
+check_disk() {
+  local dir free
+  dir="$TARGET_DIR"
+  [ -d "$dir" ] || dir="$ROOT"
+  free="$(free_gib "$dir")"
+  [ -n "$free" ] || return 0
+  say "free disk at $dir: ${free} GiB"
+  if [ "$free" -lt "${TERN_TEST_MIN_FREE_GIB:-4}" ]; then
+    die "only ${free} GiB free at $dir; the build needs several GiB (cargo clean an old target dir, or set TERN_TEST_MIN_FREE_GIB)"
+  fi
+}
+
 setup() {
   ensure_rust
+  # CI builds once in a fresh clone: incremental state would only cost disk and time there.
+  if [ "${CI:-}" = true ]; then
+    export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+  fi
   if [ "$SKIP_SETUP" = 1 ]; then
     say "TERN_TEST_SKIP_SETUP=1: not installing anything"
   else
@@ -335,6 +356,7 @@ setup() {
     | "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')" \
     || die "cargo metadata failed"
   TERN_BIN_PATH="${TERN_BIN_OVERRIDE:-$TARGET_DIR/debug/tern}"
+  check_disk
 }
 
 # ---------------------------------------------------------------------------------------------
