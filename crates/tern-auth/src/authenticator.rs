@@ -64,6 +64,11 @@ impl std::fmt::Debug for TernAuthenticator {
 type Refusal = (ReasonCode, &'static str);
 
 fn store_failure(e: &StoreError, info: &ConnectInfo<'_>) -> Refusal {
+    if matches!(e, StoreError::Unavailable(m) if m == crate::device_ids::DOWN) {
+        // Known to be down and logged once: one line per refused CONNECT would flood the log.
+        tracing::debug!(peer = %info.peer, client_id = info.client_id, "{e}");
+        return (ReasonCode::ServerUnavailable, "directory store unavailable");
+    }
     tracing::error!(
         peer = %info.peer,
         listener = info.listener,

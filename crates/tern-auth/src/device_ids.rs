@@ -15,6 +15,11 @@ use tern_broker::store::{DirectoryStore, StoreError};
 
 /// How often the directory's version is compared.
 const RECHECK: Duration = Duration::from_secs(1);
+/// How long a version check may hold a CONNECT while the directory is known to be down
+/// (a database that is back answers well within it).
+const DOWN_RECHECK_LIMIT: Duration = Duration::from_millis(250);
+/// The error of a lookup refused without asking the store (it is known to be down).
+pub(crate) const DOWN: &str = "directory store unavailable; client id not remembered";
 /// Bytes an answer is accounted for besides its client id: the boxed key, the flag and the
 /// hash table's slot and control byte, rounded up.
 const ENTRY_OVERHEAD: usize = std::mem::size_of::<(Box<str>, bool)>() + 16;
@@ -36,6 +41,10 @@ struct State {
     known: HashMap<Box<str>, bool>,
     /// Bytes `known` is accounted for (see [`entry_bytes`]).
     bytes: usize,
+    /// The last version check failed: ids not remembered are refused at once rather than
+    /// each waiting for the pool's acquire timeout (a CONNECT would otherwise spend its
+    /// whole handshake deadline on two such waits).
+    down: bool,
 }
 
 /// Remembered answers to "is this client id a provisioned device's?", bounded in bytes
@@ -63,19 +72,27 @@ impl DeviceIds {
         store: &dyn DirectoryStore,
         client_id: &str,
     ) -> Result<bool, StoreError> {
-        let due = {
+        let (due, down) = {
             let mut st = self.lock();
             let due = st.checked_at.is_none_or(|t| t.elapsed() >= RECHECK);
             if due {
                 // Claimed: concurrent CONNECTs do not all ask.
                 st.checked_at = Some(Instant::now());
             }
-            due
+            (due, st.down)
         };
         if due {
-            match store.directory_version().await {
+            let version = if down {
+                tokio::time::timeout(DOWN_RECHECK_LIMIT, store.directory_version()).await.unwrap_or_else(
+                    |_| Err(StoreError::Unavailable("directory version check timed out".into())),
+                )
+            } else {
+                store.directory_version().await
+            };
+            match version {
                 Ok(v) => {
                     let mut st = self.lock();
+                    st.down = false;
                     if st.version != Some(v) {
                         st.version = Some(v);
                         st.known.clear();
@@ -86,7 +103,10 @@ impl DeviceIds {
                 // With answers from a known version, keep using them while the store is
                 // away (a device change made meanwhile is seen once it is back).
                 Err(e) if self.lock().version.is_some() => {
-                    tracing::warn!(error = %e, "directory version check failed; using remembered device ids");
+                    if !down {
+                        tracing::warn!(error = %e, "directory version check failed; using remembered device ids");
+                    }
+                    self.lock().down = true;
                 }
                 Err(e) => {
                     self.lock().checked_at = None;
@@ -99,9 +119,21 @@ impl DeviceIds {
             if let Some(&known) = st.known.get(client_id) {
                 return Ok(known);
             }
+            if st.down {
+                return Err(StoreError::Unavailable(DOWN.into()));
+            }
             st.epoch
         };
-        let provisioned = store.device_by_client_id(client_id).await?.is_some();
+        let provisioned = match store.device_by_client_id(client_id).await {
+            Ok(d) => d.is_some(),
+            Err(e) => {
+                if matches!(e, StoreError::Unavailable(_)) {
+                    // Until a version check succeeds, new ids are refused without waiting.
+                    self.lock().down = true;
+                }
+                return Err(e);
+            }
+        };
         let mut st = self.lock();
         let bytes = entry_bytes(client_id);
         if st.epoch == epoch && st.version.is_some() && bytes <= self.max_bytes {
@@ -136,11 +168,20 @@ mod tests {
     #[derive(Debug, Default)]
     struct Dir {
         lookups: AtomicUsize,
+        /// The database is away: every call fails.
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    fn unavailable<T: Send + 'static>() -> StoreFuture<'static, T> {
+        Box::pin(std::future::ready(Err(StoreError::Unavailable("test: down".into()))))
     }
 
     impl DirectoryStore for Dir {
         fn device_by_client_id<'a>(&'a self, client_id: &'a str) -> StoreFuture<'a, Option<Device>> {
             self.lookups.fetch_add(1, Ordering::Relaxed);
+            if self.down.load(Ordering::Relaxed) {
+                return unavailable();
+            }
             let d = client_id.starts_with("dev-").then(|| Device {
                 client_id: client_id.into(),
                 username: None,
@@ -154,6 +195,9 @@ mod tests {
             Box::pin(std::future::ready(Ok(d)))
         }
         fn directory_version(&self) -> StoreFuture<'_, i64> {
+            if self.down.load(Ordering::Relaxed) {
+                return unavailable();
+            }
             Box::pin(std::future::ready(Ok(1)))
         }
         fn add_device<'a>(&'a self, _: &'a Device) -> StoreFuture<'a, ()> {
@@ -218,5 +262,25 @@ mod tests {
         assert!(!ids.is_provisioned(&dir, &huge).await.unwrap());
         assert!(!ids.is_provisioned(&dir, &huge).await.unwrap());
         assert!(ids.usage().1 <= budget);
+    }
+
+    #[tokio::test]
+    async fn while_the_store_is_down_only_remembered_ids_are_answered() {
+        let ids = DeviceIds::new(1 << 20);
+        let dir = Dir::default();
+        assert!(!ids.is_provisioned(&dir, "anon-seen").await.unwrap());
+        assert!(ids.is_provisioned(&dir, "dev-seen").await.unwrap());
+        dir.down.store(true, Ordering::Relaxed);
+        ids.lock().checked_at = None; // the next call checks the version
+        assert!(!ids.is_provisioned(&dir, "anon-seen").await.unwrap(), "remembered");
+        assert!(ids.is_provisioned(&dir, "dev-seen").await.unwrap(), "remembered");
+        let before = dir.lookups.load(Ordering::Relaxed);
+        let e = ids.is_provisioned(&dir, "anon-new").await;
+        assert!(matches!(e, Err(StoreError::Unavailable(_))), "{e:?}");
+        assert_eq!(dir.lookups.load(Ordering::Relaxed), before, "refused without asking the store");
+        // Back: new ids are looked up again once the version check succeeds.
+        dir.down.store(false, Ordering::Relaxed);
+        ids.lock().checked_at = None;
+        assert!(!ids.is_provisioned(&dir, "anon-new").await.unwrap());
     }
 }

@@ -256,7 +256,15 @@ impl Conn {
     fn start(&mut self) -> Option<Close> {
         self.session.set_keep_alive(self.keep_alive_ms, self.broker.now_ms());
         // Shutdown began while this connection was being set up.
-        self.broker.shutdown.is_cancelled().then_some(Close::Server(ReasonCode::ServerShuttingDown))
+        if self.broker.shutdown.is_cancelled() {
+            return Some(Close::Server(ReasonCode::ServerShuttingDown));
+        }
+        // Packets that came in the same read as the CONNECT: no read event will announce
+        // them, so a pipelining client would otherwise wait for its next packet.
+        if !self.rbuf.is_empty() {
+            return self.handle_buffered().err();
+        }
+        None
     }
 
     /// Serves the connection until it ends; returns why.

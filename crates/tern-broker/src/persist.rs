@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::message::{Message, MessageProperties};
+use crate::router::Release;
 use crate::store::{Store, StoreError, StoreOp, StoredMessage, UnixMillis};
 
 /// Group-commit and housekeeping settings.
@@ -57,6 +58,8 @@ pub(crate) type CommitResult = Result<(), StoreError>;
 struct Entry {
     ops: Vec<StoreOp>,
     waiter: Option<oneshot::Sender<CommitResult>>,
+    /// Deliveries held back until these operations commit.
+    release: Option<Release>,
 }
 
 /// Operations kept for retry while the database is down, and their memory.
@@ -132,6 +135,16 @@ impl Persister {
 
     /// Queues operations; with `wait`, returns a receiver resolved after they commit.
     pub(crate) fn submit(&self, ops: Vec<StoreOp>, wait: bool) -> Option<oneshot::Receiver<CommitResult>> {
+        self.submit_gated(ops, wait, None)
+    }
+
+    /// Queues operations as [`Persister::submit`], and settles `release` after the commit.
+    pub(crate) fn submit_gated(
+        &self,
+        ops: Vec<StoreOp>,
+        wait: bool,
+        release: Option<Release>,
+    ) -> Option<oneshot::Receiver<CommitResult>> {
         if ops.is_empty() {
             return None;
         }
@@ -141,7 +154,7 @@ impl Persister {
         } else {
             (None, None)
         };
-        lock(&self.pending).push(Entry { ops, waiter: tx });
+        lock(&self.pending).push(Entry { ops, waiter: tx, release });
         self.wake.notify_one();
         rx
     }
@@ -194,6 +207,9 @@ impl Persister {
             }
             let down = Err(StoreError::Unavailable("database unavailable".into()));
             for e in entries {
+                if let Some(r) = e.release {
+                    r.settle(false);
+                }
                 match e.waiter {
                     Some(w) => {
                         let _ = w.send(down.clone());
@@ -249,6 +265,10 @@ impl Persister {
             }
         }
         for e in entries {
+            // Deliveries first: the publisher's acknowledgement never overtakes them.
+            if let Some(r) = e.release {
+                r.settle(result.is_ok());
+            }
             if let Some(w) = e.waiter {
                 let _ = w.send(result.clone());
             }

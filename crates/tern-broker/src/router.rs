@@ -1,7 +1,6 @@
 //! Routing one message: retained store, subscription matching, queueing on each recipient
 //! session, and the store operations that make QoS 1/2 deliveries durable.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::{Instant, SystemTime};
 
@@ -12,7 +11,7 @@ use tracing::debug;
 use crate::broker::Inner;
 use crate::message::Message;
 use crate::persist::{CommitResult, stored_message, unix_millis};
-use crate::session::{EnqueueOutcome, Pending, SOFT_QUEUE_LIMIT, Session, SubIds};
+use crate::session::{EnqueueOutcome, Gate, Pending, SOFT_QUEUE_LIMIT, Session, SubIds};
 use crate::stats::Stats;
 use crate::store::{StoreOp, StoredDelivery};
 use crate::trie::Target;
@@ -33,8 +32,8 @@ pub(crate) struct Published {
     pub(crate) refused: Option<ReasonCode>,
 }
 
-/// Collects the store operations of one publication, and holds back the durable
-/// deliveries it made until those operations are submitted (see `Pending::gate`).
+/// Collects the store operations of one publication, and holds back the deliveries it made
+/// until those operations commit (see `Pending::gate`).
 #[derive(Debug)]
 pub(crate) struct OpSink {
     enabled: bool,
@@ -42,10 +41,13 @@ pub(crate) struct OpSink {
     message_stored: bool,
     now: Instant,
     now_unix: i64,
-    /// Opened once `ops` are submitted; shared by the durable deliveries made through it.
-    gate: Option<Arc<AtomicBool>>,
-    /// Sessions holding gated deliveries, rung when the gate opens.
+    /// Settled once `ops` commit; shared by the held-back deliveries made through it.
+    gate: Option<Arc<Gate>>,
+    /// Sessions holding gated deliveries, rung when the gate is settled.
     gated: Vec<Arc<Session>>,
+    /// Hold back every delivery, not only the durable ones: the publisher waits for the
+    /// commit and is refused if it fails, so nobody may have the message before.
+    hold_all: bool,
     /// The copy of the message being delivered that owns its bytes, made by the first
     /// queue that needed one and shared by the others (see `Session::enqueue`).
     pub(crate) owned: Option<Arc<Message>>,
@@ -61,6 +63,7 @@ impl OpSink {
             now_unix: 0,
             gate: None,
             gated: Vec::new(),
+            hold_all: false,
             owned: None,
         }
     }
@@ -76,14 +79,16 @@ impl OpSink {
     }
 
     /// The gate a delivery to `session` waits behind, when it may be durable.
-    fn gate_for(&mut self, session: &Arc<Session>) -> Option<Arc<AtomicBool>> {
+    fn gate_for(&mut self, session: &Arc<Session>) -> Option<Arc<Gate>> {
         if !self.enabled {
             return None;
         }
-        if !self.gated.iter().any(|s| Arc::ptr_eq(s, session)) {
+        // A session's deliveries are routed one after the other; a session listed twice
+        // (shared groups) is only rung twice, which is cheaper than searching the list.
+        if !self.gated.last().is_some_and(|s| Arc::ptr_eq(s, session)) {
             self.gated.push(session.clone());
         }
-        Some(self.gate.get_or_insert_with(|| Arc::new(AtomicBool::new(false))).clone())
+        Some(self.gate.get_or_insert_with(Arc::default).clone())
     }
 
     /// Records a durable delivery (and the message body, once).
@@ -116,28 +121,64 @@ impl OpSink {
         }
     }
 
-    /// Submits the operations (with `wait`, returns the commit's receiver), then lets the
-    /// durable deliveries made through this sink be sent.
+    /// Submits the operations (with `wait`, returns the commit's receiver); the deliveries
+    /// made through this sink are let go once they commit. With `wait` a failed commit
+    /// refuses them (the publisher hears 0x80); without, nobody can be told, so they are
+    /// sent all the same and the store catches up when it can.
     pub(crate) fn submit(mut self, inner: &Inner, wait: bool) -> Option<oneshot::Receiver<CommitResult>> {
         let ops = std::mem::take(&mut self.ops);
-        match inner.persister() {
-            Some(p) if !ops.is_empty() => p.submit(ops, wait),
-            _ => None,
-        }
-        // Dropping `self` opens the gate.
+        let persister = inner.persister().filter(|_| !ops.is_empty())?;
+        let release = self.gate.take().map(|gate| Release {
+            gate: Some(gate),
+            sessions: std::mem::take(&mut self.gated),
+            refuse_on_fail: wait,
+        });
+        persister.submit_gated(ops, wait, release)
+        // Without operations, dropping `self` opens the gate.
     }
 }
 
 impl Drop for OpSink {
     fn drop(&mut self) {
-        // Submitted, or dropped without anything to submit: either way nothing may hold the
-        // deliveries back any longer.
+        // Nothing was submitted: nothing may hold the deliveries back.
         if let Some(g) = self.gate.take() {
-            g.store(true, Ordering::Release);
+            g.settle(true);
             for s in self.gated.drain(..) {
                 s.ring_locked(&s.lock());
             }
         }
+    }
+}
+
+/// Settles a publication's gate once its commit resolves, and wakes the sessions it held.
+#[derive(Debug)]
+pub(crate) struct Release {
+    gate: Option<Arc<Gate>>,
+    sessions: Vec<Arc<Session>>,
+    /// A failed commit refuses the deliveries (its publisher was told so).
+    refuse_on_fail: bool,
+}
+
+impl Release {
+    /// Lets the deliveries go (`committed`), or refuses them if the publisher is refused.
+    pub(crate) fn settle(mut self, committed: bool) {
+        self.settle_now(committed);
+    }
+
+    fn settle_now(&mut self, committed: bool) {
+        if let Some(g) = self.gate.take() {
+            g.settle(committed || !self.refuse_on_fail);
+            for s in self.sessions.drain(..) {
+                s.ring_locked(&s.lock());
+            }
+        }
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        // The persister went away with it: its waiter hears "persister stopped".
+        self.settle_now(false);
     }
 }
 
@@ -263,6 +304,17 @@ impl Inner {
             // Group a session's overlapping non-shared subscriptions next to each other.
             targets.sort_by_key(|t| (t.share.is_some(), t.entry.session.id));
         }
+        if refusable
+            && sink.enabled
+            && (!sink.ops.is_empty()
+                || msg.qos != QoS::AtMostOnce
+                    && targets
+                        .iter()
+                        .any(|t| t.entry.options.qos != QoS::AtMostOnce && t.entry.session.is_persistent()))
+        {
+            // The publisher's acknowledgement waits for a commit that may fail.
+            sink.hold_all = true;
+        }
         if refusable && msg.qos != QoS::AtMostOnce {
             let cost = Pending::cost_of(msg);
             let full = targets.iter().find(|t| {
@@ -317,7 +369,7 @@ impl Inner {
         // can be durable (store on, QoS 1/2, persistent session; `enqueue` decides the same way)
         // pays for the copy, so QoS 0 and clean-session fan-out stay clone-free.
         let may_be_durable = sink.enabled && pending.qos != QoS::AtMostOnce && session.is_persistent();
-        if may_be_durable {
+        if may_be_durable || sink.hold_all {
             pending.gate = sink.gate_for(session);
         }
         let record = may_be_durable.then(|| pending.clone());

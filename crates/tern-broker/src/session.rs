@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use std::time::Instant;
 
@@ -45,6 +45,40 @@ impl SubIds {
     }
 }
 
+/// Holds back the deliveries of one publication until its store write is settled.
+#[derive(Debug, Default)]
+pub(crate) struct Gate(AtomicU8);
+
+/// Where a held-back delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GateState {
+    /// Its publication's commit has not resolved: nothing behind it is sent yet.
+    Waiting,
+    /// It may be sent.
+    Open,
+    /// Its publication was refused (the commit failed): it is discarded, never sent.
+    Refused,
+}
+
+impl Gate {
+    const WAITING: u8 = 0;
+    const OPEN: u8 = 1;
+    const REFUSED: u8 = 2;
+
+    pub(crate) fn state(&self) -> GateState {
+        match self.0.load(Ordering::Acquire) {
+            Gate::WAITING => GateState::Waiting,
+            Gate::OPEN => GateState::Open,
+            _ => GateState::Refused,
+        }
+    }
+
+    /// Settles it: open, or refused.
+    pub(crate) fn settle(&self, open: bool) {
+        self.0.store(if open { Gate::OPEN } else { Gate::REFUSED }, Ordering::Release);
+    }
+}
+
 /// A message waiting to be sent to this session.
 #[derive(Debug, Clone)]
 pub(crate) struct Pending {
@@ -60,10 +94,11 @@ pub(crate) struct Pending {
     pub(crate) dup: bool,
     /// Whether the store holds this delivery (persistent session, QoS 1/2).
     pub(crate) durable: bool,
-    /// For a durable delivery whose store write is not yet submitted: set once it is. The
-    /// delivery is not sent before, so the client's acknowledgement (which deletes the
-    /// stored row) can never reach the persister ahead of the row's insertion.
-    pub(crate) gate: Option<Arc<AtomicBool>>,
+    /// For a delivery of a publication with a store write: settled once that write commits
+    /// (or fails). Nothing is sent before: a message whose publisher is refused (PUBACK/PUBREC
+    /// 0x80) was delivered to nobody, and a durable delivery's packet id is on disk before
+    /// the client can hold it, so a restart never hands that id to another message.
+    pub(crate) gate: Option<Arc<Gate>>,
 }
 
 impl Pending {
@@ -85,10 +120,10 @@ impl Pending {
         std::mem::size_of::<Pending>() + msg.cost()
     }
 
-    /// Whether its store write has been submitted (always, for non-durable deliveries).
+    /// Whether it may be sent, waits for its publication's commit, or was refused.
     #[inline]
-    pub(crate) fn is_submitted(&self) -> bool {
-        self.gate.as_ref().is_none_or(|g| g.load(Ordering::Acquire))
+    pub(crate) fn gate_state(&self) -> GateState {
+        self.gate.as_ref().map_or(GateState::Open, |g| g.state())
     }
 }
 
@@ -399,9 +434,6 @@ impl Session {
         st.last_seq += 1;
         p.seq = st.last_seq;
         p.durable = store && p.qos != QoS::AtMostOnce && self.is_persistent();
-        if !p.durable {
-            p.gate = None;
-        }
         result.seq = p.seq;
         result.durable = p.durable;
         st.push_queued(p);

@@ -34,6 +34,10 @@ pub struct StoreOptions {
     pub sqlite_synchronous: SqliteSynchronous,
     /// SQLite only: seconds a writer waits for another writer's lock before failing.
     pub sqlite_busy_timeout: u64,
+    /// SQLite only: page cache of each pooled connection, in KiB (SQLite's own default is
+    /// 2000). The pool's caches take up to `max_connections` times this; the operating
+    /// system's file cache holds the database's pages as well.
+    pub sqlite_cache_kib: u32,
 }
 
 impl Default for StoreOptions {
@@ -48,6 +52,7 @@ impl Default for StoreOptions {
             max_lifetime: 1800,
             sqlite_synchronous: SqliteSynchronous::Full,
             sqlite_busy_timeout: 5,
+            sqlite_cache_kib: 1024,
         }
     }
 }
@@ -64,6 +69,7 @@ impl fmt::Debug for StoreOptions {
             .field("max_lifetime", &self.max_lifetime)
             .field("sqlite_synchronous", &self.sqlite_synchronous)
             .field("sqlite_busy_timeout", &self.sqlite_busy_timeout)
+            .field("sqlite_cache_kib", &self.sqlite_cache_kib)
             .finish()
     }
 }

@@ -11,7 +11,7 @@ use tern_protocol::{Packet, QoS, encode, encoded_len};
 use super::{Close, Conn, RETAINED_FEED_BELOW, RETAINED_FEED_UP_TO, WRITE_HIGH_WATER};
 use crate::message::Message;
 use crate::router::OpSink;
-use crate::session::{Awaiting, Inflight, Pending, RetainedBatch, SubIds, packet_id_for};
+use crate::session::{Awaiting, GateState, Inflight, Pending, RetainedBatch, SubIds, packet_id_for};
 use crate::stats::Stats;
 
 /// Topics shorter than this are sent as they are: an alias (3 bytes of property) would not
@@ -234,9 +234,15 @@ impl Conn {
         let mut dropped = Vec::new();
         while self.wbuf.len() < WRITE_HIGH_WATER {
             let Some(front) = st.queue.front() else { break };
-            if !front.is_submitted() {
-                // Its store write is not submitted yet: the publisher rings once it is.
-                break;
+            match front.gate_state() {
+                // Its publication's commit has not resolved: the persister rings once it has.
+                GateState::Waiting => break,
+                // Its publisher was refused (the commit failed): nobody gets it.
+                GateState::Refused => {
+                    let _ = st.pop_queued();
+                    continue;
+                }
+                GateState::Open => {}
             }
             let qos1or2 = front.qos != QoS::AtMostOnce;
             let packet_id = qos1or2.then(|| packet_id_for(front.seq));
