@@ -14,8 +14,9 @@
 // Clients and on its device page, add an ACL rule and see the check-access form agree, publish
 // from the device (retained) and see the message in the live view and the retained viewer,
 // publish from the UI, sessions, kick the client, disable the device (its reconnect is refused),
-// admin users, audit log, log out; an operator sees no admin-user page; a viewer sees no write
-// controls; an expired access token is refreshed, a revoked session returns to the login page.
+// set its own limits on its page, admin users, audit log, log out; an operator sees no
+// admin-user page; a viewer sees no write controls; an expired access token is refreshed, a
+// revoked session returns to the login page.
 // Every step fails on any console error, uncaught page error, failed request, request to another
 // origin, or HTTP answer >= 400 that it did not ask for (the deliberate ones: the wrong
 // password's 401 and the revoked session's 401s, allowed by name in their steps). Then: the time
@@ -809,6 +810,30 @@ async function main() {
       assert(r.code !== 0 && /not authori[sz]ed/i.test(r.out), `the disabled device connected: exit ${r.code}: ${r.out}`);
       // PATCH {enabled: false} is audited as device.update (device.disable is the CLI's).
       await visible(page.getByRole("region", { name: "Recent audit entries" }).getByText(/^device\.(update|disable)$/), "the audit entry of the change");
+    });
+
+    await step("set the device's own limits: checked in the form, then shown on its page", async () => {
+      // Still on the device page (the step before). None set yet.
+      const limits = page.getByRole("region", { name: "Limits", exact: true });
+      await visible(limits.getByText(/defaults apply/), "the note that no limit is set");
+      await visible(limits.getByText(/apply at the device's next connection/), "the note that changes apply at the next connection");
+      await limits.getByRole("button", { name: "Edit limits" }).click();
+      const form = limits.getByRole("form", { name: "Edit limits" });
+      // A value the API would refuse is caught in the form, without a request.
+      await form.getByLabel("Max queued bytes", { exact: true }).fill("10");
+      await form.getByRole("button", { name: "Save limits" }).click();
+      await visible(form.getByText("At least 1024 (empty: not set)."), "the field's error");
+      await form.getByLabel("Max queued bytes", { exact: true }).fill("");
+      await form.getByLabel("Publish rate (msg/s)", { exact: true }).fill("10");
+      await form.getByLabel("Max retained messages", { exact: true }).fill("5");
+      await form.getByRole("button", { name: "Save limits" }).click();
+      await visible(limits.getByRole("status").filter({ hasText: "Limits saved" }), "the notice Limits saved");
+      // Stored: a reload shows them (the list of set limits, with units).
+      await page.reload();
+      await heading(page, `Device ${DEVICE.clientId}`);
+      await visible(limits.getByText("10 msg/s", { exact: true }), "the publish rate, 10 msg/s");
+      await visible(limits.getByText("5 messages", { exact: true }), "the retained-message limit, 5 messages");
+      assert((await limits.getByRole("term").count()) === 2, "other limits are shown as set");
     });
 
     await step("admin users: an API key is shown once and works", async () => {

@@ -45,6 +45,8 @@ pub struct Device {
     pub created_at: String,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// Its own limits; those not set follow the listener's and global values.
+    pub limits: DeviceLimits,
     /// Whether it is connected now.
     pub online: bool,
     /// When it was last connected (RFC 3339): now when online; for an offline persistent
@@ -64,6 +66,7 @@ impl From<DeviceSummary> for Device {
             enabled: d.enabled,
             created_at: millis_rfc3339(d.created_at),
             labels: d.labels,
+            limits: d.limits.into(),
             online: false,
             last_seen: None,
         }
@@ -112,6 +115,85 @@ pub struct CreateDevice {
     #[serde(default)]
     #[schema(schema_with = labels_schema)]
     pub labels: BTreeMap<String, String>,
+    /// Its own limits (absent or `{}`: the listener's and global values).
+    #[serde(default, deserialize_with = "object_only")]
+    pub limits: DeviceLimits,
+}
+
+/// A device's own limits: each one set replaces the listener's or global value for the
+/// device's connections and session, from its next CONNECT on. Rates of 0 switch that limit
+/// off for the device; a rate set without its burst gets one second's worth.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceLimits {
+    /// PUBLISH packets per second (0: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_rate: Option<u32>,
+    /// Burst of `publish_rate`, packets (0: one second's worth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_burst: Option<u32>,
+    /// PUBLISH bytes per second (0: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_bytes_rate: Option<u64>,
+    /// Burst of `publish_bytes_rate`, bytes (0: one second's worth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_bytes_burst: Option<u64>,
+    /// Bytes per second written to the device (0: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_bytes_rate: Option<u64>,
+    /// Burst of `outbound_bytes_rate`, bytes (0: one second's worth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_bytes_burst: Option<u64>,
+    /// Subscriptions its session may hold (0: none, a publish-only device); past it SUBACK
+    /// 0x97.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_subscriptions: Option<u32>,
+    /// Messages its session queue may hold (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub max_queued_messages: Option<u32>,
+    /// Bytes its session queue may hold (at least 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1024)]
+    pub max_queued_bytes: Option<u64>,
+    /// Retained messages it may have set at once (0: it may not retain); past it a retained
+    /// publish is refused (MQTT 5: 0x97) or, for MQTT 3.x, delivered without being retained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retained: Option<u32>,
+}
+
+impl From<tern_broker::store::DeviceLimits> for DeviceLimits {
+    fn from(l: tern_broker::store::DeviceLimits) -> DeviceLimits {
+        DeviceLimits {
+            publish_rate: l.publish_rate,
+            publish_burst: l.publish_burst,
+            publish_bytes_rate: l.publish_bytes_rate,
+            publish_bytes_burst: l.publish_bytes_burst,
+            outbound_bytes_rate: l.outbound_bytes_rate,
+            outbound_bytes_burst: l.outbound_bytes_burst,
+            max_subscriptions: l.max_subscriptions,
+            max_queued_messages: l.max_queued_messages,
+            max_queued_bytes: l.max_queued_bytes,
+            max_retained: l.max_retained,
+        }
+    }
+}
+
+impl From<DeviceLimits> for tern_broker::store::DeviceLimits {
+    fn from(l: DeviceLimits) -> tern_broker::store::DeviceLimits {
+        tern_broker::store::DeviceLimits {
+            publish_rate: l.publish_rate,
+            publish_burst: l.publish_burst,
+            publish_bytes_rate: l.publish_bytes_rate,
+            publish_bytes_burst: l.publish_bytes_burst,
+            outbound_bytes_rate: l.outbound_bytes_rate,
+            outbound_bytes_burst: l.outbound_bytes_burst,
+            max_subscriptions: l.max_subscriptions,
+            max_queued_messages: l.max_queued_messages,
+            max_queued_bytes: l.max_queued_bytes,
+            max_retained: l.max_retained,
+        }
+    }
 }
 
 /// A provisioned device and, if one was generated, its password (shown this once).
@@ -163,6 +245,34 @@ fn labels_or_null_schema() -> Object {
     labels_object(SchemaType::Array(vec![Type::Object, Type::Null]))
 }
 
+/// A JSON object only, as `T`: serde's derive would also take an array, field by field in
+/// declaration order, which no client means.
+struct JsonObject<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for JsonObject<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData)).map(JsonObject)
+    }
+}
+
+fn object_only<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    JsonObject::deserialize(d).map(|o| o.0)
+}
+
+fn object_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    Option::<JsonObject<T>>::deserialize(d).map(|o| o.map(|o| o.0))
+}
+
 /// `Some(None)` for an explicit `null`, `None` for an absent field (JSON merge-patch
 /// semantics need the three cases).
 #[allow(clippy::option_option)]
@@ -185,6 +295,10 @@ pub struct UpdateDevice {
     #[allow(clippy::option_option)]
     #[schema(value_type = Option<String>, min_length = 1, pattern = r"^[^\x00]*$")]
     pub cert_identity: Option<Option<String>>,
+    /// Replace its limits (`{}` clears them; absent or `null`: leave them). Takes effect at
+    /// the device's next CONNECT (kick it to apply at once).
+    #[serde(default, deserialize_with = "object_or_null")]
+    pub limits: Option<DeviceLimits>,
 }
 
 /// New credentials for a device.
@@ -303,6 +417,7 @@ pub async fn create_device(
         cert_identity: req.cert_identity,
         scram: req.scram,
         labels: req.labels,
+        limits: req.limits.into(),
     };
     let ip = source.ip_text();
     let added = provision::add_device(state.store.as_ref(), new, actor(&who, ip.as_deref())).await?;
@@ -365,7 +480,12 @@ pub async fn update_device(
     ApiJson(req): ApiJson<UpdateDevice>,
 ) -> Result<Json<Device>, ApiError> {
     who.require(Role::Operator)?;
-    let update = DeviceUpdate { enabled: req.enabled, labels: req.labels, cert_identity: req.cert_identity };
+    let update = DeviceUpdate {
+        enabled: req.enabled,
+        labels: req.labels,
+        cert_identity: req.cert_identity,
+        limits: req.limits.map(Into::into),
+    };
     let ip = source.ip_text();
     let (before, after) =
         provision::update_device(state.store.as_ref(), &client_id, update, actor(&who, ip.as_deref()))

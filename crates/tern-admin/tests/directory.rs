@@ -1,7 +1,8 @@
 //! Devices and ACL rules through the API, against a real SQLite directory and the real ACL
-//! authorizer: provisioning, paging and filters, live effects on connected clients
-//! (disconnect on disable / rotate / delete, rules enforced without reconnecting),
-//! `/acl/check`, and one audit entry per change.
+//! authorizer: provisioning, paging and filters, a device's own limits (set, replaced, kept,
+//! cleared, refused when invalid), live effects on connected clients (disconnect on disable /
+//! rotate / delete, rules enforced without reconnecting), `/acl/check`, and one audit entry
+//! per change.
 
 mod common;
 
@@ -278,4 +279,170 @@ async fn audit_log_is_listed_with_filters_and_paging() {
     let none = app.call("GET", "/api/v1/audit?actor=nobody", Some(&op), None).await;
     assert!(none.json["items"].as_array().unwrap().is_empty());
     app.call("GET", "/api/v1/audit?limit=0", Some(&op), None).await.assert_problem(400, "validation");
+}
+
+/// `GET /api/v1/devices/{id}`'s `device.limits`.
+async fn limits_of(app: &App, token: &str, client_id: &str) -> serde_json::Value {
+    let r = app.call("GET", &format!("/api/v1/devices/{client_id}"), Some(token), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    r.json["device"]["limits"].clone()
+}
+
+/// The `limits` of `client_id` in `GET /api/v1/devices`.
+async fn listed_limits(app: &App, token: &str, client_id: &str) -> serde_json::Value {
+    let r = app.call("GET", "/api/v1/devices", Some(token), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let items = r.json["items"].as_array().unwrap();
+    let d = items.iter().find(|d| d["client_id"] == client_id).unwrap_or_else(|| panic!("{r:?}"));
+    d["limits"].clone()
+}
+
+#[tokio::test]
+async fn device_limits_are_set_shown_replaced_kept_and_cleared() {
+    let app = App::new().await;
+    let op = app.token(Role::Operator).await;
+    let viewer = app.token(Role::Viewer).await;
+
+    // Created with limits: in POST's answer, GET, the list and the store.
+    let body = json!({"client_id": "lim-1", "limits": {"publish_rate": 10, "max_retained": 5}}).to_string();
+    let r = app.call("POST", "/api/v1/devices", Some(&op), Some(&body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let first = json!({"publish_rate": 10, "max_retained": 5});
+    assert_eq!(r.json["device"]["limits"], first, "only the set limits are serialized: {r:?}");
+    assert_eq!(limits_of(&app, &viewer, "lim-1").await, first);
+    assert_eq!(listed_limits(&app, &viewer, "lim-1").await, first);
+    let stored = app.store.device_by_client_id("lim-1").await.unwrap().unwrap();
+    assert_eq!(stored.limits.publish_rate, Some(10));
+    assert_eq!(stored.limits.max_retained, Some(5));
+    assert_eq!(stored.limits.max_subscriptions, None);
+
+    // A device created without limits has `{}` (not null, not absent).
+    let r = app.call("POST", "/api/v1/devices", Some(&op), Some(r#"{"client_id":"plain"}"#)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    assert_eq!(r.json["device"]["limits"], json!({}), "{r:?}");
+    assert_eq!(listed_limits(&app, &viewer, "plain").await, json!({}));
+
+    // PATCH with limits replaces the whole set (publish_rate is gone, not merged).
+    let every = json!({
+        "publish_burst": 20, "publish_bytes_rate": 4096, "publish_bytes_burst": 8192,
+        "outbound_bytes_rate": 65_536, "outbound_bytes_burst": 131_072, "max_subscriptions": 0,
+        "max_queued_messages": 1, "max_queued_bytes": 1024, "max_retained": 0,
+    });
+    let body = json!({"limits": every}).to_string();
+    let r = app.call("PATCH", "/api/v1/devices/lim-1", Some(&op), Some(&body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.json["limits"], every, "the lowest allowed values and zeros are kept: {r:?}");
+    assert_eq!(limits_of(&app, &viewer, "lim-1").await, every);
+    assert_eq!(listed_limits(&app, &viewer, "lim-1").await, every);
+
+    // PATCH without `limits` (or with `null`) leaves them.
+    let r = app.call("PATCH", "/api/v1/devices/lim-1", Some(&op), Some(r#"{"labels":{"site":"x"}}"#)).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.json["limits"], every, "{r:?}");
+    let r = app.call("PATCH", "/api/v1/devices/lim-1", Some(&op), Some(r#"{"limits":null}"#)).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.json["limits"], every, "{r:?}");
+    assert_eq!(limits_of(&app, &viewer, "lim-1").await, every);
+
+    // A viewer may not change them.
+    app.call("PATCH", "/api/v1/devices/lim-1", Some(&viewer), Some(r#"{"limits":{}}"#))
+        .await
+        .assert_problem(403, "forbidden");
+    assert_eq!(limits_of(&app, &viewer, "lim-1").await, every);
+
+    // `{}` clears them: the field then serializes as `{}`.
+    let r = app.call("PATCH", "/api/v1/devices/lim-1", Some(&op), Some(r#"{"limits":{}}"#)).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.json["limits"], json!({}), "{r:?}");
+    assert_eq!(limits_of(&app, &viewer, "lim-1").await, json!({}));
+    assert_eq!(listed_limits(&app, &viewer, "lim-1").await, json!({}));
+    assert!(app.store.device_by_client_id("lim-1").await.unwrap().unwrap().limits.is_empty());
+
+    // Each change is one `device.update` with the limits before and after.
+    let audit = app.audit_log().await;
+    let updates: Vec<serde_json::Value> = audit
+        .iter()
+        .filter(|e| e.action == "device.update" && e.target.as_deref() == Some("device:lim-1"))
+        .map(|e| serde_json::from_str(&e.detail).unwrap())
+        .collect();
+    assert_eq!(updates.len(), 4, "{audit:?}");
+    assert_eq!(updates[0]["before"]["limits"], first);
+    assert_eq!(updates[0]["after"]["limits"], every);
+    assert_eq!(updates[1]["before"]["limits"], every, "a labels-only change keeps them");
+    assert_eq!(updates[1]["after"]["limits"], every);
+    assert_eq!(updates[3]["before"]["limits"], every);
+    assert_eq!(updates[3]["after"]["limits"], json!({}));
+    let add: serde_json::Value = serde_json::from_str(
+        &audit.iter().find(|e| e.target.as_deref() == Some("device:lim-1")).unwrap().detail,
+    )
+    .unwrap();
+    assert_eq!(add["after"]["limits"], first, "device.add records them too");
+}
+
+#[tokio::test]
+async fn invalid_device_limits_are_refused_and_change_nothing() {
+    let app = App::new().await;
+    let op = app.token(Role::Operator).await;
+    let body = json!({"client_id": "lim-2", "limits": {"publish_rate": 10, "max_retained": 5}}).to_string();
+    assert_eq!(app.call("POST", "/api/v1/devices", Some(&op), Some(&body)).await.status, StatusCode::CREATED);
+    let kept = json!({"publish_rate": 10, "max_retained": 5});
+    let audited = app.audit_log().await.len();
+
+    // Values the broker cannot use: refused by tern_auth::provision, which names the field.
+    for (limits, says) in [
+        (json!({"max_queued_messages": 0}), "max_queued_messages"),
+        (json!({"max_queued_bytes": 10}), "max_queued_bytes"),
+        (json!({"max_queued_bytes": 1023, "publish_rate": 1}), "max_queued_bytes"),
+    ] {
+        // With another change in the same request: that one is not made either.
+        let body = json!({"enabled": false, "limits": limits}).to_string();
+        let r = app.call("PATCH", "/api/v1/devices/lim-2", Some(&op), Some(&body)).await;
+        r.assert_problem(400, "validation");
+        let detail = r.json["detail"].as_str().unwrap();
+        assert!(detail.starts_with("limits: ") && detail.contains(says), "{limits}: {r:?}");
+        let create = json!({"client_id": "lim-new", "limits": limits}).to_string();
+        app.call("POST", "/api/v1/devices", Some(&op), Some(&create)).await.assert_problem(400, "validation");
+    }
+    // Bodies serde refuses (the JSON extractor answers 400 too, not 422): an unknown key, a
+    // negative number, a string, a fraction, a value past the type's range.
+    for (limits, says) in [
+        (json!({"publish_rate": 10, "colour": 1}), "unknown field `colour`"),
+        (json!({"publish_rate": -1}), "publish_rate"),
+        (json!({"max_retained": "5"}), "max_retained"),
+        (json!({"publish_rate": 1.5}), "publish_rate"),
+        (json!({"max_subscriptions": 4_294_967_296_u64}), "max_subscriptions"),
+        // An array is not read field by field in order (serde's default for structs).
+        (json!([10, null, 5]), "an object"),
+        (json!([]), "an object"),
+    ] {
+        let body = json!({"enabled": false, "limits": limits}).to_string();
+        let r = app.call("PATCH", "/api/v1/devices/lim-2", Some(&op), Some(&body)).await;
+        r.assert_problem(400, "validation");
+        assert!(r.json["detail"].as_str().unwrap().contains(says), "{limits}: {r:?}");
+        let create = json!({"client_id": "lim-new", "limits": limits}).to_string();
+        app.call("POST", "/api/v1/devices", Some(&op), Some(&create)).await.assert_problem(400, "validation");
+    }
+
+    // Nothing changed: the limits, the device (still enabled), no new device, no audit entry.
+    let r = app.call("GET", "/api/v1/devices/lim-2", Some(&op), None).await;
+    assert_eq!(r.json["device"]["limits"], kept, "{r:?}");
+    assert_eq!(r.json["device"]["enabled"], true, "{r:?}");
+    app.call("GET", "/api/v1/devices/lim-new", Some(&op), None).await.assert_problem(404, "not-found");
+    assert_eq!(app.audit_log().await.len(), audited);
+}
+
+#[tokio::test]
+async fn changing_limits_leaves_the_live_connection_alone() {
+    let app = App::new().await;
+    let op = app.token(Role::Operator).await;
+    let r = app.call("POST", "/api/v1/devices", Some(&op), Some(r#"{"client_id":"lim-3"}"#)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let mut c = connect_device(&app, "lim-3").await;
+    let body = json!({"limits": {"max_subscriptions": 0, "publish_rate": 1}}).to_string();
+    let r = app.call("PATCH", "/api/v1/devices/lim-3", Some(&op), Some(&body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.json["online"], true, "{r:?}");
+    // They apply at its next CONNECT: no DISCONNECT now.
+    c.expect_nothing(std::time::Duration::from_millis(300)).await.unwrap();
+    assert!(app.broker.client("lim-3").is_some());
 }

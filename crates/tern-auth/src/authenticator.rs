@@ -254,9 +254,10 @@ impl TernAuthenticator {
         let device = device.expect("a hash was verified, so the device exists");
         let principal = device_principal(&device, info.client_id);
         match (&principal, device.password_hash) {
-            (Ok(_), Some(hash)) => self.directory.remember(
+            (Ok(p), Some(hash)) => self.directory.remember(
                 key,
                 CachedDevice {
+                    limits: p.limits.clone(),
                     client_id: device.client_id.into(),
                     username: device.username.map(Into::into),
                     password_hash: hash.into(),
@@ -304,6 +305,7 @@ impl TernAuthenticator {
             username: Some(device_identity(cached.username.as_deref(), &cached.client_id)),
             expires_at: None,
             inline_acl: None,
+            limits: cached.limits.clone(),
         })
     }
 
@@ -374,6 +376,7 @@ impl TernAuthenticator {
             username: Some(username),
             expires_at: if cfg.disconnect_on_expiry { vt.expires_at } else { None },
             inline_acl: vt.inline_acl,
+            limits: None,
         })
     }
 
@@ -411,18 +414,21 @@ impl TernAuthenticator {
         if !device.enabled {
             return Err((ReasonCode::NotAuthorized, "device disabled"));
         }
+        let limits = device_limits(&device);
         Ok(match mapping.map_to {
             CertMapTo::ClientId => Principal {
                 username: Some(device_identity(device.username.as_deref(), &device.client_id)),
                 client_id: device.client_id,
                 expires_at: None,
                 inline_acl: None,
+                limits: limits.clone(),
             },
             CertMapTo::Both => Principal {
                 client_id: device.client_id,
                 username: Some(identity.to_string()),
                 expires_at: None,
                 inline_acl: None,
+                limits: limits.clone(),
             },
             CertMapTo::Username => {
                 if device.client_id != info.client_id {
@@ -433,6 +439,7 @@ impl TernAuthenticator {
                     username: Some(identity.to_string()),
                     expires_at: None,
                     inline_acl: None,
+                    limits: limits.clone(),
                 }
             }
         })
@@ -451,6 +458,7 @@ impl TernAuthenticator {
                 username: None,
                 expires_at: None,
                 inline_acl: None,
+                limits: None,
             }),
             Err(e) => Err(store_failure(&e, info)),
         })
@@ -539,6 +547,11 @@ pub(crate) fn device_identity(username: Option<&str>, client_id: &str) -> String
     }
 }
 
+/// A device's own limits for its principal (`None` when it has none).
+pub(crate) fn device_limits(device: &Device) -> Option<Arc<tern_broker::store::DeviceLimits>> {
+    (!device.limits.is_empty()).then(|| Arc::new(device.limits.clone()))
+}
+
 /// The principal for a device whose password was verified.
 fn device_principal(device: &Device, client_id: &str) -> Result<Principal, Refusal> {
     if !device.enabled {
@@ -552,6 +565,7 @@ fn device_principal(device: &Device, client_id: &str) -> Result<Principal, Refus
         username: Some(device_identity(device.username.as_deref(), &device.client_id)),
         expires_at: None,
         inline_acl: None,
+        limits: device_limits(device),
     })
 }
 

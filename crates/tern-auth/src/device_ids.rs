@@ -191,6 +191,7 @@ mod tests {
                 enabled: true,
                 created_at: 0,
                 labels: std::collections::BTreeMap::new(),
+                limits: tern_broker::store::DeviceLimits::default(),
             });
             Box::pin(std::future::ready(Ok(d)))
         }

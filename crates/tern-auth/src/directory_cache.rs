@@ -41,11 +41,16 @@ pub(crate) struct CachedDevice {
     pub(crate) username: Option<Box<str>>,
     /// Its argon2id PHC string.
     pub(crate) password_hash: Box<str>,
+    /// Its own limits, if it has any.
+    pub(crate) limits: Option<std::sync::Arc<tern_broker::store::DeviceLimits>>,
 }
 
 impl CachedDevice {
     fn heap_bytes(&self) -> usize {
-        self.client_id.len() + self.username.as_deref().map_or(0, str::len) + self.password_hash.len()
+        self.client_id.len()
+            + self.username.as_deref().map_or(0, str::len)
+            + self.password_hash.len()
+            + self.limits.as_ref().map_or(0, |_| std::mem::size_of::<tern_broker::store::DeviceLimits>() + 16)
     }
 }
 
@@ -176,6 +181,7 @@ mod tests {
             username: Some(format!("user-{cid}").into()),
             password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"
                 .into(),
+            limits: None,
         }
     }
 

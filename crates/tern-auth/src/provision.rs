@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use tern_broker::store::{AclAction, AclRule, AuditEntry, Device, DirectoryStore, Permission, StoreError};
+use tern_broker::store::{
+    AclAction, AclRule, AuditEntry, Device, DeviceLimits, DirectoryStore, Permission, StoreError,
+};
 
 use crate::acl::validate_rule_topic;
 use crate::password::{generate_password, hash_password};
@@ -65,6 +67,8 @@ pub struct NewDevice {
     pub scram: bool,
     /// Labels (see [`check_labels`] for the limits).
     pub labels: BTreeMap<String, String>,
+    /// Its own limits (see [`DeviceLimits`]).
+    pub limits: DeviceLimits,
 }
 
 /// Who makes a change, for the audit log.
@@ -88,6 +92,11 @@ pub const MAX_LABELS: usize = 32;
 pub const MAX_LABEL_KEY: usize = 64;
 /// Longest label value, bytes.
 pub const MAX_LABEL_VALUE: usize = 256;
+
+/// Checks a device's limits (see [`DeviceLimits::validate`]).
+pub fn check_limits(limits: &DeviceLimits) -> Result<(), ProvisionError> {
+    limits.validate().map_err(|why| ProvisionError::Invalid(format!("limits: {why}")))
+}
 
 /// Checks labels: at most [`MAX_LABELS`]; keys 1 to [`MAX_LABEL_KEY`] bytes of ASCII letters,
 /// digits and `.`, `_`, `-`, `/`; values at most [`MAX_LABEL_VALUE`] bytes without NUL.
@@ -150,6 +159,8 @@ pub struct DeviceSummary {
     pub created_at: i64,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// Its own limits (none set: the listener's and global values apply).
+    pub limits: DeviceLimits,
 }
 
 impl From<&Device> for DeviceSummary {
@@ -163,6 +174,7 @@ impl From<&Device> for DeviceSummary {
             enabled: d.enabled,
             created_at: d.created_at,
             labels: d.labels.clone(),
+            limits: d.limits.clone(),
         }
     }
 }
@@ -228,6 +240,7 @@ pub async fn add_device<'a>(
     if let Some(c) = &req.cert_identity {
         check_name("certificate identity", c)?;
     }
+    check_limits(&req.limits)?;
     let secrets = secrets(req.password, req.scram).await?;
     let device = Device {
         client_id: req.client_id,
@@ -238,6 +251,7 @@ pub async fn add_device<'a>(
         enabled: true,
         created_at: now_millis(),
         labels: req.labels,
+        limits: req.limits,
     };
     store.add_device(&device).await.map_err(|e| match e {
         // The database's own words name a constraint, not what the operator typed.
@@ -313,6 +327,8 @@ pub struct DeviceUpdate {
     pub labels: Option<BTreeMap<String, String>>,
     /// Set (`Some(Some)`) or clear (`Some(None)`) its certificate identity.
     pub cert_identity: Option<Option<String>>,
+    /// Replace its limits (an empty set clears them).
+    pub limits: Option<DeviceLimits>,
 }
 
 /// Applies `update` to a device and audits `device.update` with the device before and after.
@@ -330,6 +346,9 @@ pub async fn update_device<'a>(
     if let Some(Some(c)) = &update.cert_identity {
         check_name("certificate identity", c)?;
     }
+    if let Some(l) = &update.limits {
+        check_limits(l)?;
+    }
     let mut device = store
         .device_by_client_id(client_id)
         .await?
@@ -343,6 +362,9 @@ pub async fn update_device<'a>(
     }
     if let Some(c) = update.cert_identity {
         device.cert_identity = c;
+    }
+    if let Some(l) = update.limits {
+        device.limits = l;
     }
     store.update_device(&device).await?;
     let after = DeviceSummary::from(&device);

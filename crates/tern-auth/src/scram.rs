@@ -300,6 +300,7 @@ impl ScramServer {
             )),
             expires_at: None,
             inline_acl: None,
+            limits: crate::authenticator::device_limits(device),
         };
         self.backoff.record_success(Some(&self.username));
         tracing::info!(

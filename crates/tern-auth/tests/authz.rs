@@ -45,6 +45,7 @@ fn who(client_id: &str, username: Option<&str>) -> Principal {
         username: username.map(Into::into),
         expires_at: None,
         inline_acl: None,
+        limits: None,
     }
 }
 

@@ -66,6 +66,9 @@ pub struct Principal {
     /// Rules carried by the credentials themselves (JWT `acl` claim), checked before the
     /// stored rules.
     pub inline_acl: Option<Arc<[InlineAclRule]>>,
+    /// The device's own limits (from the directory), replacing the listener's or global
+    /// values where set.
+    pub limits: Option<Arc<crate::store::DeviceLimits>>,
 }
 
 /// One rule carried in a credential (JWT `acl` claim).
@@ -212,6 +215,7 @@ impl Authenticator for AllowAll {
             username: None,
             expires_at: None,
             inline_acl: None,
+            limits: None,
         };
         Box::pin(std::future::ready(AuthOutcome::Allow(p)))
     }

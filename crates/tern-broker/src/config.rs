@@ -132,6 +132,9 @@ pub struct LimitsConfig {
     /// Bytes of retained messages (topic, payload and properties) the broker keeps; past it,
     /// as `max_retained_messages`.
     pub max_retained_bytes: usize,
+    /// Retained topics one client may have set at once (0: no such quota); past it, as
+    /// `max_retained_messages`. A device's own `max_retained` replaces it.
+    pub max_retained_per_client: usize,
     /// Unwritten output a connection may have before the broker stops reading from it
     /// (a client that sends but never reads cannot make the broker buffer its answers).
     pub max_write_buffer: usize,
@@ -162,6 +165,7 @@ impl Default for LimitsConfig {
             max_retained_backlog: 100_000,
             max_retained_messages: 1_000_000,
             max_retained_bytes: 512 * 1024 * 1024,
+            max_retained_per_client: 0,
             max_write_buffer: 1024 * 1024,
             write_timeout: 30,
             acl_cache_bytes: 64 * 1024,
@@ -256,6 +260,39 @@ impl ClientLimits {
     /// Whether any limit is on (a connection then gets a limiter).
     pub fn any(&self) -> bool {
         self.publish_rate > 0 || self.publish_bytes_rate > 0 || self.outbound_bytes_rate > 0
+    }
+
+    /// These limits with a device's own in their place. A rate the device sets without its
+    /// burst gets one second's worth (the listener's burst was sized for another rate).
+    pub fn with_device(&self, d: &crate::store::DeviceLimits) -> ClientLimits {
+        fn pick<T: Copy + Default>(rate: Option<T>, burst: Option<T>, own: (T, T)) -> (T, T) {
+            match (rate, burst) {
+                (Some(r), b) => (r, b.unwrap_or_default()),
+                (None, Some(b)) => (own.0, b),
+                (None, None) => own,
+            }
+        }
+        let (publish_rate, publish_burst) =
+            pick(d.publish_rate, d.publish_burst, (self.publish_rate, self.publish_burst));
+        let (publish_bytes_rate, publish_bytes_burst) = pick(
+            d.publish_bytes_rate,
+            d.publish_bytes_burst,
+            (self.publish_bytes_rate, self.publish_bytes_burst),
+        );
+        let (outbound_bytes_rate, outbound_bytes_burst) = pick(
+            d.outbound_bytes_rate,
+            d.outbound_bytes_burst,
+            (self.outbound_bytes_rate, self.outbound_bytes_burst),
+        );
+        ClientLimits {
+            publish_rate,
+            publish_burst,
+            publish_bytes_rate,
+            publish_bytes_burst,
+            action: self.action,
+            outbound_bytes_rate,
+            outbound_bytes_burst,
+        }
     }
 }
 
@@ -418,5 +455,45 @@ impl BrokerConfig {
             return err("limits.topic_stats_capacity", "must be at most 16777216");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::DeviceLimits;
+
+    #[test]
+    fn a_devices_limits_replace_the_listeners_with_their_own_bursts() {
+        let listener = ClientLimits {
+            publish_rate: 100,
+            publish_burst: 500,
+            publish_bytes_rate: 10_000,
+            publish_bytes_burst: 20_000,
+            action: PublishLimitAction::Disconnect,
+            outbound_bytes_rate: 0,
+            outbound_bytes_burst: 0,
+        };
+        assert_eq!(listener.with_device(&DeviceLimits::default()), listener);
+        let d = DeviceLimits {
+            publish_rate: Some(5),
+            publish_bytes_burst: Some(1000),
+            outbound_bytes_rate: Some(4096),
+            ..DeviceLimits::default()
+        };
+        let got = listener.with_device(&d);
+        // A rate without its burst: one second's worth (0), not the listener's 500.
+        assert_eq!((got.publish_rate, got.publish_burst), (5, 0));
+        // A burst alone keeps the listener's rate.
+        assert_eq!((got.publish_bytes_rate, got.publish_bytes_burst), (10_000, 1000));
+        assert_eq!((got.outbound_bytes_rate, got.outbound_bytes_burst), (4096, 0));
+        assert_eq!(got.action, PublishLimitAction::Disconnect);
+        let off = listener.with_device(&DeviceLimits {
+            publish_rate: Some(0),
+            publish_bytes_rate: Some(0),
+            outbound_bytes_rate: Some(0),
+            ..d
+        });
+        assert!(!off.any(), "rates of 0 switch the limits off: {off:?}");
     }
 }

@@ -147,9 +147,12 @@ pub(crate) struct Conn {
     pub(crate) out_aliases: Option<Box<outbound::OutAliases>>,
     /// Whether the client allows reason strings and user properties on acks (MQTT 5).
     pub(crate) problem_info: bool,
-    /// The session expiry the client connected with (for the DISCONNECT rule MQTT-3.14.2-2).
+    /// The session expiry the client connected with (for the DISCONNECT rule MQTT-3.14.2-2),
+    /// or, once `expiry_overridden`, the one its DISCONNECT set.
     pub(crate) connect_expiry: u32,
-    pub(crate) expiry_override: Option<u32>,
+    /// Whether the client's DISCONNECT set a new session expiry (in `connect_expiry`); a flag
+    /// rather than an `Option<u32>` keeps the connection struct 8 bytes smaller.
+    pub(crate) expiry_overridden: bool,
     /// Reason String for the closing DISCONNECT (MQTT 5), e.g. the violated rule.
     pub(crate) close_text: Option<Box<str>>,
     /// Per-client rate limits (boxed, and only when one is on).
@@ -574,7 +577,8 @@ impl Conn {
             Close::Server(ReasonCode::ServerShuttingDown) => None,
             _ => self.will.take().map(|w| *w),
         };
-        self.broker.detach(&self.session, self.generation, will, self.expiry_override);
+        let expiry_override = self.expiry_overridden.then_some(self.connect_expiry);
+        self.broker.detach(&self.session, self.generation, will, expiry_override);
         if let Close::Server(code) = close
             && self.version.is_v5()
             && code.valid_for(tern_protocol::PacketKind::Disconnect)

@@ -284,8 +284,9 @@ impl Persister {
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(backoff), if !self.is_available() => {
-                    // Health check with backoff while down.
-                    let ok = tokio::time::timeout(Duration::from_secs(5), self.store.ping()).await;
+                    // Health check with backoff while down: a write, since the failure may be
+                    // one that reads do not see (a full disk).
+                    let ok = tokio::time::timeout(Duration::from_secs(5), self.store.ping_write()).await;
                     if matches!(ok, Ok(Ok(()))) {
                         self.available.store(true, Ordering::Release);
                         info!(backend = self.store.backend(), "database reachable again");

@@ -48,10 +48,10 @@ impl Inner {
 
         {
             let mut retained = self.retained.write().unwrap_or_else(PoisonError::into_inner);
-            for (topic, id) in snapshot.retained {
+            for (topic, id, owner) in snapshot.retained {
                 match messages.get(&id) {
                     Some(m) if !m.is_expired(now) => {
-                        retained.insert(m.clone());
+                        retained.insert(m.clone(), owner.map(Into::into));
                     }
                     _ => ops.push(StoreOp::DeleteRetained { topic }),
                 }

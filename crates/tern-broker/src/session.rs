@@ -79,6 +79,31 @@ impl Gate {
     }
 }
 
+/// A device's own quotas on its session (from its limits), where it has any.
+// Named as the limits they replace (`limits.max_*`, `DeviceLimits::max_*`).
+#[allow(clippy::struct_field_names)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SessionQuota {
+    pub(crate) max_queued_messages: Option<usize>,
+    pub(crate) max_queued_bytes: Option<usize>,
+    pub(crate) max_subscriptions: Option<usize>,
+    pub(crate) max_retained: Option<usize>,
+}
+
+impl SessionQuota {
+    /// The quotas among `limits`, or `None` when it sets none.
+    pub(crate) fn of(limits: &crate::store::DeviceLimits) -> Option<SessionQuota> {
+        let size = |v: Option<u64>| v.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let q = SessionQuota {
+            max_queued_messages: size(limits.max_queued_messages.map(u64::from)),
+            max_queued_bytes: size(limits.max_queued_bytes),
+            max_subscriptions: size(limits.max_subscriptions.map(u64::from)),
+            max_retained: size(limits.max_retained.map(u64::from)),
+        };
+        (q != SessionQuota::default()).then_some(q)
+    }
+}
+
 /// A message waiting to be sent to this session.
 #[derive(Debug, Clone)]
 pub(crate) struct Pending {
@@ -94,10 +119,12 @@ pub(crate) struct Pending {
     pub(crate) dup: bool,
     /// Whether the store holds this delivery (persistent session, QoS 1/2).
     pub(crate) durable: bool,
-    /// For a delivery of a publication with a store write: settled once that write commits
-    /// (or fails). Nothing is sent before: a message whose publisher is refused (PUBACK/PUBREC
-    /// 0x80) was delivered to nobody, and a durable delivery's packet id is on disk before
-    /// the client can hold it, so a restart never hands that id to another message.
+    /// For a delivery of a publication with a store write: settled once that write is
+    /// submitted, so the client's acknowledgement (which deletes the stored row) can never
+    /// reach the persister ahead of the row's insertion; where exactly once needs it, once
+    /// the write commits (or fails). Then a QoS 2 message whose publisher is refused (PUBREC
+    /// 0x80) was delivered to nobody, and a durable QoS 2 delivery's packet id is on disk
+    /// before the client can hold it, so a restart never hands that id to another message.
     pub(crate) gate: Option<Arc<Gate>>,
 }
 
@@ -214,6 +241,8 @@ pub(crate) struct SessionState {
     // Boxed: 8 bytes in every session instead of an empty vector's 24.
     #[allow(clippy::box_collection)]
     pub(crate) timers: Option<Box<Vec<tokio::task::AbortHandle>>>,
+    /// The device's own quotas (boxed: most sessions have none).
+    pub(crate) quota: Option<Box<SessionQuota>>,
 }
 
 /// The result of offering a message to a session queue.
@@ -299,6 +328,7 @@ impl Session {
                 owner: None,
                 conn: None,
                 timers: None,
+                quota: None,
             }),
             rung: AtomicBool::new(false),
             armed: AtomicBool::new(false),
@@ -458,7 +488,8 @@ impl Session {
         for q in st.queue.iter().filter(|q| q.qos == QoS::AtMostOnce) {
             n -= 1;
             bytes -= q.cost();
-            if n < limits.max_queued_messages && bytes + cost <= limits.max_queued_bytes {
+            let (max_n, max_bytes) = st.queue_caps(limits);
+            if n < max_n && bytes + cost <= max_bytes {
                 return false;
             }
         }
@@ -551,7 +582,24 @@ impl Session {
 impl SessionState {
     /// Whether a delivery of `cost` more bytes would exceed the queue's limits.
     fn is_full(&self, limits: &LimitsConfig, cost: usize) -> bool {
-        self.queue.len() >= limits.max_queued_messages || self.queued_bytes + cost > limits.max_queued_bytes
+        let (max_n, max_bytes) = self.queue_caps(limits);
+        self.queue.len() >= max_n || self.queued_bytes + cost > max_bytes
+    }
+
+    /// The queue's limits, messages and bytes: the device's own, or the broker's.
+    pub(crate) fn queue_caps(&self, limits: &LimitsConfig) -> (usize, usize) {
+        match self.quota.as_deref() {
+            None => (limits.max_queued_messages, limits.max_queued_bytes),
+            Some(q) => (
+                q.max_queued_messages.unwrap_or(limits.max_queued_messages),
+                q.max_queued_bytes.unwrap_or(limits.max_queued_bytes),
+            ),
+        }
+    }
+
+    /// Subscriptions the session may hold: the device's own quota, or the broker's.
+    pub(crate) fn max_subscriptions(&self, limits: &LimitsConfig) -> usize {
+        self.quota.as_deref().and_then(|q| q.max_subscriptions).unwrap_or(limits.max_subscriptions_per_client)
     }
 
     /// Appends a delivery to the queue (the byte count follows).

@@ -167,6 +167,8 @@ pub enum StoreOp {
         topic: String,
         /// The message.
         message_id: i64,
+        /// The client that set it, when it is under a retained-message quota.
+        client_id: Option<String>,
     },
     /// Remove a topic's retained entry (no error if absent).
     DeleteRetained {
@@ -194,7 +196,10 @@ impl StoreOp {
             | StoreOp::DeleteDelivery { client_id, .. }
             | StoreOp::PutInbound { client_id, .. }
             | StoreOp::DeleteInbound { client_id, .. } => client_id.len(),
-            StoreOp::PutRetained { topic, .. } | StoreOp::DeleteRetained { topic } => topic.len(),
+            StoreOp::PutRetained { topic, client_id, .. } => {
+                topic.len() + client_id.as_ref().map_or(0, String::len)
+            }
+            StoreOp::DeleteRetained { topic } => topic.len(),
         };
         std::mem::size_of::<StoreOp>() + heap
     }
@@ -211,8 +216,8 @@ pub struct Snapshot {
     pub deliveries: Vec<StoredDelivery>,
     /// All inbound QoS 2 ids as (client id, packet id).
     pub inbound: Vec<(String, u16)>,
-    /// All retained entries as (topic, message id).
-    pub retained: Vec<(String, i64)>,
+    /// All retained entries as (topic, message id, client under a quota that set it).
+    pub retained: Vec<(String, i64, Option<String>)>,
     /// Every message referenced by a delivery or a retained entry.
     pub messages: Vec<StoredMessage>,
 }
@@ -228,6 +233,12 @@ pub trait Store: Send + Sync + Debug + 'static {
     fn sweep(&self, now: UnixMillis) -> StoreFuture<'_, u64>;
     /// Checks that the database answers.
     fn ping(&self) -> StoreFuture<'_, ()>;
+    /// Checks that the database takes a write (a committed write that changes nothing): the
+    /// persister's recovery check after failed commits, which a read cannot stand for (a
+    /// full disk still answers reads).
+    fn ping_write(&self) -> StoreFuture<'_, ()> {
+        self.ping()
+    }
     /// A short name for logs and health ("sqlite", "postgres", "memory").
     fn backend(&self) -> &'static str;
     /// The connection pool: connections open and, of those, idle (`None`: no pool).
@@ -256,6 +267,64 @@ pub struct Device {
     pub created_at: UnixMillis,
     /// Operator-defined labels (e.g. `site` = `berlin`), for search and grouping.
     pub labels: BTreeMap<String, String>,
+    /// Its own limits, where they differ from the listener's or global ones.
+    pub limits: DeviceLimits,
+}
+
+/// A device's own limits: each one set replaces the listener's or global value for this
+/// device's connections and session (`None`: that value applies). Rates of 0 switch the limit
+/// off for the device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceLimits {
+    /// PUBLISH packets per second (0: unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_rate: Option<u32>,
+    /// Burst of `publish_rate` (0: one second's worth).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_burst: Option<u32>,
+    /// PUBLISH bytes per second (0: unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_bytes_rate: Option<u64>,
+    /// Burst of `publish_bytes_rate` (0: one second's worth).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_bytes_burst: Option<u64>,
+    /// Bytes per second written to the device (0: unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_bytes_rate: Option<u64>,
+    /// Burst of `outbound_bytes_rate` (0: one second's worth).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_bytes_burst: Option<u64>,
+    /// Subscriptions its session may hold (0: none, a publish-only device).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_subscriptions: Option<u32>,
+    /// Messages its session queue may hold (at least 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queued_messages: Option<u32>,
+    /// Bytes its session queue may hold (at least 1024).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queued_bytes: Option<u64>,
+    /// Retained messages it may have set at once (0: it may not retain).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retained: Option<u32>,
+}
+
+impl DeviceLimits {
+    /// Whether no limit is set (the device follows the listener's and global values).
+    pub fn is_empty(&self) -> bool {
+        *self == DeviceLimits::default()
+    }
+
+    /// Why these values cannot be used, if they cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_queued_messages == Some(0) {
+            return Err("max_queued_messages must be at least 1".into());
+        }
+        if self.max_queued_bytes.is_some_and(|b| b < 1024) {
+            return Err("max_queued_bytes must be at least 1024".into());
+        }
+        Ok(())
+    }
 }
 
 /// Which devices to list: filters and a cursor, in client-id order.

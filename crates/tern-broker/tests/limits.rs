@@ -29,6 +29,7 @@ impl Authenticator for Slow {
                 username: None,
                 expires_at: None,
                 inline_acl: None,
+                limits: None,
             })
         })
     }

@@ -53,6 +53,10 @@ pub(crate) struct DeviceAddArgs {
     /// A label, `key=value` (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub(crate) labels: Vec<String>,
+    /// One of the device's own limits, `name=number` (repeatable), e.g. `publish_rate=10`
+    /// (names: docs/limits.md, "Per device").
+    #[arg(long = "limit", value_name = "NAME=NUMBER")]
+    pub(crate) limits: Vec<String>,
 }
 
 /// A device's client id.
@@ -161,7 +165,20 @@ pub(crate) fn new_device(args: DeviceAddArgs, stdin: &mut dyn BufRead) -> Result
         cert_identity: args.cert_identity,
         scram: args.scram,
         labels,
+        limits: parse_limits(&args.limits)?,
     })
+}
+
+/// `--limit name=number` options as a device's limits.
+fn parse_limits(args: &[String]) -> Result<tern_broker::store::DeviceLimits> {
+    let mut map = serde_json::Map::new();
+    for l in args {
+        let Some((k, v)) = l.split_once('=') else { bail!("--limit {l:?}: expected name=number") };
+        let n: u64 =
+            v.trim().parse().map_err(|_| anyhow::anyhow!("--limit {l:?}: {v:?} is not a whole number"))?;
+        map.insert(k.trim().to_string(), n.into());
+    }
+    serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| anyhow::anyhow!("--limit: {e}"))
 }
 
 /// The request for `acl add`.
@@ -411,6 +428,7 @@ mod tests {
             enabled: true,
             created_at: 0,
             labels: std::collections::BTreeMap::new(),
+            limits: tern_broker::store::DeviceLimits::default(),
         };
         let t = device_table(&[d]);
         assert_eq!(

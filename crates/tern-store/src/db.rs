@@ -251,6 +251,10 @@ impl Store for Db {
         Box::pin(async move { on_conn!(self, |conn, b| b::ping(conn).await?) })
     }
 
+    fn ping_write(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move { on_conn!(self, |conn, b| b::ping_write(conn).await?) })
+    }
+
     fn pool_connections(&self) -> Option<(u32, u32)> {
         Some(match &self.backend {
             Backend::Sqlite(pool) => (pool.size(), pool.num_idle() as u32),

@@ -20,6 +20,7 @@ pub(crate) const POSTGRES: &[Embedded] = &[
     (1, "initial", include_str!("../../../migrations/postgres/0001_initial.sql")),
     (2, "session_owner", include_str!("../../../migrations/postgres/0002_session_owner.sql")),
     (3, "admin", include_str!("../../../migrations/postgres/0003_admin.sql")),
+    (4, "quotas", include_str!("../../../migrations/postgres/0004_quotas.sql")),
 ];
 
 /// SQLite migrations, in version order.
@@ -27,6 +28,7 @@ pub(crate) const SQLITE: &[Embedded] = &[
     (1, "initial", include_str!("../../../migrations/sqlite/0001_initial.sql")),
     (2, "session_owner", include_str!("../../../migrations/sqlite/0002_session_owner.sql")),
     (3, "admin", include_str!("../../../migrations/sqlite/0003_admin.sql")),
+    (4, "quotas", include_str!("../../../migrations/sqlite/0004_quotas.sql")),
 ];
 
 /// A `MigrationSource` over an embedded list.

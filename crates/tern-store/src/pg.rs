@@ -20,7 +20,7 @@ crate::shared::backend_fns!(PgConnection);
 /// sqlx declares every parameter's type (`TEXT`, `BOOL`, `INT8`, NULL or not), so none needs
 /// a cast.
 pub(crate) const QUERY_DEVICES: &str = "SELECT client_id, username, password_hash, scram_verifier, \
-     cert_identity, enabled, created_at, labels FROM devices \
+     cert_identity, enabled, created_at, labels, limits FROM devices \
      WHERE client_id >= COALESCE($1, '') AND ($1 IS NULL OR client_id <> $1) \
      AND ($2 IS NULL OR enabled = $2) \
      AND ($3 IS NULL OR strpos(lower(client_id), lower($3 COLLATE \"C\")) > 0 \

@@ -213,7 +213,7 @@ mod tests {
     fn delete_session_is_a_barrier_and_first_message_wins() {
         let ops = vec![
             StoreOp::PutDelivery(delivery("a", 1, 1)),
-            StoreOp::PutRetained { topic: "t".into(), message_id: 1 },
+            StoreOp::PutRetained { topic: "t".into(), message_id: 1, client_id: None },
             StoreOp::DeleteSession { client_id: "a".into() },
             StoreOp::PutSession(session("a")),
             StoreOp::PutMessage(message(1, "first")),

@@ -7,8 +7,8 @@ use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Column, Row, TypeInfo};
 use tern_broker::store::{
-    AclAction, AclRule, AdminUser, ApiKey, AuditEntry, Device, Permission, RefreshToken, StoredDelivery,
-    StoredMessage, StoredSession, StoredSubscription,
+    AclAction, AclRule, AdminUser, ApiKey, AuditEntry, Device, DeviceLimits, Permission, RefreshToken,
+    StoredDelivery, StoredMessage, StoredSession, StoredSubscription,
 };
 
 type Result<T> = std::result::Result<T, sqlx::Error>;
@@ -140,12 +140,13 @@ pub(crate) fn inbound(r: &impl RowGet) -> Result<(String, u16)> {
     Ok((r.text(0)?, narrow(r.int(1)?, "inbound_qos2.packet_id")?))
 }
 
-/// `topic, message_id`
-pub(crate) fn retained(r: &impl RowGet) -> Result<(String, i64)> {
-    Ok((r.text(0)?, r.int(1)?))
+/// `topic, message_id, client_id`
+pub(crate) fn retained(r: &impl RowGet) -> Result<(String, i64, Option<String>)> {
+    Ok((r.text(0)?, r.int(1)?, r.opt_text(2)?))
 }
 
-/// `client_id, username, password_hash, scram_verifier, cert_identity, enabled, created_at, labels`
+/// `client_id, username, password_hash, scram_verifier, cert_identity, enabled, created_at, labels,
+/// limits`
 pub(crate) fn device(r: &impl RowGet) -> Result<Device> {
     Ok(Device {
         client_id: r.text(0)?,
@@ -156,6 +157,7 @@ pub(crate) fn device(r: &impl RowGet) -> Result<Device> {
         enabled: r.boolean(5)?,
         created_at: r.int(6)?,
         labels: decode_labels(&r.text(7)?)?,
+        limits: decode_limits(&r.text(8)?)?,
     })
 }
 
@@ -229,6 +231,17 @@ pub(crate) fn encode_labels(labels: &BTreeMap<String, String>) -> Result<String>
         return Err(sqlx::Error::Encode("a device label contains a NUL character".into()));
     }
     serde_json::to_string(labels).map_err(|e| sqlx::Error::Encode(e.into()))
+}
+
+/// A device's limits as stored: a JSON object of the limits that are set (`{}`: none).
+pub(crate) fn encode_limits(limits: &DeviceLimits) -> Result<String> {
+    serde_json::to_string(limits).map_err(|e| sqlx::Error::Encode(e.into()))
+}
+
+/// Inverse of [`encode_limits`]; unknown keys or wrong types are a decode error.
+pub(crate) fn decode_limits(text: &str) -> Result<DeviceLimits> {
+    serde_json::from_str(text)
+        .map_err(|e| sqlx::Error::Decode(format!("bad devices.limits {text:?}: {e}").into()))
 }
 
 /// Inverse of [`encode_labels`]; anything but a JSON object of strings is a decode error.

@@ -78,9 +78,10 @@ macro_rules! backend_fns {
                     .execute(&mut *conn)
                     .await
                     .map(drop),
-                StoreOp::PutRetained { topic, message_id } => sqlx::query(sql::PUT_RETAINED)
+                StoreOp::PutRetained { topic, message_id, client_id } => sqlx::query(sql::PUT_RETAINED)
                     .bind(topic)
                     .bind(message_id)
+                    .bind(client_id.as_deref())
                     .execute(&mut *conn)
                     .await
                     .map(drop),
@@ -194,6 +195,13 @@ macro_rules! backend_fns {
             sqlx::query("SELECT 1").execute(&mut *conn).await.map(drop)
         }
 
+        /// Commits a write that changes nothing (the directory version set to itself).
+        pub(crate) async fn ping_write(conn: &mut $Conn) -> Result<(), sqlx::Error> {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            sqlx::query(sql::TOUCH_DIRECTORY_VERSION).execute(&mut *tx).await?;
+            tx.commit().await
+        }
+
         async fn bump_directory_version(conn: &mut $Conn) -> Result<(), sqlx::Error> {
             sqlx::query(sql::BUMP_DIRECTORY_VERSION).execute(&mut *conn).await.map(drop)
         }
@@ -209,6 +217,7 @@ macro_rules! backend_fns {
                 .bind(d.enabled)
                 .bind(d.created_at)
                 .bind(rows::encode_labels(&d.labels)?)
+                .bind(rows::encode_limits(&d.limits)?)
                 .execute(&mut *conn)
                 .await?;
             bump_directory_version(conn).await
@@ -225,6 +234,7 @@ macro_rules! backend_fns {
                 .bind(d.enabled)
                 .bind(d.created_at)
                 .bind(rows::encode_labels(&d.labels)?)
+                .bind(rows::encode_limits(&d.limits)?)
                 .execute(&mut *conn)
                 .await?
                 .rows_affected();

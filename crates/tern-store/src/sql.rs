@@ -49,8 +49,8 @@ pub(crate) const PUT_INBOUND: &str = "INSERT INTO inbound_qos2 (client_id, packe
 
 pub(crate) const DELETE_INBOUND: &str = "DELETE FROM inbound_qos2 WHERE client_id = $1 AND packet_id = $2";
 
-pub(crate) const PUT_RETAINED: &str = "INSERT INTO retained (topic, message_id) VALUES ($1, $2) \
-     ON CONFLICT (topic) DO UPDATE SET message_id = excluded.message_id";
+pub(crate) const PUT_RETAINED: &str = "INSERT INTO retained (topic, message_id, client_id) VALUES ($1, $2, $3) \
+     ON CONFLICT (topic) DO UPDATE SET message_id = excluded.message_id, client_id = excluded.client_id";
 
 pub(crate) const DELETE_RETAINED: &str = "DELETE FROM retained WHERE topic = $1";
 
@@ -68,7 +68,7 @@ pub(crate) const LOAD_DELIVERIES: &str = "SELECT client_id, seq, message_id, qos
 pub(crate) const LOAD_INBOUND: &str =
     "SELECT client_id, packet_id FROM inbound_qos2 ORDER BY client_id, packet_id";
 
-pub(crate) const LOAD_RETAINED: &str = "SELECT topic, message_id FROM retained ORDER BY topic";
+pub(crate) const LOAD_RETAINED: &str = "SELECT topic, message_id, client_id FROM retained ORDER BY topic";
 
 /// Only messages something refers to (unreferenced ones wait for the next sweep).
 pub(crate) const LOAD_MESSAGES: &str = "SELECT m.id, m.topic, m.payload, m.qos, m.retain, m.properties, \
@@ -105,26 +105,29 @@ pub(crate) const SWEEP_ORPHANED_MESSAGES: &str = "DELETE FROM messages WHERE \
 pub(crate) const BUMP_DIRECTORY_VERSION: &str =
     "UPDATE directory_version SET version = version + 1 WHERE id = 1";
 
+pub(crate) const TOUCH_DIRECTORY_VERSION: &str =
+    "UPDATE directory_version SET version = version WHERE id = 1";
+
 pub(crate) const DIRECTORY_VERSION: &str = "SELECT version FROM directory_version WHERE id = 1";
 
 pub(crate) const ADD_DEVICE: &str = "INSERT INTO devices \
-     (client_id, username, password_hash, scram_verifier, cert_identity, enabled, created_at, labels) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+     (client_id, username, password_hash, scram_verifier, cert_identity, enabled, created_at, labels, limits) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 pub(crate) const UPDATE_DEVICE: &str = "UPDATE devices SET username = $2, password_hash = $3, \
-     scram_verifier = $4, cert_identity = $5, enabled = $6, created_at = $7, labels = $8 \
+     scram_verifier = $4, cert_identity = $5, enabled = $6, created_at = $7, labels = $8, limits = $9 \
      WHERE client_id = $1";
 
 pub(crate) const REMOVE_DEVICE: &str = "DELETE FROM devices WHERE client_id = $1";
 
 pub(crate) const DEVICE_BY_CLIENT_ID: &str = "SELECT client_id, username, password_hash, scram_verifier, \
-     cert_identity, enabled, created_at, labels FROM devices WHERE client_id = $1";
+     cert_identity, enabled, created_at, labels, limits FROM devices WHERE client_id = $1";
 
 pub(crate) const DEVICE_BY_USERNAME: &str = "SELECT client_id, username, password_hash, scram_verifier, \
-     cert_identity, enabled, created_at, labels FROM devices WHERE username = $1";
+     cert_identity, enabled, created_at, labels, limits FROM devices WHERE username = $1";
 
 pub(crate) const LIST_DEVICES: &str = "SELECT client_id, username, password_hash, scram_verifier, \
-     cert_identity, enabled, created_at, labels FROM devices ORDER BY client_id";
+     cert_identity, enabled, created_at, labels, limits FROM devices ORDER BY client_id";
 
 // `query_devices` differs per backend (string functions): `QUERY_DEVICES` in pg.rs and sqlite.rs.
 

@@ -33,7 +33,7 @@ crate::shared::backend_fns!(SqliteConnection);
 ///   quote (the labels `{"x\"k":"v"}`, key `x"k`, contain `"k":"v"`). So the decoded pairs of
 ///   the rows that pass (`json_each`) decide.
 pub(crate) const QUERY_DEVICES: &str = "SELECT client_id, username, password_hash, scram_verifier, \
-     cert_identity, enabled, created_at, labels FROM devices \
+     cert_identity, enabled, created_at, labels, limits FROM devices \
      WHERE client_id >= COALESCE($1, '') AND ($1 IS NULL OR client_id <> $1) \
      AND ($2 IS NULL OR enabled = $2) \
      AND ($3 IS NULL OR instr(lower(client_id), lower($3)) > 0 OR instr(lower(username), lower($3)) > 0) \

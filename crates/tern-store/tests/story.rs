@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tern_broker::store::{
-    AclAction, AclRule, AdminUser, ApiKey, AuditEntry, AuditQuery, Device, DeviceQuery, DirectoryStore,
-    Permission, RefreshToken, Snapshot, Store, StoreError, StoreOp, StoredDelivery, StoredMessage,
-    StoredSession, StoredSubscription,
+    AclAction, AclRule, AdminUser, ApiKey, AuditEntry, AuditQuery, Device, DeviceLimits, DeviceQuery,
+    DirectoryStore, Permission, RefreshToken, Snapshot, Store, StoreError, StoreOp, StoredDelivery,
+    StoredMessage, StoredSession, StoredSubscription,
 };
 use tern_store::{Db, StoreOptions};
 
@@ -55,6 +55,7 @@ chapter!(
     acl_rules,
     admin_users_and_audit_log,
     device_labels,
+    device_limits,
     device_queries,
     bad_labels_are_decode_errors,
     acl_rule_updates,
@@ -141,8 +142,12 @@ async fn snapshot_round_trip(t: &TestDb) {
             StoreOp::PutDelivery(d_other.clone()),
             StoreOp::PutInbound { client_id: "alpha".into(), packet_id: 65535 },
             StoreOp::PutInbound { client_id: "alpha".into(), packet_id: 1 },
-            StoreOp::PutRetained { topic: "plant/ü/temp".into(), message_id: 7 },
-            StoreOp::PutRetained { topic: "empty".into(), message_id: 3 },
+            StoreOp::PutRetained {
+                topic: "plant/ü/temp".into(),
+                message_id: 7,
+                client_id: Some("dev-1".into()),
+            },
+            StoreOp::PutRetained { topic: "empty".into(), message_id: 3, client_id: None },
         ],
     )
     .await;
@@ -152,7 +157,10 @@ async fn snapshot_round_trip(t: &TestDb) {
     assert_eq!(snapshot.subscriptions, vec![subs[0].clone(), subs[1].clone(), subs[2].clone()]);
     assert_eq!(snapshot.deliveries, vec![d_empty, d_big, d_other], "ordered by (client id, seq)");
     assert_eq!(snapshot.inbound, vec![("alpha".to_owned(), 1), ("alpha".to_owned(), 65535)]);
-    assert_eq!(snapshot.retained, vec![("empty".to_owned(), 3), ("plant/ü/temp".to_owned(), 7)]);
+    assert_eq!(
+        snapshot.retained,
+        vec![("empty".to_owned(), 3, None), ("plant/ü/temp".to_owned(), 7, Some("dev-1".to_owned()))]
+    );
     assert_eq!(snapshot.messages, vec![empty, big], "only referenced messages, ordered by id");
 }
 
@@ -166,7 +174,7 @@ async fn upserts_and_idempotent_deletes(t: &TestDb) {
             StoreOp::PutSubscription(subscription("c", "x/#")),
             StoreOp::PutMessage(message(1, "first")),
             StoreOp::PutDelivery(delivery("c", 1, 1)),
-            StoreOp::PutRetained { topic: "r".into(), message_id: 1 },
+            StoreOp::PutRetained { topic: "r".into(), message_id: 1, client_id: None },
             StoreOp::PutInbound { client_id: "c".into(), packet_id: 5 },
         ],
     )
@@ -187,7 +195,7 @@ async fn upserts_and_idempotent_deletes(t: &TestDb) {
             StoreOp::PutSubscription(resubscribed.clone()),
             StoreOp::PutMessage(message(1, "second body for the same id")),
             StoreOp::PutMessage(message(2, "new retained")),
-            StoreOp::PutRetained { topic: "r".into(), message_id: 2 },
+            StoreOp::PutRetained { topic: "r".into(), message_id: 2, client_id: None },
             StoreOp::PutInbound { client_id: "c".into(), packet_id: 5 },
             StoreOp::DeleteSubscription { client_id: "c".into(), filter: "absent".into() },
             StoreOp::DeleteDelivery { client_id: "c".into(), seq: 999 },
@@ -203,7 +211,7 @@ async fn upserts_and_idempotent_deletes(t: &TestDb) {
     assert_eq!(s.subscriptions, vec![resubscribed], "PutSubscription replaces the row");
     assert_eq!(s.deliveries, vec![delivery("c", 1, 1)], "re-putting the session keeps its deliveries");
     assert_eq!(s.inbound, vec![("c".to_owned(), 5)]);
-    assert_eq!(s.retained, vec![("r".to_owned(), 2)], "PutRetained replaces the entry");
+    assert_eq!(s.retained, vec![("r".to_owned(), 2, None)], "PutRetained replaces the entry");
     assert_eq!(s.messages, vec![message(1, "first"), message(2, "new retained")], "the first body wins");
     apply(db, vec![StoreOp::PutSession(StoredSession { owner: None, ..updated.clone() })]).await;
     assert_eq!(load(db).await.sessions[0].owner, None, "PutSession replaces the owner with None too");
@@ -269,7 +277,7 @@ async fn delete_session_takes_its_rows(t: &TestDb) {
         ops.push(StoreOp::PutDelivery(delivery(c, 1, 1)));
         ops.push(StoreOp::PutInbound { client_id: c.into(), packet_id: 7 });
     }
-    ops.push(StoreOp::PutRetained { topic: "t".into(), message_id: 1 });
+    ops.push(StoreOp::PutRetained { topic: "t".into(), message_id: 1, client_id: None });
     apply(db, ops).await;
     apply(db, vec![StoreOp::DeleteSession { client_id: "gone".into() }]).await;
     let s = load(db).await;
@@ -277,7 +285,7 @@ async fn delete_session_takes_its_rows(t: &TestDb) {
     assert_eq!(s.subscriptions, vec![subscription("kept", "t")]);
     assert_eq!(s.deliveries, vec![delivery("kept", 1, 1)]);
     assert_eq!(s.inbound, vec![("kept".to_owned(), 7)]);
-    assert_eq!(s.retained, vec![("t".to_owned(), 1)], "retained entries belong to no session");
+    assert_eq!(s.retained, vec![("t".to_owned(), 1, None)], "retained entries belong to no session");
 }
 
 /// `sweep` deletes orphaned and expired rows, never referenced live ones, and counts them.
@@ -301,8 +309,8 @@ async fn sweep_removes_orphaned_and_expired(t: &TestDb) {
             StoreOp::PutDelivery(StoredDelivery { state: 1, ..delivery("s", 2, 4) }),
             StoreOp::PutDelivery(delivery("s", 3, 5)),
             StoreOp::PutDelivery(delivery("s", 4, 6)),
-            StoreOp::PutRetained { topic: "expired".into(), message_id: 3 },
-            StoreOp::PutRetained { topic: "live".into(), message_id: 7 },
+            StoreOp::PutRetained { topic: "expired".into(), message_id: 3, client_id: None },
+            StoreOp::PutRetained { topic: "live".into(), message_id: 7, client_id: None },
         ],
     )
     .await;
@@ -312,7 +320,7 @@ async fn sweep_removes_orphaned_and_expired(t: &TestDb) {
     let after = load(db).await;
     let seqs: Vec<i64> = after.deliveries.iter().map(|d| d.seq).collect();
     assert_eq!(seqs, vec![2, 3, 4], "a delivery in state 1 stays even if its message expired");
-    assert_eq!(after.retained, vec![("live".to_owned(), 7)]);
+    assert_eq!(after.retained, vec![("live".to_owned(), 7, None)]);
     let ids: Vec<i64> = after.messages.iter().map(|m| m.id).collect();
     assert_eq!(ids, vec![4, 5, 6, 7]);
     assert_eq!(after.sessions, before.sessions);
@@ -356,9 +364,9 @@ async fn ordering_inside_one_batch(t: &TestDb) {
     ops.push(StoreOp::SetDeliveryState { client_id: "o".into(), seq: 4, state: 1 });
     ops.push(StoreOp::PutDelivery(delivery("o", 4, 1)));
     // put retained, delete retained, put again
-    ops.push(StoreOp::PutRetained { topic: "r".into(), message_id: 1 });
+    ops.push(StoreOp::PutRetained { topic: "r".into(), message_id: 1, client_id: None });
     ops.push(StoreOp::DeleteRetained { topic: "r".into() });
-    ops.push(StoreOp::PutRetained { topic: "r".into(), message_id: 2 });
+    ops.push(StoreOp::PutRetained { topic: "r".into(), message_id: 2, client_id: None });
     // inbound put, delete
     ops.push(StoreOp::PutInbound { client_id: "o".into(), packet_id: 3 });
     ops.push(StoreOp::DeleteInbound { client_id: "o".into(), packet_id: 3 });
@@ -382,7 +390,7 @@ async fn ordering_inside_one_batch(t: &TestDb) {
             ("p".to_owned(), 2, 2, 0),
         ]
     );
-    assert_eq!(s.retained, vec![("r".to_owned(), 2)]);
+    assert_eq!(s.retained, vec![("r".to_owned(), 2, None)]);
     assert!(s.inbound.is_empty());
     assert_eq!(s.sessions[1], StoredSession { last_seq: 1, ..session("p") });
 
@@ -392,7 +400,7 @@ async fn ordering_inside_one_batch(t: &TestDb) {
         db,
         vec![
             StoreOp::PutDelivery(delivery("q", 1, 3)),
-            StoreOp::PutRetained { topic: "q".into(), message_id: 3 },
+            StoreOp::PutRetained { topic: "q".into(), message_id: 3, client_id: None },
             StoreOp::PutMessage(message(3, "late body")),
             StoreOp::PutSession(session("q")),
         ],
@@ -470,7 +478,11 @@ async fn random_batches_match_the_model(t: &TestDb) {
                 14 => StoreOp::DeleteInbound { client_id: client, packet_id: rng.below(4) as u16 },
                 15 if !model.messages.is_empty() => {
                     let ids: Vec<i64> = model.messages.keys().copied().collect();
-                    StoreOp::PutRetained { topic: rng.pick(&topics).to_owned(), message_id: rng.pick(&ids) }
+                    StoreOp::PutRetained {
+                        topic: rng.pick(&topics).to_owned(),
+                        message_id: rng.pick(&ids),
+                        client_id: rng.pick(&[None, Some("dev-1")]).map(str::to_owned),
+                    }
                 }
                 _ => StoreOp::DeleteRetained { topic: rng.pick(&topics).to_owned() },
             };
@@ -501,7 +513,7 @@ async fn failing_batch_rolls_back(t: &TestDb) {
         StoreOp::PutDelivery(delivery("keep", 1, 2)),
         StoreOp::DeleteSession { client_id: "keep".into() },
         StoreOp::PutMessage(StoredMessage { qos: 3, ..message(3, "bad") }),
-        StoreOp::PutRetained { topic: "t".into(), message_id: 2 },
+        StoreOp::PutRetained { topic: "t".into(), message_id: 2, client_id: None },
     ];
     let err = db.apply(&bad_qos).await.expect_err("QoS 3 violates a CHECK constraint");
     assert!(matches!(err, StoreError::Other(_)), "{err:?}");
@@ -617,7 +629,7 @@ async fn upgrade_from_0001(url: &str, backend: &str) {
                   will_at, last_seq) VALUES ('old', 60, 4, 5, NULL, NULL, 9)";
     old_database(url, backend, &["0001_initial.sql"], &[insert]).await;
 
-    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![2, 3]);
+    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![2, 3, 4]);
     let db = tern_store::connect(url, &support::options()).await.expect("connect");
     let old_row = StoredSession {
         expiry_interval: 60,
@@ -659,7 +671,7 @@ async fn upgrade_from_0002(url: &str, backend: &str) {
     ];
     old_database(url, backend, &["0001_initial.sql", "0002_session_owner.sql"], &inserts).await;
 
-    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![3]);
+    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![3, 4]);
     let db = tern_store::connect(url, &support::options()).await.expect("connect");
     let old_device = Device {
         client_id: "dev-old".into(),
@@ -670,6 +682,7 @@ async fn upgrade_from_0002(url: &str, backend: &str) {
         enabled: true,
         created_at: 7,
         labels: BTreeMap::new(),
+        limits: DeviceLimits::default(),
     };
     assert_eq!(db.device_by_client_id("dev-old").await.expect("get"), Some(old_device.clone()));
     assert_eq!(db.device_by_username("olduser").await.expect("get"), Some(old_device.clone()));
@@ -721,6 +734,7 @@ fn device(client_id: &str, username: Option<&str>) -> Device {
         enabled: true,
         created_at: 1_700_000_000_000,
         labels: BTreeMap::new(),
+        limits: DeviceLimits::default(),
     }
 }
 
@@ -894,6 +908,32 @@ async fn admin_users_and_audit_log(t: &TestDb) {
     assert_eq!(recent, vec![entries[2].clone(), entries[1].clone()], "newest first");
     assert_eq!(db.recent_audit(100).await.expect("audit").len(), 3);
     assert_eq!(db.recent_audit(0).await.expect("audit"), Vec::new());
+}
+
+/// A device's limits come back as written (only the ones set), through every read, and an
+/// update replaces or clears them; a row written before 0004 reads as no limits.
+async fn device_limits(t: &TestDb) {
+    let db = &t.db;
+    let limits = DeviceLimits {
+        publish_rate: Some(0),
+        publish_bytes_rate: Some(u64::from(u32::MAX) + 1),
+        max_subscriptions: Some(3),
+        max_retained: Some(0),
+        ..DeviceLimits::default()
+    };
+    let d = Device { limits: limits.clone(), ..device("lim-1", Some("lim-user")) };
+    db.add_device(&d).await.expect("add");
+    assert_eq!(db.device_by_client_id("lim-1").await.expect("get").map(|d| d.limits), Some(limits.clone()));
+    assert_eq!(db.device_by_username("lim-user").await.expect("get").map(|d| d.limits), Some(limits));
+    let listed = db.list_devices().await.expect("list");
+    assert!(listed.iter().any(|x| x.client_id == "lim-1" && x.limits.max_subscriptions == Some(3)));
+    let cleared = Device { limits: DeviceLimits::default(), ..d };
+    db.update_device(&cleared).await.expect("update");
+    assert_eq!(db.device_by_client_id("lim-1").await.expect("get"), Some(cleared));
+    // The persister's write probe commits and changes nothing.
+    let version = db.directory_version().await.expect("version");
+    db.ping_write().await.expect("write probe");
+    assert_eq!(db.directory_version().await.expect("version"), version);
 }
 
 /// Labels come back exactly as written, through every read, and an update replaces them.

@@ -819,6 +819,8 @@ export interface components {
             labels?: {
                 [key: string]: string;
             };
+            /** @description Its own limits (absent or `{}`: the listener's and global values). */
+            limits?: components["schemas"]["DeviceLimits"];
             /**
              * @description Its password (give this or `generate_password`; neither: no password, for
              *     certificate or JWT devices).
@@ -874,6 +876,8 @@ export interface components {
              *     keeps no history of clean sessions).
              */
             last_seen?: string | null;
+            /** @description Its own limits; those not set follow the listener's and global values. */
+            limits: components["schemas"]["DeviceLimits"];
             /** @description Whether it is connected now. */
             online: boolean;
             /** @description The user name it presents, if any. */
@@ -884,6 +888,65 @@ export interface components {
             connection?: null | components["schemas"]["Client"];
             /** @description The device. */
             device: components["schemas"]["Device"];
+        };
+        /**
+         * @description A device's own limits: each one set replaces the listener's or global value for the
+         *     device's connections and session, from its next CONNECT on. Rates of 0 switch that limit
+         *     off for the device; a rate set without its burst gets one second's worth.
+         */
+        DeviceLimits: {
+            /**
+             * Format: int64
+             * @description Bytes its session queue may hold (at least 1024).
+             */
+            max_queued_bytes?: number | null;
+            /**
+             * Format: int32
+             * @description Messages its session queue may hold (at least 1).
+             */
+            max_queued_messages?: number | null;
+            /**
+             * Format: int32
+             * @description Retained messages it may have set at once (0: it may not retain); past it a retained
+             *     publish is refused (MQTT 5: 0x97) or, for MQTT 3.x, delivered without being retained.
+             */
+            max_retained?: number | null;
+            /**
+             * Format: int32
+             * @description Subscriptions its session may hold (0: none, a publish-only device); past it SUBACK
+             *     0x97.
+             */
+            max_subscriptions?: number | null;
+            /**
+             * Format: int64
+             * @description Burst of `outbound_bytes_rate`, bytes (0: one second's worth).
+             */
+            outbound_bytes_burst?: number | null;
+            /**
+             * Format: int64
+             * @description Bytes per second written to the device (0: unlimited).
+             */
+            outbound_bytes_rate?: number | null;
+            /**
+             * Format: int32
+             * @description Burst of `publish_rate`, packets (0: one second's worth).
+             */
+            publish_burst?: number | null;
+            /**
+             * Format: int64
+             * @description Burst of `publish_bytes_rate`, bytes (0: one second's worth).
+             */
+            publish_bytes_burst?: number | null;
+            /**
+             * Format: int64
+             * @description PUBLISH bytes per second (0: unlimited).
+             */
+            publish_bytes_rate?: number | null;
+            /**
+             * Format: int32
+             * @description PUBLISH packets per second (0: unlimited).
+             */
+            publish_rate?: number | null;
         };
         /** @description One page of devices. */
         DevicePage: {
@@ -1469,6 +1532,7 @@ export interface components {
             labels?: {
                 [key: string]: string;
             } | null;
+            limits?: null | components["schemas"]["DeviceLimits"];
         };
         /** @description A user property (name, value). */
         UserProperty: {

@@ -1,6 +1,6 @@
-// One device: its facts, its live connection and session (polled every 3 s), the ACL rules
-// that name it, its recent audit entries, and the operator actions (enable/disable, rotate
-// credentials, kick, delete).
+// One device: its facts, its own limits (editable by operators), its live connection and
+// session (polled every 3 s), the ACL rules that name it, its recent audit entries, and the
+// operator actions (enable/disable, rotate credentials, kick, delete).
 
 import { useEffect, useRef, useState } from "preact/hooks";
 import {
@@ -24,6 +24,7 @@ import { ago, bytes, duration, when } from "../lib/format";
 import { go, href } from "../lib/router";
 import { principalName, protocolName, ruleApplies } from "../lib/snippets";
 import { ShownOnce } from "./devices/credentials";
+import { LimitsSection } from "./devices/limits";
 import { Credentials, DeviceStatus, Labels } from "./devices/status";
 
 const POLL_MS = 3000;
@@ -147,6 +148,15 @@ export function DeviceDetailPage(props: { clientId: string }) {
           {/* A failed refresh: the last good data stays on screen below. */}
           <ErrorBanner error={detail.error} />
           <DeviceFacts device={detail.data.device} />
+          <LimitsSection
+            key={id}
+            device={detail.data.device}
+            canOperate={auth.canOperate}
+            onSaved={() => {
+              detail.reload();
+              setAuditTick((t) => t + 1);
+            }}
+          />
           <Connection connection={detail.data.connection ?? null} />
           <SessionSection clientId={id} stopped={stopped} />
           {principal && <AclSection clientId={id} principal={principal} hasUsername={!!detail.data.device.username} />}

@@ -30,6 +30,7 @@ impl Authenticator for TrustUserName {
             username: info.username.map(str::to_string),
             expires_at: None,
             inline_acl: None,
+            limits: None,
         };
         Box::pin(std::future::ready(AuthOutcome::Allow(p)))
     }

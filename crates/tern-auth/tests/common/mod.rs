@@ -211,6 +211,7 @@ pub(crate) fn device(client_id: &str, username: Option<&str>) -> Device {
         enabled: true,
         created_at: 0,
         labels: std::collections::BTreeMap::new(),
+        limits: tern_broker::store::DeviceLimits::default(),
     }
 }
 

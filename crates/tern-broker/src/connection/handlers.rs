@@ -178,8 +178,9 @@ impl Conn {
                 }
             }
         }
+        let owner = if p.retain { self.retained_owner() } else { None };
         let msg = Arc::new(Message::from_publish(p, Some(self.session.id), Instant::now()));
-        let published = broker.publish(&msg, ops, qos != QoS::AtMostOnce, self.version.is_v5());
+        let published = broker.publish_as(&msg, ops, qos != QoS::AtMostOnce, self.version.is_v5(), owner);
         if let Some(code) = published.refused {
             if let Some(id) = packet_id {
                 if qos == QoS::ExactlyOnce {
@@ -223,6 +224,15 @@ impl Conn {
             _ => {}
         }
         Ok(())
+    }
+
+    /// This client as the setter of retained messages, when it is under a retained quota
+    /// (its device's own `max_retained`, or `limits.max_retained_per_client`).
+    fn retained_owner(&self) -> Option<crate::router::RetainedOwner> {
+        let global = self.broker.config.limits.max_retained_per_client;
+        let max = self.session.lock().quota.as_deref().and_then(|q| q.max_retained);
+        let max = max.or((global > 0).then_some(global))?;
+        Some(crate::router::RetainedOwner { client_id: self.client_id.clone(), max })
     }
 
     /// The store operation that forgets a durable outbound delivery, if it is one.
@@ -365,9 +375,10 @@ impl Conn {
                 ReasonCode::WildcardSubscriptionsNotSupported
             } else if level_count(tf.filter) > cfg.limits.max_topic_levels {
                 ReasonCode::TopicFilterInvalid
-            } else if !exists
-                && self.session.lock().subscriptions.len() >= cfg.limits.max_subscriptions_per_client
-            {
+            } else if !exists && {
+                let st = self.session.lock();
+                st.subscriptions.len() >= st.max_subscriptions(&cfg.limits)
+            } {
                 ReasonCode::QuotaExceeded
             } else if !self.allowed(Action::Subscribe, tf.filter, opts.qos.min(max_qos(cfg)), false) {
                 Stats::add(&broker.stats.subscribes_denied, 1);
@@ -449,7 +460,8 @@ impl Conn {
                 if self.connect_expiry == 0 && e != 0 {
                     return protocol_error(); // MQTT-3.14.2-2
                 }
-                self.expiry_override = Some(e.min(self.broker.config.mqtt.max_session_expiry));
+                self.connect_expiry = e.min(self.broker.config.mqtt.max_session_expiry);
+                self.expiry_overridden = true;
             }
             // Any reason but 0x00 publishes the will (MQTT 3.1.2.5).
             if d.reason_code != ReasonCode::Success {

@@ -18,6 +18,7 @@ use super::{Accepted, Conn, LocalStats};
 use crate::auth::{Action, AuthOutcome, AuthStep, ConnectInfo, Principal};
 use crate::broker::{Attached, Inner, max_qos};
 use crate::message::{own_str, own_user_properties};
+use crate::session::SessionQuota;
 use crate::stats::{ListenerStats, Refusal, Stats};
 
 /// What reading one packet came to, short of a packet or a decoding error.
@@ -377,6 +378,9 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
             return None;
         }
     };
+    // The device's own quotas, from this connection on (a resumed session's last ones are
+    // replaced: the directory may have changed since).
+    session.lock().quota = principal.limits.as_deref().and_then(SessionQuota::of).map(Box::new);
     if let Some(rx) = broker.persister().and_then(|p| p.submit(ops, true)) {
         let limit = Duration::from_millis(broker.config.persistence.commit_timeout_ms + 1000);
         let committed = tokio::time::timeout(limit, rx).await;
@@ -446,6 +450,11 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
     // The slot is given back when the `Conn` drops.
     permit.forget();
     // Boxed: the connection task holds it by pointer for the connection's whole life.
+    // The listener's per-client limits, with the device's own where it has them.
+    let client_limits = match principal.limits.as_deref() {
+        Some(d) => admission.gate.client.with_device(d),
+        None => admission.gate.client,
+    };
     let mut conn = Box::new(Conn {
         broker: broker.clone(),
         io,
@@ -480,9 +489,9 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         },
         problem_info: connect.properties.request_problem_information.unwrap_or(true),
         connect_expiry: if v5 { connect.properties.session_expiry_interval.unwrap_or(0) } else { expiry },
-        expiry_override: None,
+        expiry_overridden: false,
         close_text: None,
-        limiter: super::limiter::Limiter::new(&admission.gate.client, broker.now_ms()),
+        limiter: super::limiter::Limiter::new(&client_limits, broker.now_ms()),
         blocked: None,
         acl_cache: None,
         acks: std::collections::VecDeque::new(),

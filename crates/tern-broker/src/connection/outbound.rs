@@ -134,18 +134,19 @@ impl Conn {
         {
             let mut st = self.session.lock();
             let (queued, queued_bytes) = (st.queue.len(), st.queued_bytes);
+            let (max_queued, max_queued_bytes) = st.queue_caps(&self.broker.config.limits);
             let Some(backlog) = st.retained_backlog.as_mut() else {
                 self.retained_waiting = false;
                 return true;
             };
             // Within the queue limit too, so feeding never evicts or drops.
-            let up_to = RETAINED_FEED_UP_TO.min(self.broker.config.limits.max_queued_messages);
+            let up_to = RETAINED_FEED_UP_TO.min(max_queued);
             if queued >= RETAINED_FEED_BELOW.min(up_to.div_ceil(2)) {
                 return true;
             }
             if let Some(batch) = backlog.front_mut() {
                 sub_id = batch.sub_id;
-                let max_bytes = self.broker.config.limits.max_queued_bytes / 2;
+                let max_bytes = max_queued_bytes / 2;
                 let mut bytes = queued_bytes;
                 while chunk.len() < up_to - queued
                     && let Some((msg, _)) = batch.msgs.front()
@@ -235,7 +236,8 @@ impl Conn {
         while self.wbuf.len() < WRITE_HIGH_WATER {
             let Some(front) = st.queue.front() else { break };
             match front.gate_state() {
-                // Its publication's commit has not resolved: the persister rings once it has.
+                // Its publication's store write is not submitted (or, for exactly once, not
+                // committed) yet: the publisher or the persister rings once it is.
                 GateState::Waiting => break,
                 // Its publisher was refused (the commit failed): nobody gets it.
                 GateState::Refused => {

@@ -223,7 +223,7 @@ pub struct Model {
     pub messages: BTreeMap<i64, StoredMessage>,
     pub deliveries: BTreeMap<(String, i64), StoredDelivery>,
     pub inbound: BTreeSet<(String, u16)>,
-    pub retained: BTreeMap<String, i64>,
+    pub retained: BTreeMap<String, (i64, Option<String>)>,
 }
 
 impl Model {
@@ -265,8 +265,8 @@ impl Model {
             StoreOp::DeleteInbound { client_id, packet_id } => {
                 self.inbound.remove(&(client_id, packet_id));
             }
-            StoreOp::PutRetained { topic, message_id } => {
-                self.retained.insert(topic, message_id);
+            StoreOp::PutRetained { topic, message_id, client_id } => {
+                self.retained.insert(topic, (message_id, client_id));
             }
             StoreOp::DeleteRetained { topic } => {
                 self.retained.remove(&topic);
@@ -276,14 +276,18 @@ impl Model {
 
     /// What `load` must return.
     pub fn snapshot(&self) -> Snapshot {
-        let referenced: BTreeSet<i64> =
-            self.deliveries.values().map(|d| d.message_id).chain(self.retained.values().copied()).collect();
+        let referenced: BTreeSet<i64> = self
+            .deliveries
+            .values()
+            .map(|d| d.message_id)
+            .chain(self.retained.values().map(|r| r.0))
+            .collect();
         Snapshot {
             sessions: self.sessions.values().cloned().collect(),
             subscriptions: self.subscriptions.values().cloned().collect(),
             deliveries: self.deliveries.values().cloned().collect(),
             inbound: self.inbound.iter().cloned().collect(),
-            retained: self.retained.iter().map(|(t, id)| (t.clone(), *id)).collect(),
+            retained: self.retained.iter().map(|(t, (id, owner))| (t.clone(), *id, owner.clone())).collect(),
             messages: self.messages.values().filter(|m| referenced.contains(&m.id)).cloned().collect(),
         }
     }
@@ -298,9 +302,13 @@ impl Model {
         let expired: BTreeSet<i64> =
             self.messages.values().filter(|m| m.expires_at.is_some_and(|t| t < now)).map(|m| m.id).collect();
         self.deliveries.retain(|_, d| d.state != 0 || !expired.contains(&d.message_id));
-        self.retained.retain(|_, id| !expired.contains(id));
-        let referenced: BTreeSet<i64> =
-            self.deliveries.values().map(|d| d.message_id).chain(self.retained.values().copied()).collect();
+        self.retained.retain(|_, (id, _)| !expired.contains(id));
+        let referenced: BTreeSet<i64> = self
+            .deliveries
+            .values()
+            .map(|d| d.message_id)
+            .chain(self.retained.values().map(|r| r.0))
+            .collect();
         self.messages.retain(|id, _| referenced.contains(id));
         before - self.rows()
     }
