@@ -1491,7 +1491,7 @@ async fn sqlite_disk_full_in(fs: &Tmpfs, slot: &mut Option<Broker>) -> Result<()
     eprintln!(
         "[disk full] filler {filler} bytes; first refusal {} after, /readyz 503 seen after {}, tern_store_up 0 after {}; \
          full for {}: {failures} failed commits; space back: first ack {}, ready {}; total {}\n  metrics before: {}\n  \
-         during: {}\n  after: {}\n  {}\n  {}\n  /readyz during (it flaps): {} {}\n  log ({down_lines} `unavailable` \
+         during: {}\n  after: {}\n  {}\n  {}\n  /readyz during: {} {}\n  log ({down_lines} `unavailable` \
          lines):\n{fault_log}\n  {summary}",
         secs(t_refused),
         secs(t_503),

@@ -77,6 +77,9 @@ pub(crate) struct Persister {
     pending: Mutex<Vec<Entry>>,
     wake: Notify,
     available: AtomicBool,
+    /// The store was declared back by a health check, and no commit has succeeded since: a
+    /// failure now is the same outage (a full disk answers the check, then fails the write).
+    unconfirmed: AtomicBool,
     /// Operations that failed while the database was down and carry no waiter.
     deferred: Mutex<Deferred>,
     /// Counters for health and metrics.
@@ -102,6 +105,7 @@ impl Persister {
             pending: Mutex::new(Vec::new()),
             wake: Notify::new(),
             available: AtomicBool::new(true),
+            unconfirmed: AtomicBool::new(false),
             deferred: Mutex::new(Deferred::default()),
             batches: AtomicU64::new(0),
             commit_seconds: crate::histogram::Histogram::commit_seconds(),
@@ -240,6 +244,7 @@ impl Persister {
         match &result {
             Ok(()) => {
                 self.ops_committed.fetch_add(ops.len() as u64, Ordering::Relaxed);
+                self.unconfirmed.store(false, Ordering::Release);
                 if !self.available.swap(true, Ordering::AcqRel) {
                     info!(backend = self.store.backend(), "database available again");
                 }
@@ -249,7 +254,12 @@ impl Persister {
                 let transient = matches!(e, StoreError::Unavailable(_));
                 if transient {
                     if self.available.swap(false, Ordering::AcqRel) {
-                        error!(backend = self.store.backend(), error = %e, "database unavailable; durable work is refused until it returns");
+                        if self.unconfirmed.load(Ordering::Acquire) {
+                            // The same outage: the health check passed, the write did not.
+                            warn!(backend = self.store.backend(), error = %e, "database still unavailable: a commit failed after the health check passed");
+                        } else {
+                            error!(backend = self.store.backend(), error = %e, "database unavailable; durable work is refused until it returns");
+                        }
                     }
                     // Work nobody waits for (cleanups, session updates) is retried later.
                     let mut keep: Vec<StoreOp> = ops.drain(..deferred_len).collect();
@@ -281,19 +291,24 @@ impl Persister {
         let delay = Duration::from_millis(self.config.batch_max_delay_ms);
         let mut backoff = Duration::from_millis(100);
         loop {
+            if self.is_available() && !self.unconfirmed.load(Ordering::Acquire) {
+                // Healthy, confirmed by a commit: the next outage starts with short checks.
+                backoff = Duration::from_millis(100);
+            }
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(backoff), if !self.is_available() => {
                     // Health check with backoff while down: a write, since the failure may be
-                    // one that reads do not see (a full disk).
+                    // one that reads do not see. The backoff is reset only by a successful
+                    // commit: a write that fits (e.g. into a full disk's WAL) proves little.
                     let ok = tokio::time::timeout(Duration::from_secs(5), self.store.ping_write()).await;
                     if matches!(ok, Ok(Ok(()))) {
                         self.available.store(true, Ordering::Release);
-                        info!(backend = self.store.backend(), "database reachable again");
-                        backoff = Duration::from_millis(100);
-                    } else {
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        if !self.unconfirmed.swap(true, Ordering::AcqRel) {
+                            info!(backend = self.store.backend(), "database reachable again");
+                        }
                     }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 () = stop.cancelled() => break,
             }
