@@ -449,12 +449,12 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
     let connect = *connect;
     // The slot is given back when the `Conn` drops.
     permit.forget();
-    // Boxed: the connection task holds it by pointer for the connection's whole life.
     // The listener's per-client limits, with the device's own where it has them.
     let client_limits = match principal.limits.as_deref() {
         Some(d) => admission.gate.client.with_device(d),
         None => admission.gate.client,
     };
+    // Boxed: the connection task holds it by pointer for the connection's whole life.
     let mut conn = Box::new(Conn {
         broker: broker.clone(),
         io,
