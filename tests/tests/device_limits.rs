@@ -1,5 +1,5 @@
-//! A device's own limits (issue 20), provisioned with `tern device add --limit name=number` on
-//! a SQLite database the broker shares, checked through real sockets: its publish rate replaces
+//! A device's own limits (issue 20), provisioned with `tern device add --limit name=number` (and
+//! changed with `tern device limits`) on a SQLite database the broker shares, checked through real sockets: its publish rate replaces
 //! the listener's (stricter for one device, switched off for another), and its quotas on
 //! subscriptions, retained messages (also across a restart: who set a retained message is
 //! stored) and its session queue. Also `limits.max_retained_per_client` for clients without a
@@ -73,6 +73,15 @@ async fn a_devices_publish_rate_replaces_the_listeners() -> Result<()> {
     ensure!(!flood_is_cut(&mut vip).await?, "a device with publish_rate 0 has no limit");
     let mut strict = RawClient::connect_ok(broker.addr(), device_v5("strict-1")).await?;
     ensure!(flood_is_cut(&mut strict).await?, "a device limited to 5/s is cut off by 20 at once (0x96)");
+    // `tern device limits` shows and changes them; a change applies at the next CONNECT.
+    let shown = site.tern(&["device", "limits", "strict-1"], None)?;
+    ensure!(shown.trim() == r#"{"publish_rate":5,"publish_burst":5}"#, "shown: {shown:?}");
+    site.tern(&["device", "limits", "strict-1", "--limit", "publish_rate=0"], None)?;
+    let mut strict = RawClient::connect_ok(broker.addr(), device_v5("strict-1")).await?;
+    ensure!(!flood_is_cut(&mut strict).await?, "after `tern device limits --limit publish_rate=0`");
+    site.tern(&["device", "limits", "strict-1", "--clear"], None)?;
+    let shown = site.tern(&["device", "limits", "strict-1"], None)?;
+    ensure!(shown.trim() == "{}", "after --clear: {shown:?}");
     Ok(())
 }
 

@@ -27,6 +27,22 @@ pub(crate) enum DeviceCommand {
     Enable(ClientIdArg),
     /// Delete a device.
     Remove(ClientIdArg),
+    /// Show a device's own limits, or replace them (`--limit name=number`, repeatable;
+    /// `--clear` removes them all). They apply at its next connection.
+    Limits(DeviceLimitsArgs),
+}
+
+/// Arguments of `tern device limits`.
+#[derive(Debug, Args)]
+pub(crate) struct DeviceLimitsArgs {
+    /// The device's client id.
+    pub(crate) client_id: String,
+    /// A limit, `name=number` (repeatable); the set given replaces the device's limits.
+    #[arg(long = "limit", value_name = "NAME=NUMBER", conflicts_with = "clear")]
+    pub(crate) limits: Vec<String>,
+    /// Remove all of the device's own limits.
+    #[arg(long)]
+    pub(crate) clear: bool,
 }
 
 /// Arguments of `tern device add`.
@@ -310,6 +326,18 @@ pub(crate) async fn run_device(
             provision::remove_device(store, &a.client_id, ACTOR).await?;
             writeln!(err, "device {:?} removed", a.client_id)?;
         }
+        DeviceCommand::Limits(a) => {
+            if a.limits.is_empty() && !a.clear {
+                let d = provision::get_device(store, &a.client_id).await?;
+                writeln!(out, "{}", serde_json::to_string(&d.limits)?)?;
+            } else {
+                let limits = parse_limits(&a.limits)?;
+                let update = provision::DeviceUpdate { limits: Some(limits), ..Default::default() };
+                let (_, after) = provision::update_device(store, &a.client_id, update, ACTOR).await?;
+                writeln!(out, "{}", serde_json::to_string(&after.limits)?)?;
+                writeln!(err, "device {:?}: limits set; they apply at its next connection", a.client_id)?;
+            }
+        }
     }
     Ok(())
 }
@@ -387,6 +415,23 @@ mod tests {
         assert!(new_device(a, &mut &b"\n"[..]).is_err(), "empty password");
         assert!(matches!(device(&["disable", "s1"]), Ok(DeviceCommand::Disable(ClientIdArg { .. }))));
         assert!(matches!(device(&["list", "--json"]), Ok(DeviceCommand::List(ListArgs { json: true }))));
+        let Ok(DeviceCommand::Limits(l)) = device(&["limits", "s1", "--limit", "publish_rate=5"]) else {
+            panic!("limits arguments")
+        };
+        assert_eq!(
+            (l.client_id.as_str(), l.limits.as_slice(), l.clear),
+            ("s1", &["publish_rate=5".to_string()][..], false)
+        );
+        assert!(device(&["limits", "s1", "--limit", "publish_rate=5", "--clear"]).is_err());
+        assert_eq!(
+            parse_limits(&["publish_rate=5".into(), "max_retained = 2".into()])
+                .ok()
+                .map(|l| (l.publish_rate, l.max_retained)),
+            Some((Some(5), Some(2)))
+        );
+        assert!(parse_limits(&["colour=5".into()]).is_err_and(|e| e.to_string().contains("unknown field")));
+        assert!(parse_limits(&["publish_rate=-1".into()]).is_err());
+        assert!(parse_limits(&["publish_rate".into()]).is_err());
     }
 
     #[test]
