@@ -274,14 +274,14 @@ impl Model {
         }
     }
 
+    /// Ids of the messages a delivery or a retained entry refers to.
+    fn referenced(&self) -> BTreeSet<i64> {
+        self.deliveries.values().map(|d| d.message_id).chain(self.retained.values().map(|r| r.0)).collect()
+    }
+
     /// What `load` must return.
     pub fn snapshot(&self) -> Snapshot {
-        let referenced: BTreeSet<i64> = self
-            .deliveries
-            .values()
-            .map(|d| d.message_id)
-            .chain(self.retained.values().map(|r| r.0))
-            .collect();
+        let referenced = self.referenced();
         Snapshot {
             sessions: self.sessions.values().cloned().collect(),
             subscriptions: self.subscriptions.values().cloned().collect(),
@@ -303,12 +303,7 @@ impl Model {
             self.messages.values().filter(|m| m.expires_at.is_some_and(|t| t < now)).map(|m| m.id).collect();
         self.deliveries.retain(|_, d| d.state != 0 || !expired.contains(&d.message_id));
         self.retained.retain(|_, (id, _)| !expired.contains(id));
-        let referenced: BTreeSet<i64> = self
-            .deliveries
-            .values()
-            .map(|d| d.message_id)
-            .chain(self.retained.values().map(|r| r.0))
-            .collect();
+        let referenced = self.referenced();
         self.messages.retain(|id, _| referenced.contains(id));
         before - self.rows()
     }
