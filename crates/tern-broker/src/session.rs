@@ -52,7 +52,8 @@ pub(crate) struct Gate(AtomicU8);
 /// Where a held-back delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GateState {
-    /// Its publication's commit has not resolved: nothing behind it is sent yet.
+    /// Its publication's store write is not submitted (or, for exactly once, not committed)
+    /// yet: nothing behind it is sent.
     Waiting,
     /// It may be sent.
     Open,
@@ -485,10 +486,10 @@ impl Session {
         }
         // QoS 0 entries would make room.
         let (mut n, mut bytes) = (st.queue.len(), st.queued_bytes);
+        let (max_n, max_bytes) = st.queue_caps(limits);
         for q in st.queue.iter().filter(|q| q.qos == QoS::AtMostOnce) {
             n -= 1;
             bytes -= q.cost();
-            let (max_n, max_bytes) = st.queue_caps(limits);
             if n < max_n && bytes + cost <= max_bytes {
                 return false;
             }
