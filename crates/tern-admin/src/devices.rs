@@ -128,37 +128,45 @@ pub struct CreateDevice {
 pub struct DeviceLimits {
     /// PUBLISH packets per second (0: unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub publish_rate: Option<u32>,
     /// Burst of `publish_rate`, packets (0: one second's worth).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub publish_burst: Option<u32>,
     /// PUBLISH bytes per second (0: unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub publish_bytes_rate: Option<u64>,
     /// Burst of `publish_bytes_rate`, bytes (0: one second's worth).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub publish_bytes_burst: Option<u64>,
     /// Bytes per second written to the device (0: unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub outbound_bytes_rate: Option<u64>,
     /// Burst of `outbound_bytes_rate`, bytes (0: one second's worth).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub outbound_bytes_burst: Option<u64>,
     /// Subscriptions its session may hold (0: none, a publish-only device); past it SUBACK
     /// 0x97.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub max_subscriptions: Option<u32>,
     /// Messages its session queue may hold (at least 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1)]
+    #[schema(format = Int64, minimum = 1, maximum = 4_294_967_295_u64)]
     pub max_queued_messages: Option<u32>,
     /// Bytes its session queue may hold (at least 1024).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1024)]
+    #[schema(minimum = 1024, maximum = 9_007_199_254_740_991_u64)]
     pub max_queued_bytes: Option<u64>,
     /// Retained messages it may have set at once (0: it may not retain); past it a retained
     /// publish is refused (MQTT 5: 0x97) or, for MQTT 3.x, delivered without being retained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub max_retained: Option<u32>,
 }
 

@@ -411,6 +411,7 @@ async fn invalid_device_limits_are_refused_and_change_nothing() {
         (json!({"max_retained": "5"}), "max_retained"),
         (json!({"publish_rate": 1.5}), "publish_rate"),
         (json!({"max_subscriptions": 4_294_967_296_u64}), "max_subscriptions"),
+        (json!({"publish_bytes_rate": 9_007_199_254_740_992_u64}), "publish_bytes_rate"),
         // An array is not read field by field in order (serde's default for structs).
         (json!([10, null, 5]), "an object"),
         (json!([]), "an object"),

@@ -309,6 +309,9 @@ pub struct DeviceLimits {
     pub max_retained: Option<u32>,
 }
 
+/// The largest byte count or byte rate a device limit may be (2^53 - 1).
+pub const MAX_LIMIT_BYTES: u64 = (1 << 53) - 1;
+
 impl DeviceLimits {
     /// Whether no limit is set (the device follows the listener's and global values).
     pub fn is_empty(&self) -> bool {
@@ -322,6 +325,17 @@ impl DeviceLimits {
         }
         if self.max_queued_bytes.is_some_and(|b| b < 1024) {
             return Err("max_queued_bytes must be at least 1024".into());
+        }
+        // Byte counts beyond 2^53 - 1 mean nothing here and are not exact in JSON clients.
+        let bytes = [
+            ("publish_bytes_rate", self.publish_bytes_rate),
+            ("publish_bytes_burst", self.publish_bytes_burst),
+            ("outbound_bytes_rate", self.outbound_bytes_rate),
+            ("outbound_bytes_burst", self.outbound_bytes_burst),
+            ("max_queued_bytes", self.max_queued_bytes),
+        ];
+        if let Some((name, _)) = bytes.iter().find(|(_, v)| v.is_some_and(|v| v > MAX_LIMIT_BYTES)) {
+            return Err(format!("{name} must be at most {MAX_LIMIT_BYTES}"));
         }
         Ok(())
     }

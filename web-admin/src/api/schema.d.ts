@@ -901,18 +901,18 @@ export interface components {
              */
             max_queued_bytes?: number | null;
             /**
-             * Format: int32
+             * Format: int64
              * @description Messages its session queue may hold (at least 1).
              */
             max_queued_messages?: number | null;
             /**
-             * Format: int32
+             * Format: int64
              * @description Retained messages it may have set at once (0: it may not retain); past it a retained
              *     publish is refused (MQTT 5: 0x97) or, for MQTT 3.x, delivered without being retained.
              */
             max_retained?: number | null;
             /**
-             * Format: int32
+             * Format: int64
              * @description Subscriptions its session may hold (0: none, a publish-only device); past it SUBACK
              *     0x97.
              */
@@ -928,7 +928,7 @@ export interface components {
              */
             outbound_bytes_rate?: number | null;
             /**
-             * Format: int32
+             * Format: int64
              * @description Burst of `publish_rate`, packets (0: one second's worth).
              */
             publish_burst?: number | null;
@@ -943,7 +943,7 @@ export interface components {
              */
             publish_bytes_rate?: number | null;
             /**
-             * Format: int32
+             * Format: int64
              * @description PUBLISH packets per second (0: unlimited).
              */
             publish_rate?: number | null;
