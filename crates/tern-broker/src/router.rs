@@ -42,10 +42,9 @@ pub(crate) struct OpSink {
     message_stored: bool,
     now: Instant,
     now_unix: i64,
-    /// Settled once `ops` commit; shared by the held-back deliveries made through it.
-    gate: Option<Arc<Gate>>,
-    /// Sessions holding gated deliveries, rung when the gate is settled.
-    gated: Vec<Arc<Session>>,
+    /// The gate shared by the held-back deliveries made through it, and their sessions:
+    /// opened when the sink is dropped, or handed to the persister to settle at the commit.
+    held: Release,
     /// Hold back every delivery, not only the durable ones, until the commit: a QoS 2
     /// publisher waits for it and is refused if it fails, so nobody may have the message
     /// before (it would have it twice after the publisher's retry).
@@ -66,8 +65,7 @@ impl OpSink {
             message_stored: false,
             now: Instant::now(),
             now_unix: 0,
-            gate: None,
-            gated: Vec::new(),
+            held: Release::default(),
             hold_all: false,
             at_commit: false,
             owned: None,
@@ -91,10 +89,10 @@ impl OpSink {
         }
         // A session's deliveries are routed one after the other; a session listed twice
         // (shared groups) is only rung twice, which is cheaper than searching the list.
-        if !self.gated.last().is_some_and(|s| Arc::ptr_eq(s, session)) {
-            self.gated.push(session.clone());
+        if !self.held.sessions.last().is_some_and(|s| Arc::ptr_eq(s, session)) {
+            self.held.sessions.push(session.clone());
         }
-        Some(self.gate.get_or_insert_with(Arc::default).clone())
+        Some(self.held.gate.get_or_insert_with(Arc::default).clone())
     }
 
     /// Records a durable delivery (and the message body, once).
@@ -140,11 +138,8 @@ impl OpSink {
             // persister ahead of the delivery's row. Dropping `self` opens the gate.
             return persister.submit(ops, wait);
         }
-        let release = self.gate.take().map(|gate| Release {
-            gate: Some(gate),
-            sessions: std::mem::take(&mut self.gated),
-            refuse_on_fail: wait,
-        });
+        self.held.refuse_on_fail = wait;
+        let release = self.held.gate.is_some().then(|| std::mem::take(&mut self.held));
         persister.submit_gated(ops, wait, release)
         // Without operations, dropping `self` opens the gate.
     }
@@ -152,18 +147,14 @@ impl OpSink {
 
 impl Drop for OpSink {
     fn drop(&mut self) {
-        // Nothing was submitted: nothing may hold the deliveries back.
-        if let Some(g) = self.gate.take() {
-            g.settle(true);
-            for s in self.gated.drain(..) {
-                s.ring_locked(&s.lock());
-            }
-        }
+        // Submitted, or nothing to submit: nothing may hold the deliveries back. (Handed to
+        // the persister, `held` is empty here.)
+        self.held.settle_now(true);
     }
 }
 
 /// Settles a publication's gate once its commit resolves, and wakes the sessions it held.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Release {
     gate: Option<Arc<Gate>>,
     sessions: Vec<Arc<Session>>,
