@@ -828,6 +828,22 @@ impl Load {
         self.stop_subscribers().await
     }
 
+    /// Ends the load: publishers stopped, the online subscribers given everything they are
+    /// owed, then stopped too.
+    async fn finish(&mut self) -> Result<()> {
+        self.stop_publishers().await?;
+        self.wait_online_complete(Duration::from_secs(15)).await?;
+        self.stop_subscribers().await
+    }
+
+    /// After a restart at `addr`: every subscriber resumes (the offline one too), takes what
+    /// the restored broker owes it, and the final checks run; returns their summary.
+    async fn verify_after_restart(&mut self, addr: SocketAddr) -> Result<String> {
+        self.resume_subscribers(addr, true).await?;
+        self.drain_after_restart(Duration::from_secs(20)).await?;
+        self.verify()
+    }
+
     /// The final checks (see the module docs); returns a summary.
     fn verify(&self) -> Result<String> {
         let acked = self.acked_ids();
@@ -1185,9 +1201,7 @@ async fn postgres_fault_in(fault: DbFault, db: &TestDb, slot: &mut Option<Broker
     );
     load.wait_acked("load after recovery", acked_at_back, 100, Duration::from_secs(15)).await?;
     let after = admin.metrics().await?;
-    load.stop_publishers().await?;
-    load.wait_online_complete(Duration::from_secs(15)).await?;
-    load.stop_subscribers().await?;
+    load.finish().await?;
     let fault_log = log_lines(broker, &LOG_NEEDLES, 3);
     let down_lines = count_lines(broker, DOWN_LINE);
 
@@ -1195,9 +1209,7 @@ async fn postgres_fault_in(fault: DbFault, db: &TestDb, slot: &mut Option<Broker
     load.retarget(None);
     broker.kill();
     let broker = slot.insert(start_broker(&url, &[])?);
-    load.resume_subscribers(broker.addr(), true).await?;
-    load.drain_after_restart(Duration::from_secs(20)).await?;
-    let summary = load.verify()?;
+    let summary = load.verify_after_restart(broker.addr()).await?;
     eprintln!(
         "[{fault:?}] acked at the fault: QoS 1 {}, QoS 2 {}; first refusal {} after the fault, /readyz 503 + store_up 0 \
          {} after that; outage {}: {qos0_during} QoS 0 messages delivered meanwhile; after resume: first ack {}, \
@@ -1264,12 +1276,8 @@ async fn kill9_under_load_in(db: &TestDb, slot: &mut Option<Broker>) -> Result<(
     load.start_publishers(broker.addr()).await?;
     let from = (load.acked(1), load.acked(2));
     load.wait_acked("load after the restart", from, 100, Duration::from_secs(15)).await?;
-    load.stop_publishers().await?;
-    load.wait_online_complete(Duration::from_secs(15)).await?;
-    load.stop_subscribers().await?;
-    load.resume_subscribers(broker.addr(), true).await?;
-    load.drain_after_restart(Duration::from_secs(20)).await?;
-    let summary = load.verify()?;
+    load.finish().await?;
+    let summary = load.verify_after_restart(broker.addr()).await?;
     eprintln!(
         "[kill9 {}] SIGKILL with QoS 1 {} / QoS 2 {} acknowledged, {:?} unanswered and {pubrec_only} QoS 2 at PUBREC \
          (no PUBCOMP); restarted and ready {} after the kill; {}; total {}\n  {summary}",
@@ -1476,18 +1484,14 @@ async fn sqlite_disk_full_in(fs: &Tmpfs, slot: &mut Option<Broker>) -> Result<()
     let t_ready = admin.wait_state("ready after space returned", 200, 1.0, Duration::from_secs(15)).await?;
     load.wait_acked("load after space returned", acked_at_back, 100, Duration::from_secs(15)).await?;
     let after = admin.metrics().await?;
-    load.stop_publishers().await?;
-    load.wait_online_complete(Duration::from_secs(15)).await?;
-    load.stop_subscribers().await?;
+    load.finish().await?;
     let fault_log = log_lines(broker, &LOG_NEEDLES, 3);
     let down_lines = count_lines(broker, DOWN_LINE);
 
     load.retarget(None);
     broker.kill();
     let broker = slot.insert(start_broker(&url, &[])?);
-    load.resume_subscribers(broker.addr(), true).await?;
-    load.drain_after_restart(Duration::from_secs(20)).await?;
-    let summary = load.verify()?;
+    let summary = load.verify_after_restart(broker.addr()).await?;
     eprintln!(
         "[disk full] filler {filler} bytes; first refusal {} after, /readyz 503 seen after {}, tern_store_up 0 after {}; \
          full for {}: {failures} failed commits; space back: first ack {}, ready {}; total {}\n  metrics before: {}\n  \

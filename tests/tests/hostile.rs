@@ -787,16 +787,7 @@ async fn good_clients_keep_working_while_hostile_connections_are_closed_and_memo
         ));
     }
 
-    assert_broker_serves(addr).await.context("the broker no longer serves after the attack")?;
-    if !failures.is_empty() {
-        bail!(
-            "{} failure(s):\n  {}\nbroker log tail:\n{}",
-            failures.len(),
-            failures.join("\n  "),
-            log_tail(&broker, 20)
-        );
-    }
-    Ok(())
+    common::conclude(&broker, "the attack", &failures).await
 }
 
 /// MQTT 5.0 3.1.4 (and 3.1.1 3.1.4): "Clients are allowed to send further MQTT Control

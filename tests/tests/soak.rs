@@ -483,14 +483,5 @@ async fn two_minute_soak_plateaus_and_leaks_nothing() -> Result<()> {
     if after.sockets > base.sockets + SOCKET_SLACK || after.fds > base.fds + 2 * POOL_CONNECTIONS {
         failures.push(format!("fds now: {}", common::fd_summary(pid)));
     }
-    assert_broker_serves(addr).await?;
-    if !failures.is_empty() {
-        bail!(
-            "{} failure(s):\n  {}\nbroker log tail:\n{}",
-            failures.len(),
-            failures.join("\n  "),
-            log_tail(&broker, 20)
-        );
-    }
-    Ok(())
+    common::conclude(&broker, "the soak", &failures).await
 }

@@ -1,6 +1,6 @@
 //! Helpers shared by `hostile.rs` and `soak.rs` (included with `mod common;`): the broker's
-//! Prometheus `/metrics` read over HTTP, and its open file descriptors and threads read from
-//! `/proc`.
+//! Prometheus `/metrics` read over HTTP, its open file descriptors and threads read from
+//! `/proc`, and the end of a run (the broker still serves, every failure reported at once).
 
 #![allow(dead_code)] // each test file uses a different subset
 
@@ -170,4 +170,21 @@ pub(crate) fn open_sockets(pid: u32) -> Result<usize> {
         .flatten()
         .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")))
         .count())
+}
+
+/// The end of a run: the broker must still serve a new client (`what` says after what), and
+/// the failures collected on the way are reported together, with the broker's log tail.
+pub(crate) async fn conclude(broker: &tern_e2e::Broker, what: &str, failures: &[String]) -> Result<()> {
+    tern_e2e::assert_broker_serves(broker.addr())
+        .await
+        .with_context(|| format!("the broker no longer serves after {what}"))?;
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "{} failure(s):\n  {}\nbroker log tail:\n{}",
+            failures.len(),
+            failures.join("\n  "),
+            tern_e2e::log_tail(broker, 20)
+        );
+    }
+    Ok(())
 }
