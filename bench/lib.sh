@@ -139,6 +139,7 @@ allow_anonymous true
 max_connections -1
 persistence false
 log_dest none
+${MOSQUITTO_EXTRA_CONF:-}
 EOF
 }
 
@@ -160,8 +161,9 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 ADMIN_USER="bench"
 ADMIN_PASSWORD="bench-password-123"
 
-# start_broker NAME PORT CPUS MAXCONN: starts a fresh broker (taskset -c CPUS unless CPUS is
-# empty), waits until it listens, and sets BROKER_PID (and BROKER_RUN_DIR for Tern). Logs go
+# start_broker NAME PORT CPUS MAXCONN: starts a fresh broker (tern, mosquitto, rumqttd, or
+# relay: `tern-bench relay`, the floor) (taskset -c CPUS unless CPUS is empty), waits until it
+# listens, and sets BROKER_PID (and BROKER_RUN_DIR for Tern). Logs go
 # to $BENCH_WORK/NAME-PORT.log. Tern with its admin API on (unless BENCH_ADMIN=off) also sets
 # ADMIN_PORT (the API is on 127.0.0.1:ADMIN_PORT, the first free port from PORT+5, so a port
 # 8080 taken by something else cannot stop a run), with BENCH_ADMIN_POLL=1
@@ -214,6 +216,11 @@ start_broker() {
             cfg="$BENCH_WORK/rumqttd-$port.toml"
             rumqttd_config "$port" "$maxconn" "$cfg"
             "${pin[@]}" "$RUMQTTD_BIN" -c "$cfg" > "$logf" 2>&1 &
+            ;;
+        relay)
+            # The floor (README "The floor: tern-bench relay"): one thread, no MQTT broker.
+            ensure_tern_bench
+            "${pin[@]}" "$TERN_BENCH" relay --listen "127.0.0.1:$port" > "$logf" 2>&1 &
             ;;
         *) die "unknown broker $name" ;;
     esac

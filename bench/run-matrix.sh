@@ -2,8 +2,10 @@
 # Runs the broker benchmark matrix: every scenario against every broker, a fresh broker per
 # run, brokers alternating (the order rotates per scenario), a pinned pass (broker on CPU 0,
 # load generator on CPU 1) and an unpinned pass; then prints one markdown table (report.sh).
+# `relay` is `tern-bench relay`, the floor (bench/README.md): it runs the message scenarios
+# only (qos*, lat-*), since connection, idle and retained figures of a relay mean nothing.
 #
-#   bench/run-matrix.sh [--brokers "tern mosquitto rumqttd"] [--passes "pinned unpinned"]
+#   bench/run-matrix.sh [--brokers "tern mosquitto rumqttd relay"] [--passes "pinned unpinned"]
 #                       [--scenarios "qos0-fanin qos1-pairs ..."] [--duration S] [--warmup S]
 #                       [--out DIR] [--quick]
 #
@@ -14,7 +16,7 @@ set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-BROKERS="tern mosquitto rumqttd"
+BROKERS="tern mosquitto rumqttd relay"
 PASSES="pinned unpinned"
 DURATION=10
 WARMUP=2
@@ -30,7 +32,7 @@ while [[ $# -gt 0 ]]; do
         --warmup) WARMUP="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --quick) QUICK=1; shift ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -68,6 +70,7 @@ for b in $BROKERS; do
         tern) if ensure_tern; then want+=(tern); else log "tern does not build: left out"; fi ;;
         mosquitto) ensure_mosquitto; want+=(mosquitto) ;;
         rumqttd) ensure_rumqttd; want+=(rumqttd) ;;
+        relay) want+=(relay) ;;
         *) die "unknown broker $b" ;;
     esac
 done
@@ -95,6 +98,10 @@ run_one() { # pass scenario broker args...
     local pass=$1 scen=$2 broker=$3 bcpus="" lcpus=() dir rc=0 need=0 conns=0
     shift 3
     local args=("$@")
+    if [[ $broker == relay && ${args[0]} != scenario ]]; then
+        log "skip $pass/$scen/relay: the relay is a floor for message scenarios only (no sessions, no retained messages; its connection figures would say nothing about a broker)"
+        return 0
+    fi
     dir="$OUT/$pass/$scen"
     mkdir -p "$dir"
     [[ -n "${BENCH_NICE:-}" ]] && lcpus+=(nice -n "$BENCH_NICE")

@@ -504,6 +504,67 @@ async fn rumqttc_over_tls() -> Result<()> {
     Ok(())
 }
 
+/// Connects over TLS, runs CONNECT/CONNACK and a ping (so that TLS 1.3 tickets, sent after
+/// the handshake, reach the client), and returns how the handshake went.
+async fn tls_session(
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+    client_id: &str,
+) -> Result<rustls::HandshakeKind> {
+    let tls = tls_connect(addr, config.clone()).await?;
+    let kind = tls.get_ref().1.handshake_kind().context("handshake kind unknown after the handshake")?;
+    let mut c = Mqtt::connect(Transport::Bytes(Box::new(tls)), client_id).await?;
+    c.ping().await?;
+    Ok(kind)
+}
+
+#[tokio::test]
+async fn tls_sessions_resume_by_default_with_client_certificates_and_not_when_disabled() -> Result<()> {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let pki = Pki::new("resume")?;
+    let config = format!(
+        "{TCP_LISTENER}{}{}{}",
+        pki.tls_listener("tls", "tls", ""),
+        pki.tls_listener("mtls", "tls", &format!("{}client_certs = \"required\"", pki.ca_file())),
+        pki.tls_listener("noresume", "tls", "session_resumption = false"),
+    );
+    let broker = spawn(&config);
+    let tls = addr(&broker, "tls").await?;
+    let mtls = addr(&broker, "mtls").await?;
+    let noresume = addr(&broker, "noresume").await?;
+
+    // TLS 1.3 resumes with a ticket, TLS 1.2 with a ticket too (rustls clients ask for one)
+    // or a session id. Each client configuration keeps its own sessions (rustls's default
+    // in-memory store).
+    for (versions, name) in [(TLS13_ONLY, "1.3"), (TLS12_ONLY, "1.2")] {
+        let cfg = client_config(&pki.ca.pem, None, versions)?;
+        ensure!(
+            tls_session(tls, &cfg, "r1").await? == Full,
+            "TLS {name}: first connection not a full handshake"
+        );
+        let kind = tls_session(tls, &cfg, "r2").await?;
+        ensure!(kind == Resumed, "TLS {name}: second connection not resumed ({kind:?})");
+
+        // Mutual TLS: the resumed session carries the client's identity.
+        let cfg = client_config(&pki.ca.pem, Some(&pki.client), versions)?;
+        ensure!(tls_session(mtls, &cfg, "device-1").await? == Full);
+        let kind = tls_session(mtls, &cfg, "device-1").await?;
+        ensure!(kind == Resumed, "TLS {name} mTLS: second connection not resumed ({kind:?})");
+
+        // session_resumption = false: every connection is a full handshake.
+        let cfg = client_config(&pki.ca.pem, None, versions)?;
+        for i in 0..3 {
+            let kind = tls_session(noresume, &cfg, &format!("n{i}")).await?;
+            ensure!(kind == Full, "TLS {name}: connection {i} resumed on a listener with resumption off");
+        }
+    }
+    // Two full and two resumed mTLS connections, each with the identity extracted.
+    let logs = broker.logs();
+    let verified = logs.matches("client certificate verified cn=Some(\"device-1\")").count();
+    ensure!(verified == 4, "{verified} of 4 mTLS connections logged their identity:\n{logs}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn mutual_tls_refuses_missing_foreign_expired_and_self_signed_certificates() -> Result<()> {
     let pki = Pki::new("mtls")?;

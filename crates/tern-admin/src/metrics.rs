@@ -228,6 +228,11 @@ impl Exporter {
                 "Authentication attempts the failure backoff delayed or refused.",
             )
             .value(auth.backoff_total() as f64);
+            f.counter(
+                "tern_auth_credential_cache_hits_total",
+                "Password logins accepted without argon2id by the verified-credential cache.",
+            )
+            .value(auth.credential_cache_hits_total() as f64);
         }
 
         let t = b.session_totals();

@@ -22,6 +22,7 @@ use tern_protocol::ReasonCode;
 use crate::backoff::{Attempt, Backoff, Verdict};
 use crate::cert::identity_field;
 use crate::config::{AuthConfig, CertMapTo, Method};
+use crate::credential_cache::CredentialCache;
 use crate::device_ids::DeviceIds;
 use crate::directory_cache::{CachedDevice, DirectoryCache, Lookup};
 use crate::error::AuthError;
@@ -40,8 +41,10 @@ pub struct TernAuthenticator {
     jwt: Option<Arc<JwtVerifier>>,
     backoff: Arc<Backoff>,
     hashes: HashPool,
-    /// Remembered answers to "is this client id provisioned?" for anonymous CONNECTs.
+    /// Answers to "is this client id provisioned?" for anonymous CONNECTs.
     device_ids: DeviceIds,
+    /// Password logins verified recently, so a reconnect skips argon2id.
+    credentials: CredentialCache,
     /// Device records of successful password logins, for when the store is unreachable.
     directory: DirectoryCache,
     /// Key for the fake SCRAM salts of unknown users (random per process).
@@ -94,17 +97,7 @@ impl TernAuthenticator {
         };
         let mut scram_secret = [0u8; 32];
         random_bytes(&mut scram_secret);
-        let hashes = tokio::task::spawn_blocking({
-            let n = config.max_concurrent_hashes;
-            move || {
-                let pool = HashPool::new(n);
-                // The dummy hash now, not during the first unknown-user CONNECT.
-                pool.warm_up();
-                pool
-            }
-        })
-        .await
-        .map_err(|e| AuthError::Config(format!("password hasher setup: {e}")))?;
+        let hashes = HashPool::new(config.max_concurrent_hashes);
         Ok(TernAuthenticator {
             cfg: config.clone(),
             store,
@@ -112,6 +105,10 @@ impl TernAuthenticator {
             backoff: Arc::new(Backoff::new(config.backoff.clone())),
             hashes,
             device_ids: DeviceIds::new(config.device_id_cache_bytes),
+            credentials: CredentialCache::new(
+                Duration::from_secs(config.credential_cache_secs),
+                config.credential_cache_bytes,
+            ),
             directory: DirectoryCache::new(
                 config.directory_cache_bytes,
                 Duration::from_secs(config.directory_cache_ttl_secs),
@@ -243,9 +240,14 @@ impl TernAuthenticator {
             }
             Err(e) => return Some(Err(store_failure(&e, info))),
         };
-        // Always one argon2 verification: against the dummy hash for an unknown device.
+        // Always one argon2 verification (against the dummy hash for an unknown device),
+        // unless this device proved this password against this hash moments ago.
         let phc = device.as_ref().and_then(|d| d.password_hash.clone());
-        if !self.hashes.verify(phc, pw.to_vec()).await {
+        let now = Instant::now();
+        let recent = phc.as_deref().is_some_and(|h| self.credentials.verified(&key, h, pw, now));
+        if recent {
+            self.stats.credential_cache_hit();
+        } else if !self.hashes.verify(phc.clone(), pw.to_vec()).await {
             // The store has spoken: a remembered record (an older password, a removed
             // device) must not answer during a later outage.
             self.directory.forget(&key);
@@ -253,6 +255,9 @@ impl TernAuthenticator {
         }
         let device = device.expect("a hash was verified, so the device exists");
         let principal = device_principal(&device, info.client_id);
+        if let (Ok(_), Some(h), false) = (&principal, &phc, recent) {
+            self.credentials.remember(key.clone(), h, pw, now);
+        }
         match (&principal, device.password_hash) {
             (Ok(p), Some(hash)) => self.directory.remember(
                 key,
@@ -282,7 +287,10 @@ impl TernAuthenticator {
         let Some(cached) = self.directory.get(key, Instant::now()) else {
             return Err(store_failure(error, info));
         };
-        if !self.hashes.verify(Some(cached.password_hash.into()), pw.to_vec()).await {
+        let recent = self.credentials.verified(key, &cached.password_hash, pw, Instant::now());
+        if recent {
+            self.stats.credential_cache_hit();
+        } else if !self.hashes.verify(Some(cached.password_hash.into()), pw.to_vec()).await {
             // Kept: the store did not say anything, and wrong guesses must not evict the
             // real device's record.
             return Err((

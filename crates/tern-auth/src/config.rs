@@ -294,6 +294,11 @@ pub struct AuthConfig {
     /// Seconds a remembered device record stays usable after the store last confirmed it
     /// (the staleness bound of outage-time answers; 0 = off).
     pub directory_cache_ttl_secs: u64,
+    /// Seconds a successful password check lets the same device reconnect with the same
+    /// password without another argon2id verification (0 = off; see docs/security.md).
+    pub credential_cache_secs: u64,
+    /// Bytes of that cache (keyed MACs, never a password; 0 = off).
+    pub credential_cache_bytes: usize,
     /// Bytes of remembered answers to "is this client id a provisioned device's?" (the
     /// anonymous method's check; 0 = ask the store every time).
     pub device_id_cache_bytes: usize,
@@ -320,6 +325,8 @@ impl Default for AuthConfig {
             directory_cache_bytes: 4 << 20,
             directory_cache_ttl_secs: 86_400,
             device_id_cache_bytes: 8 << 20,
+            credential_cache_secs: 300,
+            credential_cache_bytes: 4 << 20,
             jwt: JwtConfig::default(),
             cert: CertConfig::default(),
             backoff: BackoffConfig::default(),

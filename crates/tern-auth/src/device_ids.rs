@@ -1,13 +1,21 @@
-//! Whether a client id belongs to a provisioned device, remembered between CONNECTs.
+//! Whether a client id belongs to a provisioned device, answered without a query per CONNECT.
 //!
-//! An anonymous CONNECT must not take a provisioned device's client id, so each one used to
-//! cost a directory query: on SQLite a round trip to the database thread, which capped the
-//! connect rate. The answers are now remembered and all forgotten whenever the directory's
-//! version changes (checked at most once per `RECHECK`, by the connect that finds the
-//! check due), so a device provisioned or removed is seen within about that time, like
-//! ACL changes. The memory is bounded in bytes, client ids included.
+//! An anonymous CONNECT must not take a provisioned device's client id. Asking the directory
+//! for each new id cost a database round trip per connect, which doubled the median handshake
+//! of a reconnect storm of new anonymous clients. So the broker keeps an *index*: a sorted
+//! array of 64-bit keyed fingerprints of every provisioned client id (8 bytes per device),
+//! loaded when the directory's version changes (compared at most once per `RECHECK`, by the
+//! connect that finds the check due, which also does the reload). A new anonymous id then
+//! costs a binary search. Where the store cannot list its devices, or the fleet does not fit
+//! the memory budget (`auth.device_id_cache_bytes`), each id is asked once and the answer
+//! remembered instead, bounded in bytes and forgotten on every version change.
+//!
+//! A fingerprint collision (an anonymous id whose keyed hash equals a device's: about
+//! n / 2^64 per connect for n devices, and the key is random per process so it cannot be
+//! aimed) refuses that anonymous client as if it used the device's id; it never admits one.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,6 +31,8 @@ pub(crate) const DOWN: &str = "directory store unavailable; client id not rememb
 /// Bytes an answer is accounted for besides its client id: the boxed key, the flag and the
 /// hash table's slot and control byte, rounded up.
 const ENTRY_OVERHEAD: usize = std::mem::size_of::<(Box<str>, bool)>() + 16;
+/// Client ids read per query while loading the index.
+const INDEX_PAGE: u32 = 10_000;
 
 /// Bytes one remembered answer is accounted for.
 fn entry_bytes(client_id: &str) -> usize {
@@ -35,35 +45,48 @@ struct State {
     version: Option<i64>,
     /// When the version was last compared (or a comparison began).
     checked_at: Option<Instant>,
-    /// Bumped whenever `known` is cleared, so an answer looked up before a clear is not
-    /// stored after it.
+    /// Bumped whenever the answers are dropped, so an answer (or index) looked up before
+    /// is not stored after it.
     epoch: u64,
+    /// Sorted fingerprints of every provisioned client id at `version`; while it is set it
+    /// answers every id and `known` is empty.
+    index: Option<Box<[u64]>>,
+    /// The index should be (re)loaded: the version changed, or the last load failed.
+    index_wanted: bool,
+    /// A connect is loading the index.
+    loading: bool,
+    /// Answers of single lookups, when there is no index.
     known: HashMap<Box<str>, bool>,
     /// Bytes `known` is accounted for (see [`entry_bytes`]).
     bytes: usize,
-    /// The last version check failed: ids not remembered are refused at once rather than
-    /// each waiting for the pool's acquire timeout (a CONNECT would otherwise spend its
-    /// whole handshake deadline on two such waits).
+    /// The last version check failed: ids not answered by the index or remembered are
+    /// refused at once rather than each waiting for the pool's acquire timeout (a CONNECT
+    /// would otherwise spend its whole handshake deadline on two such waits).
     down: bool,
 }
 
-/// Remembered answers to "is this client id a provisioned device's?", bounded in bytes
-/// (`auth.device_id_cache_bytes`): anonymous clients choose their ids, so past the budget
-/// the memory is started afresh.
+/// Answers to "is this client id a provisioned device's?", from an index of the directory's
+/// client ids or from remembered single lookups, bounded in bytes (`auth.device_id_cache_bytes`).
 #[derive(Debug)]
 pub(crate) struct DeviceIds {
     max_bytes: usize,
+    /// Keys the fingerprints; random per process.
+    hasher: RandomState,
     state: Mutex<State>,
 }
 
 impl DeviceIds {
-    /// Remembers at most about `max_bytes` of answers (0: remember nothing, ask every time).
+    /// Uses at most about `max_bytes` (0: remember nothing, ask every time).
     pub(crate) fn new(max_bytes: usize) -> DeviceIds {
-        DeviceIds { max_bytes, state: Mutex::new(State::default()) }
+        DeviceIds { max_bytes, hasher: RandomState::new(), state: Mutex::new(State::default()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fingerprint(&self, client_id: &str) -> u64 {
+        self.hasher.hash_one(client_id)
     }
 
     /// Whether `client_id` names a provisioned device (enabled or not).
@@ -82,40 +105,13 @@ impl DeviceIds {
             (due, st.down)
         };
         if due {
-            let version = if down {
-                tokio::time::timeout(DOWN_RECHECK_LIMIT, store.directory_version()).await.unwrap_or_else(
-                    |_| Err(StoreError::Unavailable("directory version check timed out".into())),
-                )
-            } else {
-                store.directory_version().await
-            };
-            match version {
-                Ok(v) => {
-                    let mut st = self.lock();
-                    st.down = false;
-                    if st.version != Some(v) {
-                        st.version = Some(v);
-                        st.known.clear();
-                        st.bytes = 0;
-                        st.epoch += 1;
-                    }
-                }
-                // With answers from a known version, keep using them while the store is
-                // away (a device change made meanwhile is seen once it is back).
-                Err(e) if self.lock().version.is_some() => {
-                    if !down {
-                        tracing::warn!(error = %e, "directory version check failed; using remembered device ids");
-                    }
-                    self.lock().down = true;
-                }
-                Err(e) => {
-                    self.lock().checked_at = None;
-                    return Err(e);
-                }
-            }
+            self.check_version(store, down).await?;
         }
         let epoch = {
             let st = self.lock();
+            if let Some(index) = &st.index {
+                return Ok(index.binary_search(&self.fingerprint(client_id)).is_ok());
+            }
             if let Some(&known) = st.known.get(client_id) {
                 return Ok(known);
             }
@@ -136,7 +132,7 @@ impl DeviceIds {
         };
         let mut st = self.lock();
         let bytes = entry_bytes(client_id);
-        if st.epoch == epoch && st.version.is_some() && bytes <= self.max_bytes {
+        if st.epoch == epoch && st.version.is_some() && st.index.is_none() && bytes <= self.max_bytes {
             if st.bytes + bytes > self.max_bytes {
                 st.known.clear();
                 st.bytes = 0;
@@ -146,6 +142,98 @@ impl DeviceIds {
             }
         }
         Ok(provisioned)
+    }
+
+    /// Compares the directory's version (the caller claimed the check); on a change drops
+    /// the answers and reloads the index.
+    async fn check_version(&self, store: &dyn DirectoryStore, down: bool) -> Result<(), StoreError> {
+        let version = if down {
+            tokio::time::timeout(DOWN_RECHECK_LIMIT, store.directory_version())
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("directory version check timed out".into())))
+        } else {
+            store.directory_version().await
+        };
+        let epoch = match version {
+            Ok(v) => {
+                let mut st = self.lock();
+                st.down = false;
+                if st.version != Some(v) {
+                    st.version = Some(v);
+                    st.index = None;
+                    st.index_wanted = self.max_bytes > 0;
+                    st.known.clear();
+                    st.bytes = 0;
+                    st.epoch += 1;
+                }
+                if !st.index_wanted || st.loading {
+                    return Ok(());
+                }
+                st.loading = true;
+                st.epoch
+            }
+            // With answers from a known version, keep using them while the store is away
+            // (a device change made meanwhile is seen once it is back).
+            Err(e) if self.lock().version.is_some() => {
+                if !down {
+                    tracing::warn!(error = %e, "directory version check failed; using remembered device ids");
+                }
+                self.lock().down = true;
+                return Ok(());
+            }
+            Err(e) => {
+                self.lock().checked_at = None;
+                return Err(e);
+            }
+        };
+        let loaded = self.load_index(store).await;
+        let mut st = self.lock();
+        st.loading = false;
+        match loaded {
+            Ok(index) if st.epoch == epoch => {
+                if let Some(index) = &index {
+                    tracing::debug!(devices = index.len(), "device id index loaded");
+                }
+                st.index = index;
+                st.index_wanted = false;
+                st.known.clear();
+                st.bytes = 0;
+            }
+            // The version changed meanwhile: the next check loads it again.
+            Ok(_) => {}
+            // Single lookups meanwhile; the next due check tries again.
+            Err(e) => tracing::warn!(error = %e, "cannot load the device id index; asking per client id"),
+        }
+        Ok(())
+    }
+
+    /// Fingerprints of every provisioned client id, sorted; `None` if the store cannot list
+    /// them or they do not fit the budget.
+    async fn load_index(&self, store: &dyn DirectoryStore) -> Result<Option<Box<[u64]>>, StoreError> {
+        let max = self.max_bytes / std::mem::size_of::<u64>();
+        let mut index = Vec::new();
+        let mut after = String::new();
+        loop {
+            let Some(page) = store.device_client_ids(&after, INDEX_PAGE).await? else {
+                return Ok(None);
+            };
+            index.extend(page.iter().map(|id| self.fingerprint(id)));
+            if index.len() > max {
+                tracing::info!(
+                    budget_bytes = self.max_bytes,
+                    "more devices than auth.device_id_cache_bytes indexes; asking per client id"
+                );
+                return Ok(None);
+            }
+            let full = page.len() == INDEX_PAGE as usize;
+            match page.into_iter().next_back() {
+                Some(last) if full => after = last,
+                _ => break,
+            }
+        }
+        index.sort_unstable();
+        index.dedup();
+        Ok(Some(index.into_boxed_slice()))
     }
 
     /// Answers held and the bytes they are accounted for.
@@ -164,12 +252,26 @@ mod tests {
 
     use super::*;
 
-    /// A directory where only `dev-*` client ids are provisioned, counting lookups.
+    /// A directory where only `dev-*` client ids are provisioned (or, when `listed` is set,
+    /// exactly those it lists, which it can then list), counting lookups.
     #[derive(Debug, Default)]
     struct Dir {
         lookups: AtomicUsize,
+        /// Pages listed.
+        pages: AtomicUsize,
         /// The database is away: every call fails.
         down: std::sync::atomic::AtomicBool,
+        /// The provisioned ids, sorted, when the store can list them.
+        listed: Mutex<Option<Vec<String>>>,
+        version: std::sync::atomic::AtomicI64,
+    }
+
+    impl Dir {
+        fn listing(ids: impl IntoIterator<Item = String>) -> Dir {
+            let mut ids: Vec<String> = ids.into_iter().collect();
+            ids.sort();
+            Dir { listed: Mutex::new(Some(ids)), ..Dir::default() }
+        }
     }
 
     fn unavailable<T: Send + 'static>() -> StoreFuture<'static, T> {
@@ -182,7 +284,8 @@ mod tests {
             if self.down.load(Ordering::Relaxed) {
                 return unavailable();
             }
-            let d = client_id.starts_with("dev-").then(|| Device {
+            let listed = self.listed.lock().unwrap().as_ref().map(|l| l.iter().any(|id| id == client_id));
+            let d = listed.unwrap_or_else(|| client_id.starts_with("dev-")).then(|| Device {
                 client_id: client_id.into(),
                 username: None,
                 password_hash: None,
@@ -199,7 +302,22 @@ mod tests {
             if self.down.load(Ordering::Relaxed) {
                 return unavailable();
             }
-            Box::pin(std::future::ready(Ok(1)))
+            Box::pin(std::future::ready(Ok(self.version.load(Ordering::Relaxed))))
+        }
+        fn device_client_ids<'a>(
+            &'a self,
+            after: &'a str,
+            limit: u32,
+        ) -> StoreFuture<'a, Option<Vec<String>>> {
+            if self.down.load(Ordering::Relaxed) {
+                return unavailable();
+            }
+            self.pages.fetch_add(1, Ordering::Relaxed);
+            let page =
+                self.listed.lock().unwrap().as_ref().map(|l| {
+                    l.iter().filter(|id| id.as_str() > after).take(limit as usize).cloned().collect()
+                });
+            Box::pin(std::future::ready(Ok(page)))
         }
         fn add_device<'a>(&'a self, _: &'a Device) -> StoreFuture<'a, ()> {
             unimplemented!()
@@ -283,5 +401,47 @@ mod tests {
         dir.down.store(false, Ordering::Relaxed);
         ids.lock().checked_at = None;
         assert!(!ids.is_provisioned(&dir, "anon-new").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_index_answers_new_ids_without_a_lookup_and_follows_the_version() {
+        // More than one page of devices.
+        let dir = Dir::listing((0..25_000).map(|i| format!("dev-{i:05}")));
+        let ids = DeviceIds::new(1 << 20);
+        for i in 0..1_000 {
+            assert!(!ids.is_provisioned(&dir, &format!("anon-{i}")).await.unwrap());
+        }
+        assert!(ids.is_provisioned(&dir, "dev-00000").await.unwrap());
+        assert!(ids.is_provisioned(&dir, "dev-24999").await.unwrap(), "the last page too");
+        assert!(!ids.is_provisioned(&dir, "dev-25000").await.unwrap());
+        assert_eq!(dir.lookups.load(Ordering::Relaxed), 0, "no single lookups");
+        assert_eq!(dir.pages.load(Ordering::Relaxed), 3);
+        assert_eq!(ids.usage(), (0, 0), "nothing remembered besides the index");
+
+        // A device added: seen once the version check finds the change.
+        dir.listed.lock().unwrap().as_mut().unwrap().push("new-device".into());
+        dir.version.store(2, Ordering::Relaxed);
+        assert!(!ids.is_provisioned(&dir, "new-device").await.unwrap(), "not checked yet");
+        ids.lock().checked_at = None;
+        assert!(ids.is_provisioned(&dir, "new-device").await.unwrap());
+        assert_eq!(dir.pages.load(Ordering::Relaxed), 6, "reloaded once");
+
+        // The store away: the index keeps answering every id, new ones too.
+        dir.down.store(true, Ordering::Relaxed);
+        ids.lock().checked_at = None;
+        assert!(!ids.is_provisioned(&dir, "anon-during-outage").await.unwrap());
+        assert!(ids.is_provisioned(&dir, "dev-00042").await.unwrap());
+        assert_eq!(dir.lookups.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_fleet_larger_than_the_budget_falls_back_to_single_lookups() {
+        let dir = Dir::listing((0..100).map(|i| format!("dev-{i}")));
+        let ids = DeviceIds::new(50 * 8);
+        assert!(ids.is_provisioned(&dir, "dev-7").await.unwrap());
+        assert!(!ids.is_provisioned(&dir, "anon").await.unwrap());
+        assert!(!ids.is_provisioned(&dir, "anon").await.unwrap());
+        assert_eq!(dir.lookups.load(Ordering::Relaxed), 2, "asked once per id, then remembered");
+        assert!(ids.lock().index.is_none());
     }
 }

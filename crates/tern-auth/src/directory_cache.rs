@@ -25,7 +25,7 @@ pub(crate) enum Lookup {
 }
 
 impl Lookup {
-    fn text(&self) -> &str {
+    pub(crate) fn text(&self) -> &str {
         match self {
             Lookup::Username(s) | Lookup::ClientId(s) => s,
         }

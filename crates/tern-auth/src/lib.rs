@@ -12,6 +12,7 @@ mod authorizer;
 mod backoff;
 pub mod cert;
 pub mod config;
+mod credential_cache;
 mod device_ids;
 mod directory_cache;
 mod error;

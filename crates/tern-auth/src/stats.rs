@@ -76,6 +76,7 @@ impl FailReason {
 pub struct AuthStats {
     failures: [[AtomicU64; REASONS.len()]; METHODS.len()],
     backoff: AtomicU64,
+    credential_cache_hits: AtomicU64,
 }
 
 impl AuthStats {
@@ -88,6 +89,16 @@ impl AuthStats {
     /// Counts an attempt the backoff delayed or refused.
     pub(crate) fn backoff(&self) {
         self.backoff.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a password login accepted by the verified-credential cache (no argon2id).
+    pub(crate) fn credential_cache_hit(&self) {
+        self.credential_cache_hits.fetch_add(1, Relaxed);
+    }
+
+    /// Password logins the verified-credential cache accepted since start.
+    pub fn credential_cache_hits_total(&self) -> u64 {
+        self.credential_cache_hits.load(Relaxed)
     }
 
     /// Failures since start as `(method, reason, count)`, every combination (zeros included).

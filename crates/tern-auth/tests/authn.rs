@@ -115,6 +115,49 @@ async fn store_outage_refuses_with_server_unavailable() {
     assert_eq!(denied(&o), ReasonCode::ServerUnavailable);
 }
 
+#[tokio::test]
+async fn a_recent_login_reconnects_without_argon2_until_anything_changes() {
+    use tern_broker::store::DirectoryStore as _;
+    let store = store_with_passwords().await;
+    let auth = TernAuthenticator::new(&config(&[Method::Password]), store.clone()).await.unwrap();
+    let hits = || auth.stats().credential_cache_hits_total();
+    let login = |pw: &'static [u8]| {
+        let auth = &auth;
+        async move { auth.authenticate(&connect("sensor-1", Some("alice"), Some(pw))).await }
+    };
+    allowed(login(b"s3cret").await);
+    assert_eq!(hits(), 0, "the first login runs argon2id");
+    let p = allowed(login(b"s3cret").await);
+    assert_eq!((hits(), p.username.as_deref()), (1, Some("alice")), "the reconnect does not");
+    // A wrong password is never answered by the cache.
+    assert_eq!(denied(&login(b"s3creT").await), ReasonCode::BadUserNameOrPassword);
+    assert_eq!(hits(), 1);
+    // The store is asked every time: a disabled device is refused at once.
+    let mut d = store.device_by_client_id("sensor-1").await.unwrap().unwrap();
+    d.enabled = false;
+    store.update_device(&d).await.unwrap();
+    assert_eq!(denied(&login(b"s3cret").await), ReasonCode::NotAuthorized);
+    // A new password: the old one no longer matches the stored hash, the new one is verified.
+    d.enabled = true;
+    d.password_hash = Some(tokio::task::spawn_blocking(|| hash_password("n3w")).await.unwrap());
+    store.update_device(&d).await.unwrap();
+    let before = hits();
+    assert_eq!(denied(&login(b"s3cret").await), ReasonCode::BadUserNameOrPassword);
+    allowed(login(b"n3w").await);
+    assert_eq!(hits(), before, "verified with argon2id");
+    allowed(login(b"n3w").await);
+    assert_eq!(hits(), before + 1);
+
+    // Off: every login runs argon2id.
+    let mut cfg = config(&[Method::Password]);
+    cfg.credential_cache_secs = 0;
+    let auth = TernAuthenticator::new(&cfg, store.clone()).await.unwrap();
+    for _ in 0..2 {
+        allowed(auth.authenticate(&connect("sensor-1", Some("alice"), Some(b"n3w"))).await);
+    }
+    assert_eq!(auth.stats().credential_cache_hits_total(), 0);
+}
+
 /// An authenticator over `store` with the directory cache configured.
 async fn cached_auth(store: &Arc<MemStore>, bytes: usize, ttl_secs: u64) -> TernAuthenticator {
     let mut cfg = config(&[Method::Password]);

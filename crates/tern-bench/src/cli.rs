@@ -30,6 +30,9 @@ pub(crate) enum Mode {
     /// A latency probe for long runs: one publisher and one subscriber at a low fixed rate,
     /// reconnecting after any failure, one line of figures per --interval (also as CSV).
     Probe(ProbeArgs),
+    /// A bare TCP relay, not a broker: forwards PUBLISH bytes to matching subscribers with the
+    /// least MQTT work tern-bench needs, on one thread; the floor of the benchmark matrix.
+    Relay(RelayArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -84,7 +87,7 @@ pub(crate) struct Common {
     /// MQTT protocol version.
     #[arg(short = 'V', long = "mqtt", value_enum, default_value = "3.1.1")]
     pub(crate) mqtt: MqttVersion,
-    /// User name sent in CONNECT.
+    /// User name sent in CONNECT; `%c` in it is replaced by the connection's client id.
     #[arg(short = 'u', long)]
     pub(crate) username: Option<String>,
     /// Password sent in CONNECT.
@@ -133,6 +136,11 @@ pub(crate) struct Common {
     /// Server name for SNI and certificate verification (default: --host).
     #[arg(long, requires = "tls")]
     pub(crate) tls_server_name: Option<String>,
+    /// Resume TLS sessions: connections share one session store, so after the first ones
+    /// they resume (tickets) instead of doing a full handshake. Default: every connection
+    /// does a full handshake (the client keeps no sessions).
+    #[arg(long, requires = "tls")]
+    pub(crate) tls_resume: bool,
     /// Tokio worker threads (default: the cores this process may run on).
     #[arg(long)]
     pub(crate) workers: Option<usize>,
@@ -354,15 +362,25 @@ pub(crate) struct ProbeArgs {
     pub(crate) csv: Option<PathBuf>,
 }
 
+/// `relay`: the floor (see relay.rs and bench/README.md).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RelayArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub(crate) listen: std::net::SocketAddr,
+}
+
 impl Mode {
-    pub(crate) fn common(&self) -> &Common {
+    /// The client options of a load mode; None for the relay, which is a server.
+    pub(crate) fn common(&self) -> Option<&Common> {
         match self {
-            Mode::Conn(a) => &a.common,
-            Mode::Pub(a) => &a.common,
-            Mode::Sub(a) => &a.common,
-            Mode::Scenario(a) => &a.common,
-            Mode::RetainStorm(a) => &a.common,
-            Mode::Probe(a) => &a.common,
+            Mode::Conn(a) => Some(&a.common),
+            Mode::Pub(a) => Some(&a.common),
+            Mode::Sub(a) => Some(&a.common),
+            Mode::Scenario(a) => Some(&a.common),
+            Mode::RetainStorm(a) => Some(&a.common),
+            Mode::Probe(a) => Some(&a.common),
+            Mode::Relay(_) => None,
         }
     }
 
@@ -374,6 +392,7 @@ impl Mode {
             Mode::Scenario(_) => "scenario",
             Mode::RetainStorm(_) => "retain-storm",
             Mode::Probe(_) => "probe",
+            Mode::Relay(_) => "relay",
         }
     }
 }

@@ -183,6 +183,11 @@ async fn drive(
     conn.json["rate_per_s"] =
         json!(if connect_secs > 0.0 { (connected as f64 / connect_secs).round() } else { 0.0 });
     conn.json["errors"] = json!(first_errors.lock().expect("errors lock").clone());
+    let tls = ep.tls_handshakes();
+    if let Some((full, resumed)) = tls {
+        conn.json["tls_full_handshakes"] = json!(full);
+        conn.json["tls_resumed_handshakes"] = json!(resumed);
+    }
     let per_conn = match (rss_before, rss_after) {
         (Some(b), Some(a)) if connected > 0 => Some(((a.saturating_sub(b)) * 1024) as f64 / connected as f64),
         _ => None,
@@ -207,6 +212,7 @@ async fn drive(
             "count": a.count, "connect_rate": common.connect_rate,
             "connect_concurrency": common.connect_concurrency, "hold_s": a.hold,
             "keep_alive": common.keep_alive, "source_ips": common.source_ips,
+            "tls_resume": common.tls_resume, "tls_client_cert": common.tls_cert.is_some(),
         },
         "connect": conn.json,
         "timing": { "close_s": close_s },
@@ -233,6 +239,9 @@ async fn drive(
         common.port
     );
     let _ = writeln!(s, "connect   {}", conn.human);
+    if let Some((full, resumed)) = tls {
+        let _ = writeln!(s, "tls       {full} full and {resumed} resumed handshakes");
+    }
     if let Some(b) = &broker_connect {
         let _ = writeln!(
             s,

@@ -13,6 +13,7 @@ mod net;
 mod payload;
 mod probe;
 mod procfs;
+mod relay;
 mod run;
 mod stats;
 mod storm;
@@ -167,13 +168,20 @@ async fn dispatch(mode: &Mode) -> anyhow::Result<Outcome> {
         Mode::Scenario(a) => run::run_scenario(a).await,
         Mode::RetainStorm(a) => storm::run(a).await,
         Mode::Probe(a) => probe::run(a).await,
+        Mode::Relay(_) => anyhow::bail!("the relay is a server, not a load run"),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The relay is a server with its own single-threaded runtime and no JSON report.
+    if let Mode::Relay(a) = &cli.mode {
+        return relay::main(a);
+    }
     payload::init_clock();
-    let common = cli.mode.common().clone();
+    let Some(common) = cli.mode.common().cloned() else {
+        return ExitCode::FAILURE;
+    };
     let mode = cli.mode.name();
     let head = |ok: bool| {
         let mut m = Map::new();

@@ -89,7 +89,8 @@ pub(crate) async fn connect(
             keep_alive: cfg.keep_alive,
             client_id: ByteStr::from(id.as_str()),
             will: None,
-            username: cfg.username.as_deref().map(ByteStr::from),
+            // `%c`: the connection's own client id (one device per connection).
+            username: cfg.username.as_deref().map(|u| ByteStr::from(u.replace("%c", &id).as_str())),
             password: cfg.password.as_ref().map(|p| Bytes::copy_from_slice(p.as_bytes())),
             properties: ConnectProperties {
                 maximum_packet_size: cfg.version.is_v5().then_some(cfg.max_packet_size),

@@ -4,6 +4,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -94,6 +95,8 @@ pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     source_ips: Vec<IpAddr>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// TLS handshakes done: full, resumed.
+    handshakes: [AtomicUsize; 2],
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -102,6 +105,7 @@ impl std::fmt::Debug for Endpoint {
             .field("addr", &self.addr)
             .field("source_ips", &self.source_ips.len())
             .field("tls", &self.tls.as_ref().map(|t| &t.1))
+            .field("handshakes", &self.handshakes)
             .finish()
     }
 }
@@ -121,7 +125,13 @@ impl Endpoint {
             bail!("source address {bad} is not of the same family as the broker address {addr}");
         }
         let tls = if common.tls { Some(tls_connector(common)?) } else { None };
-        Ok(Endpoint { addr, source_ips, tls })
+        Ok(Endpoint { addr, source_ips, tls, handshakes: [AtomicUsize::new(0), AtomicUsize::new(0)] })
+    }
+
+    /// TLS handshakes so far, (full, resumed); None without TLS.
+    pub(crate) fn tls_handshakes(&self) -> Option<(usize, usize)> {
+        self.tls.as_ref()?;
+        Some((self.handshakes[0].load(Ordering::Relaxed), self.handshakes[1].load(Ordering::Relaxed)))
     }
 
     pub(crate) fn source_ip_count(&self) -> usize {
@@ -155,6 +165,8 @@ impl Endpoint {
                     .connect(name.clone(), stream)
                     .await
                     .with_context(|| format!("TLS handshake with {} failed", self.addr))?;
+                let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                self.handshakes[usize::from(resumed)].fetch_add(1, Ordering::Relaxed);
                 Ok(Stream::Tls(Box::new(tls)))
             }
         }
@@ -162,7 +174,9 @@ impl Endpoint {
 }
 
 fn tls_connector(common: &Common) -> anyhow::Result<(TlsConnector, ServerName<'static>)> {
-    let builder = rustls::ClientConfig::builder();
+    let builder =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?;
     let builder = if common.tls_insecure {
         builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(
             rustls::crypto::ring::default_provider().signature_verification_algorithms,
@@ -195,10 +209,86 @@ fn tls_connector(common: &Common) -> anyhow::Result<(TlsConnector, ServerName<'s
         }
         _ => builder.with_no_client_auth(),
     };
+    let mut config = config;
+    // rustls clients keep sessions by default, and one ClientConfig is shared by every
+    // connection: without this, most "full" handshakes would silently be resumptions.
+    config.resumption = if common.tls_resume {
+        rustls::client::Resumption::store(Arc::new(TicketPool::default()))
+    } else {
+        rustls::client::Resumption::disabled()
+    };
     let name = common.tls_server_name.clone().unwrap_or_else(|| common.host.clone());
     let name =
         ServerName::try_from(name.clone()).map_err(|e| anyhow!("bad TLS server name {name:?}: {e}"))?;
     Ok((TlsConnector::from(Arc::new(config)), name))
+}
+
+/// The session store of `--tls-resume`: one pool of TLS 1.3 tickets for every connection.
+/// rustls's own store keeps 8 tickets per server name, too few for hundreds of handshakes in
+/// flight (each takes one): most would fall back to a full handshake.
+#[derive(Debug)]
+struct TicketPool {
+    tickets: std::sync::Mutex<std::collections::VecDeque<rustls::client::Tls13ClientSessionValue>>,
+    /// Key-exchange hints and TLS 1.2 sessions.
+    other: rustls::client::ClientSessionMemoryCache,
+}
+
+/// Tickets kept at most (the oldest go first).
+const MAX_TICKETS: usize = 16_384;
+
+impl Default for TicketPool {
+    fn default() -> Self {
+        TicketPool {
+            tickets: std::sync::Mutex::default(),
+            other: rustls::client::ClientSessionMemoryCache::new(256),
+        }
+    }
+}
+
+impl rustls::client::ClientSessionStore for TicketPool {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.other.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.other.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.other.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.other.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.other.remove_tls12_session(server_name);
+    }
+
+    // One broker per run: the server name needs no key.
+    fn insert_tls13_ticket(
+        &self,
+        _server_name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        let mut t = self.tickets.lock().expect("ticket pool lock");
+        if t.len() >= MAX_TICKETS {
+            t.pop_front();
+        }
+        t.push_back(value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        _server_name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.tickets.lock().expect("ticket pool lock").pop_back()
+    }
 }
 
 /// Accepts any server certificate (`--tls-insecure`), still checking handshake signatures.

@@ -516,6 +516,11 @@ pub trait DirectoryStore: Send + Sync + Debug + 'static {
     fn query_devices<'a>(&'a self, _query: &'a DeviceQuery) -> StoreFuture<'a, Vec<Device>> {
         unsupported("query_devices")
     }
+    /// Client ids of devices (enabled or not) greater than `after`, in order, `limit` at most;
+    /// `None` if this store cannot list them.
+    fn device_client_ids<'a>(&'a self, _after: &'a str, _limit: u32) -> StoreFuture<'a, Option<Vec<String>>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
     /// Inserts an ACL rule; returns its id.
     fn add_acl_rule<'a>(&'a self, rule: &'a AclRule) -> StoreFuture<'a, i64>;
     /// Deletes an ACL rule; returns whether it existed.

@@ -143,6 +143,7 @@ impl AdminConfig {
             ca_file: None,
             client_certs: ClientCerts::None,
             min_version: self.min_tls_version.unwrap_or_default(),
+            session_resumption: true,
         };
         crate::listeners::tls::build_server_config(&settings).map(Some).context("admin API TLS")
     }

@@ -313,7 +313,7 @@ async fn run(config: config::Config) -> Result<()> {
     if !config.listeners.is_empty() && config.mqtt_addr != config::Config::default().mqtt_addr {
         warn!("mqtt_addr {} is ignored: [[listeners]] is set", config.mqtt_addr);
     }
-    let listeners = listeners::bind(config.listener_specs()?).await?;
+    let listeners = listeners::bind(config.listener_specs()?)?;
     info!(version = tern_broker::VERSION, "tern starting");
     if anonymous {
         info!("anonymous clients allowed (allow_anonymous = {:?})", config.allow_anonymous);

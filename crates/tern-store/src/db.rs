@@ -302,6 +302,10 @@ impl DirectoryStore for Db {
         Box::pin(async move { on_conn!(self, |conn, b| b::query_devices(conn, query).await?) })
     }
 
+    fn device_client_ids<'a>(&'a self, after: &'a str, limit: u32) -> StoreFuture<'a, Option<Vec<String>>> {
+        Box::pin(async move { on_conn!(self, |conn, b| Some(b::device_client_ids(conn, after, limit).await?)) })
+    }
+
     fn add_acl_rule<'a>(&'a self, rule: &'a AclRule) -> StoreFuture<'a, i64> {
         Box::pin(async move { write_tx!(self, |conn, b| b::add_acl_rule(conn, rule).await?) })
     }

@@ -276,6 +276,17 @@ macro_rules! backend_fns {
             found.iter().map(rows::device).collect()
         }
 
+        /// Client ids of devices after `after`, in order, `limit` at most.
+        pub(crate) async fn device_client_ids(
+            conn: &mut $Conn,
+            after: &str,
+            limit: u32,
+        ) -> Result<Vec<String>, sqlx::Error> {
+            let found =
+                sqlx::query(sql::DEVICE_CLIENT_IDS).bind(after).bind(i64::from(limit)).fetch_all(&mut *conn).await?;
+            found.iter().map(|r| rows::RowGet::text(r, 0)).collect()
+        }
+
         /// Devices matching `q` (`QUERY_DEVICES` is the backend module's own statement).
         pub(crate) async fn query_devices(
             conn: &mut $Conn,

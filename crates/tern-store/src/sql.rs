@@ -129,6 +129,9 @@ pub(crate) const DEVICE_BY_USERNAME: &str = "SELECT client_id, username, passwor
 pub(crate) const LIST_DEVICES: &str = "SELECT client_id, username, password_hash, scram_verifier, \
      cert_identity, enabled, created_at, labels, limits FROM devices ORDER BY client_id";
 
+pub(crate) const DEVICE_CLIENT_IDS: &str =
+    "SELECT client_id FROM devices WHERE client_id > $1 ORDER BY client_id LIMIT $2";
+
 // `query_devices` differs per backend (string functions): `QUERY_DEVICES` in pg.rs and sqlite.rs.
 
 pub(crate) const ADD_ACL_RULE: &str = "INSERT INTO acl_rules \

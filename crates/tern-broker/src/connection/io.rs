@@ -63,7 +63,13 @@ impl Transport {
             },
             Transport::Boxed(s, _) => {
                 buf.reserve(want);
-                tokio_util::io::poll_read_buf(Pin::new(s), cx, buf)
+                let r = tokio_util::io::poll_read_buf(Pin::new(s), cx, buf);
+                // As on TCP, an idle connection keeps no read buffer (the reservation above
+                // would otherwise stay for as long as the client is silent).
+                if r.is_pending() && buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
+                r
             }
         }
     }

@@ -43,6 +43,9 @@ pub(crate) struct ListenerConfig {
     /// Lowest TLS version accepted (tls/wss).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) min_tls_version: Option<TlsVersion>,
+    /// TLS session resumption: tickets and the TLS 1.2 session cache (tls/wss; default on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) session_resumption: Option<bool>,
     /// This listener's own rate limits, in place of the `[rate_limits]` ones they name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) rate_limits: Option<ListenerRateLimits>,
@@ -223,6 +226,8 @@ pub(crate) struct TlsSettings {
     pub(crate) client_certs: ClientCerts,
     /// Lowest accepted version.
     pub(crate) min_version: TlsVersion,
+    /// Whether clients may resume sessions (tickets, TLS 1.2 session ids).
+    pub(crate) session_resumption: bool,
 }
 
 impl ListenerSpec {
@@ -304,6 +309,7 @@ fn resolve_one(c: &ListenerConfig) -> Result<ListenerSpec> {
             ca_file: c.ca_file.clone(),
             client_certs: c.client_certs,
             min_version: c.min_tls_version.unwrap_or_default(),
+            session_resumption: c.session_resumption.unwrap_or(true),
         })
     } else {
         let tls_keys = [
@@ -312,6 +318,7 @@ fn resolve_one(c: &ListenerConfig) -> Result<ListenerSpec> {
             ("ca_file", c.ca_file.is_some()),
             ("client_certs", c.client_certs != ClientCerts::None),
             ("min_tls_version", c.min_tls_version.is_some()),
+            ("session_resumption", c.session_resumption.is_some()),
         ];
         if let Some((key, _)) = tls_keys.iter().find(|(_, set)| *set) {
             bail!("{key} is only for kind = \"tls\" or \"wss\" (this listener is {:?})", c.kind.as_str());
@@ -366,6 +373,7 @@ mod tests {
         let tls = specs[2].tls.as_ref().unwrap();
         assert_eq!(tls.client_certs, ClientCerts::Required);
         assert_eq!(tls.min_version, TlsVersion::V13);
+        assert!(tls.session_resumption, "resumption is on by default");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub(crate) mod config;
 pub(crate) mod tls;
+mod tls_stream;
 mod ws;
 
 use std::fmt::Write as _;
@@ -48,7 +49,7 @@ pub(crate) struct Running {
 
 /// Reads every TLS listener's files, then binds every listener. Fails (naming the listener)
 /// on the first unreadable file or unavailable address, before anything accepts.
-pub(crate) async fn bind(specs: Vec<ListenerSpec>) -> Result<Listeners> {
+pub(crate) fn bind(specs: Vec<ListenerSpec>) -> Result<Listeners> {
     let mut tls = Vec::with_capacity(specs.len());
     for spec in &specs {
         tls.push(match &spec.tls {
@@ -61,13 +62,29 @@ pub(crate) async fn bind(specs: Vec<ListenerSpec>) -> Result<Listeners> {
     }
     let mut bound = Vec::with_capacity(specs.len());
     for (spec, tls) in specs.into_iter().zip(tls) {
-        let socket = TcpListener::bind(spec.bind).await.with_context(|| {
+        let socket = listen(spec.bind).with_context(|| {
             format!("listener {:?} (kind {}): cannot listen on {}", spec.name, spec.kind, spec.bind)
         })?;
         let addr = socket.local_addr().context("listener has no local address")?;
         bound.push(Bound { spec, socket, addr, tls });
     }
     Ok(Listeners { bound })
+}
+
+/// Connections the kernel completes and queues before `accept` takes them (capped by
+/// `net.core.somaxconn`, 4096 on current kernels). The standard library's 128 overflowed in
+/// a reconnect storm of 200 handshakes in flight: the kernel dropped SYNs and those clients
+/// waited for their 1 s SYN retransmission, which made the connect latency's tail.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as the standard
+/// library sets it, so a restart can bind while old connections linger in TIME_WAIT).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 impl Listeners {
@@ -295,8 +312,8 @@ async fn tls_stage(
     tls: &TlsState,
     stream: TcpStream,
     deadline: Instant,
-) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Option<CertIdentity>), HandshakeError> {
-    match tokio::time::timeout_at(deadline, tls::handshake(tls.acceptor(), stream)).await {
+) -> Result<(tls::ServerTlsStream, Option<CertIdentity>), HandshakeError> {
+    match tokio::time::timeout_at(deadline, tls::handshake(tls.config(), stream)).await {
         Ok(r) => r.map_err(HandshakeError::Tls),
         Err(_) => Err(HandshakeError::TimedOut { tls: true }),
     }

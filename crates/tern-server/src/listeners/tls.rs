@@ -1,6 +1,7 @@
 //! TLS for `tls` and `wss` listeners: reading PEM files into a rustls `ServerConfig` (ring
-//! provider, TLS 1.2/1.3, optional or required client certificates), the swappable config read
-//! on every accept, and the handshake with the client-certificate identity it yields.
+//! provider, TLS 1.2/1.3, optional or required client certificates, session resumption), the
+//! swappable config read on every accept, and the handshake with the client-certificate
+//! identity it yields.
 
 use std::io;
 use std::path::Path;
@@ -10,20 +11,54 @@ use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{
+    NoServerSessionStorage, ProducesTickets, ServerSessionMemoryCache, StoresServerSessions,
+    WebPkiClientVerifier,
+};
 use rustls::{RootCertStore, ServerConfig};
 use tern_broker::auth::CertIdentity;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use super::config::{ClientCerts, TlsSettings, TlsVersion};
+pub(crate) use super::tls_stream::ServerTlsStream;
+
+/// TLS 1.2 sessions (by session id) the server remembers per listener, for clients that do
+/// not take tickets. An entry is a few hundred bytes: at most ~1 MiB per listener.
+pub(crate) const SESSION_CACHE_SIZE: usize = 4096;
 
 /// A listener's TLS configuration, replaced as a whole on a successful reload.
 #[derive(Debug)]
 pub(crate) struct TlsState {
     settings: TlsSettings,
     current: ArcSwap<ServerConfig>,
+}
+
+/// What lets clients resume sessions: the ticket keys (TLS 1.3, and TLS 1.2 clients that take
+/// tickets) and the session-id cache (other TLS 1.2 clients). Made anew with every
+/// configuration: a resumed session skips certificate checks, so sessions from before a reload
+/// must not outlive the certificates or the CA bundle (`ca_file`) they were checked against.
+struct Resumption {
+    ticketer: Option<Arc<dyn ProducesTickets>>,
+    cache: Arc<dyn StoresServerSessions>,
+}
+
+impl std::fmt::Debug for Resumption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resumption").field("enabled", &self.ticketer.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl Resumption {
+    fn new(enabled: bool) -> Result<Resumption> {
+        if !enabled {
+            return Ok(Resumption { ticketer: None, cache: Arc::new(NoServerSessionStorage {}) });
+        }
+        // Stateless tickets: ChaCha20-Poly1305 under random keys that rotate every 6 hours, the
+        // previous key still accepted, so a ticket is honoured for at most 12 hours (rustls's
+        // ring `Ticketer`). Nothing is stored per client.
+        let ticketer = rustls::crypto::ring::Ticketer::new().context("TLS session ticket keys")?;
+        Ok(Resumption { ticketer: Some(ticketer), cache: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE) })
+    }
 }
 
 impl TlsState {
@@ -41,9 +76,9 @@ impl TlsState {
         Ok(())
     }
 
-    /// An acceptor with the configuration in force now.
-    pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.load_full())
+    /// The configuration in force now.
+    pub(crate) fn config(&self) -> Arc<ServerConfig> {
+        self.current.load_full()
     }
 
     /// The client certificate policy.
@@ -52,7 +87,7 @@ impl TlsState {
     }
 }
 
-/// Builds a rustls server configuration from the listener's files.
+/// Builds a rustls server configuration from PEM files (the admin API's HTTPS too).
 pub(crate) fn build_server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs(&s.cert_file, "cert_file")?;
@@ -86,7 +121,7 @@ pub(crate) fn build_server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>> 
         }
         _ => builder.with_no_client_auth(),
     };
-    let config = builder.with_single_cert(certs, key).with_context(|| {
+    let mut config = builder.with_single_cert(certs, key).with_context(|| {
         format!(
             "cert_file {} and key_file {} do not form a usable certificate and key (does the key \
              belong to the certificate?)",
@@ -94,6 +129,14 @@ pub(crate) fn build_server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>> 
             s.key_file.display()
         )
     })?;
+    let resumption = Resumption::new(s.session_resumption)?;
+    config.session_storage = resumption.cache;
+    match resumption.ticketer {
+        Some(t) => config.ticketer = t,
+        // No tickets either: without a ticketer rustls would otherwise hand out TLS 1.3
+        // tickets backed by the session cache, which is off too.
+        None => config.send_tls13_tickets = 0,
+    }
     Ok(Arc::new(config))
 }
 
@@ -124,11 +167,11 @@ fn pem_error(path: &Path, key: &str, e: &rustls::pki_types::pem::Error) -> anyho
 /// Runs the TLS handshake; returns the stream and the identity of a verified client
 /// certificate (if the client presented one).
 pub(crate) async fn handshake(
-    acceptor: TlsAcceptor,
+    config: Arc<ServerConfig>,
     stream: TcpStream,
-) -> io::Result<(TlsStream<TcpStream>, Option<CertIdentity>)> {
-    let tls = acceptor.accept(stream).await?;
-    let identity = match tls.get_ref().1.peer_certificates().and_then(<[_]>::first) {
+) -> io::Result<(ServerTlsStream, Option<CertIdentity>)> {
+    let tls = ServerTlsStream::accept(config, stream).await?;
+    let identity = match tls.peer_certificates().and_then(<[_]>::first) {
         Some(der) => Some(tern_auth::cert_identity(der).map_err(io::Error::other)?),
         None => None,
     };
