@@ -21,6 +21,11 @@ pub(crate) const POSTGRES: &[Embedded] = &[
     (2, "session_owner", include_str!("../../../migrations/postgres/0002_session_owner.sql")),
     (3, "admin", include_str!("../../../migrations/postgres/0003_admin.sql")),
     (4, "quotas", include_str!("../../../migrations/postgres/0004_quotas.sql")),
+    (
+        5,
+        "drop_deliveries_message_id",
+        include_str!("../../../migrations/postgres/0005_drop_deliveries_message_id.sql"),
+    ),
 ];
 
 /// SQLite migrations, in version order.
@@ -29,6 +34,11 @@ pub(crate) const SQLITE: &[Embedded] = &[
     (2, "session_owner", include_str!("../../../migrations/sqlite/0002_session_owner.sql")),
     (3, "admin", include_str!("../../../migrations/sqlite/0003_admin.sql")),
     (4, "quotas", include_str!("../../../migrations/sqlite/0004_quotas.sql")),
+    (
+        5,
+        "drop_deliveries_message_id",
+        include_str!("../../../migrations/sqlite/0005_drop_deliveries_message_id.sql"),
+    ),
 ];
 
 /// A `MigrationSource` over an embedded list.

@@ -3,6 +3,7 @@
 //! concurrent batch refers to again; the rest is the shared code of `shared.rs`.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -77,34 +78,76 @@ pub(crate) async fn connect_one(connect: &PgConnectOptions) -> Result<PgConnecti
 /// The common batch (message bodies and delivery changes only: publications and their
 /// acknowledgements) is ONE statement, data-modifying CTEs over `UNNEST`ed arrays, run in
 /// autocommit: atomic by itself, one round trip. Anything else runs in a transaction.
+///
+/// The one statement first inserts the bodies and deliveries with plain `INSERT`s
+/// ([`Inserts::Plain`]), and only if that hits an existing key (unique violation: nothing was
+/// applied) runs again with `ON CONFLICT` ([`Inserts::Upsert`]). Message ids and delivery keys
+/// are nearly always new, and `ON CONFLICT` makes PostgreSQL insert speculatively: an index
+/// probe before each row, a speculative lock and a second WAL record after it, a third of the
+/// statement's CPU time in a profile of 1,400-message batches.
 pub(crate) async fn apply_batch(conn: &mut PgConnection, ops: &[StoreOp]) -> Result<(), sqlx::Error> {
     let plan = Plan::new(ops);
-    match plan.steps.as_slice() {
-        [] => hot_statement(conn, &plan.messages, None).await,
-        [Step::Deliveries(effects)] => hot_statement(conn, &plan.messages, Some(effects)).await,
+    let effects = match plan.steps.as_slice() {
+        [] => None,
+        [Step::Deliveries(effects)] => Some(effects),
         steps => {
             let mut tx = conn.begin().await?;
-            hot_statement(&mut tx, &plan.messages, None).await?;
+            hot_statement(&mut tx, &plan.messages, None, Inserts::Upsert).await?;
             for step in steps {
                 match step {
                     Step::Op(op) => apply_op(&mut tx, op).await?,
-                    Step::Deliveries(effects) => hot_statement(&mut tx, &[], Some(effects)).await?,
+                    Step::Deliveries(effects) => {
+                        hot_statement(&mut tx, &[], Some(effects), Inserts::Upsert).await?;
+                    }
                 }
             }
-            tx.commit().await
+            return tx.commit().await;
         }
+    };
+    if UPSERT_BATCHES.load(Ordering::Relaxed) == 0 {
+        match hot_statement(conn, &plan.messages, effects, Inserts::Plain).await {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                // Existing keys (a body stored again, a delivery replaced): the statement
+                // failed whole; the next batches are likely to meet them too.
+                UPSERT_BATCHES.store(UPSERT_AFTER_CONFLICT, Ordering::Relaxed);
+            }
+            other => return other,
+        }
+    } else {
+        UPSERT_BATCHES.fetch_sub(1, Ordering::Relaxed);
     }
+    hot_statement(conn, &plan.messages, effects, Inserts::Upsert).await
 }
+
+/// How the hot statement inserts message bodies and deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inserts {
+    /// Plain `INSERT`: fails whole (unique violation) if a key exists.
+    Plain,
+    /// `INSERT .. ON CONFLICT`: an existing body is kept (and touched), a delivery replaced.
+    Upsert,
+}
+
+/// Batches to run with [`Inserts::Upsert`] before trying [`Inserts::Plain`] again, after a
+/// plain statement met an existing key: a workload that re-stores bodies (e.g. retained
+/// messages queued for new sessions) pays a failed statement once per this many batches, not
+/// once per batch. Process-wide rather than per pool: it only decides which statement is tried
+/// first, never the outcome.
+static UPSERT_BATCHES: AtomicU32 = AtomicU32::new(0);
+
+/// See [`UPSERT_BATCHES`].
+const UPSERT_AFTER_CONFLICT: u32 = 16;
 
 /// Message bodies; an existing id keeps its body but its row is rewritten unchanged ("touched"),
 /// so that a concurrent `sweep` (REPEATABLE READ) that decided to delete it as unreferenced
 /// fails with a serialization error instead of deleting a body this batch refers to again.
 /// (`ON CONFLICT DO NOTHING` would not conflict with the sweep; ids are distinct here.)
-fn messages_cte(p: &mut Params) -> String {
+/// With [`Inserts::Plain`] every id is new: no concurrent sweep can have chosen it.
+fn messages_cte(p: &mut Params, inserts: Inserts) -> String {
     format!(
         "m AS (INSERT INTO messages (id, topic, payload, qos, retain, properties, expires_at, created_at) \
          SELECT * FROM UNNEST({}::int8[], {}::text[], {}::bytea[], {}::int2[], {}::bool[], {}::bytea[], \
-         {}::int8[], {}::int8[]) ON CONFLICT (id) DO UPDATE SET created_at = messages.created_at)",
+         {}::int8[], {}::int8[]){})",
         p.next(),
         p.next(),
         p.next(),
@@ -112,7 +155,11 @@ fn messages_cte(p: &mut Params) -> String {
         p.next(),
         p.next(),
         p.next(),
-        p.next()
+        p.next(),
+        match inserts {
+            Inserts::Plain => "",
+            Inserts::Upsert => " ON CONFLICT (id) DO UPDATE SET created_at = messages.created_at",
+        }
     )
 }
 
@@ -136,19 +183,25 @@ fn set_states_cte(p: &mut Params) -> String {
     )
 }
 
-fn upsert_deliveries_cte(p: &mut Params) -> String {
+fn upsert_deliveries_cte(p: &mut Params, inserts: Inserts) -> String {
     format!(
         "u AS (INSERT INTO deliveries (client_id, seq, message_id, qos, retain, subscription_ids, state) \
-         SELECT * FROM UNNEST({}::text[], {}::int8[], {}::int8[], {}::int2[], {}::bool[], {}::text[], {}::int2[]) \
-         ON CONFLICT (client_id, seq) DO UPDATE SET message_id = excluded.message_id, qos = excluded.qos, \
-         retain = excluded.retain, subscription_ids = excluded.subscription_ids, state = excluded.state)",
+         SELECT * FROM UNNEST({}::text[], {}::int8[], {}::int8[], {}::int2[], {}::bool[], {}::text[], {}::int2[]){})",
         p.next(),
         p.next(),
         p.next(),
         p.next(),
         p.next(),
         p.next(),
-        p.next()
+        p.next(),
+        match inserts {
+            Inserts::Plain => "",
+            Inserts::Upsert => {
+                " ON CONFLICT (client_id, seq) DO UPDATE SET message_id = excluded.message_id, \
+                 qos = excluded.qos, retain = excluded.retain, subscription_ids = excluded.subscription_ids, \
+                 state = excluded.state"
+            }
+        }
     )
 }
 
@@ -171,13 +224,14 @@ async fn hot_statement(
     conn: &mut PgConnection,
     messages: &[&StoredMessage],
     effects: Option<&DeliveryEffects<'_>>,
+    inserts: Inserts,
 ) -> Result<(), sqlx::Error> {
     let (deletes, set_state, upserts) =
         effects.map_or((&[][..], &[][..], &[][..]), |e| (&e.deletes[..], &e.set_state[..], &e.upserts[..]));
     let mut params = Params::default();
     let mut ctes = Vec::with_capacity(4);
     if !messages.is_empty() {
-        ctes.push(messages_cte(&mut params));
+        ctes.push(messages_cte(&mut params, inserts));
     }
     if !deletes.is_empty() {
         ctes.push(delete_deliveries_cte(&mut params));
@@ -186,7 +240,7 @@ async fn hot_statement(
         ctes.push(set_states_cte(&mut params));
     }
     if !upserts.is_empty() {
-        ctes.push(upsert_deliveries_cte(&mut params));
+        ctes.push(upsert_deliveries_cte(&mut params, inserts));
     }
     if ctes.is_empty() {
         return Ok(());

@@ -629,7 +629,7 @@ async fn upgrade_from_0001(url: &str, backend: &str) {
                   will_at, last_seq) VALUES ('old', 60, 4, 5, NULL, NULL, 9)";
     old_database(url, backend, &["0001_initial.sql"], &[insert]).await;
 
-    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![2, 3, 4]);
+    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![2, 3, 4, 5]);
     let db = tern_store::connect(url, &support::options()).await.expect("connect");
     let old_row = StoredSession {
         expiry_interval: 60,
@@ -671,7 +671,7 @@ async fn upgrade_from_0002(url: &str, backend: &str) {
     ];
     old_database(url, backend, &["0001_initial.sql", "0002_session_owner.sql"], &inserts).await;
 
-    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![3, 4]);
+    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![3, 4, 5]);
     let db = tern_store::connect(url, &support::options()).await.expect("connect");
     let old_device = Device {
         client_id: "dev-old".into(),
@@ -1013,6 +1013,20 @@ async fn device_queries(t: &TestDb) {
         ["Gamma", "alpha-1", "alpha-2", "beta-1", "miss-1", "miss-2", "miss-3", "miss-4", "miss-5"],
         "bytewise client-id order on both backends"
     );
+
+    // device_client_ids: every client id, in pages, with the same order as the cursor.
+    let mut listed = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = db.device_client_ids(&after, 4).await.expect("list ids").expect("supported");
+        let full = page.len() == 4;
+        listed.extend(page);
+        if !full {
+            break;
+        }
+        after = listed.last().cloned().unwrap_or_default();
+    }
+    assert_eq!(listed, everything, "paged client ids");
 
     // search: client id or user name, case-insensitive, plain text (no wildcards).
     let search = |s: &str| DeviceQuery { search: Some(s.into()), ..q.clone() };
