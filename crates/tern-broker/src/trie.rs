@@ -49,9 +49,15 @@ impl SharedGroup {
     }
 }
 
+/// The children's hasher: foldhash, seeded per process. Hashing the topic levels with std's
+/// SipHash was ~5% of the broker's CPU in QoS 0 pairs (docs/benchmarks.md); foldhash is a few
+/// times faster, and its random per-process seed keeps colliding levels from being chosen
+/// in advance by clients.
+type Children = HashMap<Box<str>, Node, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: Children,
     subs: Vec<SubEntry>,
     shared: Vec<SharedGroup>,
 }
