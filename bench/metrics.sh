@@ -2,7 +2,7 @@
 # The metrics report.sh and compare.sh take from tern-bench's JSON, per matrix scenario, and
 # the number formatting they share. Source it (needs jq).
 
-ORDER="qos0-fanin qos0-pairs qos1-pairs qos2-pairs qos0-fanout lat-10k lat-20k conn-rate idle-10k idle-50k retained-storm"
+ORDER="qos0-fanin qos0-pairs qos1-pairs qos2-pairs qos0-fanout lat-10k lat-20k conn-rate conn-storm idle-10k idle-50k retained-storm"
 
 # label;jq expression;better (up, down, or info)
 metrics_for() {
@@ -20,6 +20,11 @@ metrics_for() {
         conn-rate)
             printf '%s\n' "connections/s;.connect.rate_per_s;up" \
                 "time to connect all s;.connect.time_to_connect_all_s;down" ;;
+        conn-storm)
+            printf '%s\n' "connections/s;.connect.rate_per_s;up" \
+                "p50 handshake ms;.connect.handshake_ms.p50;down" \
+                "p99 handshake ms;.connect.handshake_ms.p99;down" \
+                "max handshake ms;.connect.handshake_ms.max;down" ;;
         idle-*)
             printf '%s\n' "broker bytes per connection;.broker.rss_per_conn_bytes;down" \
                 "broker RSS connected MiB;.broker.rss_connected_kib / 1024;down" \

@@ -57,6 +57,7 @@ SCENARIOS=(
     "lat-10k|scenario --pubs 16 --subs 16 -q 1 -r 10000"
     "lat-20k|scenario --pubs 16 --subs 16 -q 1 -r 20000"
     "conn-rate|conn -c 5000 --hold 1 --connect-concurrency 64"
+    "conn-storm|conn -c 10000 --hold 0 --connect-rate 0 --connect-concurrency 200 --connect-timeout 30 --source-ips 127.0.0.1-127.0.0.20"
     "idle-10k|conn -c 10000 --hold 5 --keep-alive 300 --connect-concurrency 64 --connect-timeout 30 --source-ips 127.0.0.1-127.0.0.20"
     "idle-50k|conn -c 50000 --hold 5 --keep-alive 300 --connect-concurrency 64 --connect-timeout 30 --source-ips 127.0.0.1-127.0.0.50"
     "retained-storm|retain-storm --topics 10000 --subs 100"
