@@ -303,7 +303,9 @@ impl DirectoryStore for Db {
     }
 
     fn device_client_ids<'a>(&'a self, after: &'a str, limit: u32) -> StoreFuture<'a, Option<Vec<String>>> {
-        Box::pin(async move { on_conn!(self, |conn, b| Some(b::device_client_ids(conn, after, limit).await?)) })
+        Box::pin(
+            async move { on_conn!(self, |conn, b| Some(b::device_client_ids(conn, after, limit).await?)) },
+        )
     }
 
     fn add_acl_rule<'a>(&'a self, rule: &'a AclRule) -> StoreFuture<'a, i64> {

@@ -282,8 +282,11 @@ macro_rules! backend_fns {
             after: &str,
             limit: u32,
         ) -> Result<Vec<String>, sqlx::Error> {
-            let found =
-                sqlx::query(sql::DEVICE_CLIENT_IDS).bind(after).bind(i64::from(limit)).fetch_all(&mut *conn).await?;
+            let found = sqlx::query(sql::DEVICE_CLIENT_IDS)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *conn)
+                .await?;
             found.iter().map(|r| rows::RowGet::text(r, 0)).collect()
         }
 
