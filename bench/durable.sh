@@ -114,35 +114,12 @@ pg_up() {
     psql_q "$PG_URL" "ALTER SYSTEM SET track_wal_io_timing = on" >/dev/null
     psql_q "$PG_URL" "SELECT pg_reload_conf()" >/dev/null
 }
-pg_down() {
-    if [[ -n "$PG_URL" && "$KEEP_PG" != 1 ]]; then
-        env "${PG_ENV[@]}" "$REPO_DIR/scripts/postgres.sh" stop >/dev/null 2>&1 || true
-    fi
-}
-# "pid ticks" (utime + stime) of every process of the private cluster.
-pg_cpu_ticks() {
-    local pm p
-    pm="$(head -n 1 "$BENCH_WORK/pg/data/postmaster.pid" 2>/dev/null)" || return 0
-    for p in $pm $(pgrep -P "$pm"); do
-        awk -v p="$p" '{ sub(/.*\) /, ""); print p, $12 + $13 }' "/proc/$p/stat" 2>/dev/null || true
-    done
-}
-# CPU % of one core used by all the cluster's processes between two pg_cpu_ticks snapshots
-# SECONDS apart (the broker's pooled connections take turns, so no single process stands out).
-pg_cpu_pct() {
-    local before=$1 after=$2 secs=$3 hz
-    hz="$(getconf CLK_TCK)"
-    awk -v secs="$secs" -v hz="$hz" 'NR == FNR { b[$1] = $2; next }
-        { t += $2 - b[$1] }
-        END { printf "%.0f", t / hz / secs * 100 }' \
-        <(printf '%s\n' "$before") <(printf '%s\n' "$after")
-}
+# shellcheck source=bench/pg-lib.sh
+source "$BENCH_DIR/pg-lib.sh"
 # The block device under BENCH_WORK, and "writes write_ms flushes flush_ms" from
 # /proc/diskstats (the whole device: other work on the machine counts too).
 DISK="$(basename "$(df --output=source "$BENCH_WORK" | tail -n 1)")"
 disk_stats() { awk -v d="$DISK" '$3 == d { print $8, $11, $19, $20 }' /proc/diskstats; }
-psql_q() { psql -X -q -t -A -v ON_ERROR_STOP=1 -d "$1" -c "$2" </dev/null; }
-with_db() { sed -E "s#^(postgres(ql)?://[^/]+)/[^?]*#\1/$2#" <<<"$1"; }
 
 BROKER_PID=""
 cleanup() {

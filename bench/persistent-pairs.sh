@@ -48,21 +48,8 @@ done
 # --- PostgreSQL: a private durable cluster, as in bench/durable.sh ------------------------------
 PG_ENV=(TERN_PG_DIR="$BENCH_WORK/pg" TERN_PG_PORT="${TERN_PG_PORT:-56600}")
 PG_URL=""
-psql_q() { psql -X -q -t -A -v ON_ERROR_STOP=1 -d "$1" -c "$2" </dev/null; }
-with_db() { sed -E "s#^(postgres(ql)?://[^/]+)/[^?]*#\1/$2#" <<<"$1"; }
-pg_down() {
-    if [[ -n "$PG_URL" && "${KEEP_PG:-0}" != 1 ]]; then
-        env "${PG_ENV[@]}" "$REPO_DIR/scripts/postgres.sh" stop >/dev/null 2>&1 || true
-    fi
-}
-# "pid ticks" (utime + stime) of every process of the private cluster.
-pg_cpu_ticks() {
-    local pm p
-    pm="$(head -n 1 "$BENCH_WORK/pg/data/postmaster.pid" 2>/dev/null)" || return 0
-    for p in $pm $(pgrep -P "$pm"); do
-        awk -v p="$p" '{ sub(/.*\) /, ""); print p, $12 + $13 }' "/proc/$p/stat" 2>/dev/null || true
-    done
-}
+# shellcheck source=bench/pg-lib.sh
+source "$BENCH_DIR/pg-lib.sh"
 PG_STATS="SELECT xact_commit, (SELECT wal_bytes FROM pg_stat_wal), extract(epoch FROM clock_timestamp()) \
     FROM pg_stat_database WHERE datname = current_database()"
 case "$BACKEND" in
