@@ -82,6 +82,17 @@ fn store_failure(e: &StoreError, info: &ConnectInfo<'_>) -> Refusal {
     (ReasonCode::ServerUnavailable, "directory store unavailable")
 }
 
+/// The outcome of a password check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PasswordCheck {
+    /// The verified-credential cache vouched for it (no argon2id run).
+    Recent,
+    /// argon2id verified it.
+    Verified,
+    /// Wrong password, or no such device.
+    Wrong,
+}
+
 impl TernAuthenticator {
     /// Validates `config` and loads JWT keys (if `jwt` is in a chain). Use [`Self::start`] to
     /// also run the JWKS refresh task.
@@ -244,10 +255,8 @@ impl TernAuthenticator {
         // unless this device proved this password against this hash moments ago.
         let phc = device.as_ref().and_then(|d| d.password_hash.clone());
         let now = Instant::now();
-        let recent = phc.as_deref().is_some_and(|h| self.credentials.verified(&key, h, pw, now));
-        if recent {
-            self.stats.credential_cache_hit();
-        } else if !self.hashes.verify(phc.clone(), pw.to_vec()).await {
+        let check = self.check_password(&key, phc.as_deref(), pw, now).await;
+        if check == PasswordCheck::Wrong {
             // The store has spoken: a remembered record (an older password, a removed
             // device) must not answer during a later outage.
             self.directory.forget(&key);
@@ -255,7 +264,7 @@ impl TernAuthenticator {
         }
         let device = device.expect("a hash was verified, so the device exists");
         let principal = device_principal(&device, info.client_id);
-        if let (Ok(_), Some(h), false) = (&principal, &phc, recent) {
+        if let (Ok(_), Some(h), PasswordCheck::Verified) = (&principal, &phc, check) {
             self.credentials.remember(key.clone(), h, pw, now);
         }
         match (&principal, device.password_hash) {
@@ -274,6 +283,26 @@ impl TernAuthenticator {
         Some(principal)
     }
 
+    /// Checks `pw` against the stored hash `phc` of the device found by `key` (against the
+    /// dummy hash when there is none): from the verified-credential cache when this device
+    /// proved this password against this hash recently, otherwise with argon2id.
+    async fn check_password(
+        &self,
+        key: &Lookup,
+        phc: Option<&str>,
+        pw: &[u8],
+        now: Instant,
+    ) -> PasswordCheck {
+        if phc.is_some_and(|h| self.credentials.verified(key, h, pw, now)) {
+            self.stats.credential_cache_hit();
+            PasswordCheck::Recent
+        } else if self.hashes.verify(phc.map(str::to_owned), pw.to_vec()).await {
+            PasswordCheck::Verified
+        } else {
+            PasswordCheck::Wrong
+        }
+    }
+
     /// The password method while the store is unavailable: the remembered record of a device
     /// that logged in before (confirmed by the store within `directory_cache_ttl_secs`), or
     /// 0x88 Server unavailable as without a cache.
@@ -287,10 +316,9 @@ impl TernAuthenticator {
         let Some(cached) = self.directory.get(key, Instant::now()) else {
             return Err(store_failure(error, info));
         };
-        let recent = self.credentials.verified(key, &cached.password_hash, pw, Instant::now());
-        if recent {
-            self.stats.credential_cache_hit();
-        } else if !self.hashes.verify(Some(cached.password_hash.into()), pw.to_vec()).await {
+        if self.check_password(key, Some(&*cached.password_hash), pw, Instant::now()).await
+            == PasswordCheck::Wrong
+        {
             // Kept: the store did not say anything, and wrong guesses must not evict the
             // real device's record.
             return Err((

@@ -271,20 +271,11 @@ impl ServerTlsStream {
 }
 
 /// Encodes a handshake record into the end of `out`, growing it to the size rustls asks for.
-fn encode(out: &mut Vec<u8>, mut f: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>) -> io::Result<()> {
-    let start = out.len();
-    loop {
-        match f(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                out.resize(start + required_size, 0);
-            }
-            Err(e) => return Err(io::Error::other(e)),
-        }
-    }
+fn encode(out: &mut Vec<u8>, f: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>) -> io::Result<()> {
+    append_record(out, 0, f, |e| match e {
+        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => Some(*required_size),
+        EncodeError::AlreadyEncoded => None,
+    })
 }
 
 /// Encrypts into the end of `out` (records of `len` plaintext bytes, a guess corrected by
@@ -292,23 +283,38 @@ fn encode(out: &mut Vec<u8>, mut f: impl FnMut(&mut [u8]) -> Result<usize, Encod
 fn encrypt(
     out: &mut Vec<u8>,
     len: usize,
-    mut f: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+    f: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+) -> io::Result<()> {
+    // Per record: 5 bytes of header, 1 of content type, 16 of tag.
+    append_record(out, len + 22 * (len / (16 * 1024) + 1), f, |e| match e {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => Some(*required_size),
+        EncryptError::EncryptExhausted => None,
+    })
+}
+
+/// Lets `f` write TLS bytes into the end of `out`, starting with room for `guess` bytes and
+/// growing it to the size rustls asks for (`required`: the size an error asks for, if it is
+/// that error). On another error `out` is left as it was, so nothing half-written is sent.
+fn append_record<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    out: &mut Vec<u8>,
+    guess: usize,
+    mut f: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    required: impl Fn(&E) -> Option<usize>,
 ) -> io::Result<()> {
     let start = out.len();
-    // Per record: 5 bytes of header, 1 of content type, 16 of tag.
-    out.resize(start + len + 22 * (len / (16 * 1024) + 1), 0);
+    out.resize(start + guess, 0);
     loop {
         match f(&mut out[start..]) {
             Ok(n) => {
                 out.truncate(start + n);
                 return Ok(());
             }
-            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                out.resize(start + required_size, 0);
-            }
             Err(e) => {
-                out.truncate(start);
-                return Err(io::Error::other(e));
+                let Some(size) = required(&e) else {
+                    out.truncate(start);
+                    return Err(io::Error::other(e));
+                };
+                out.resize(start + size, 0);
             }
         }
     }
