@@ -34,9 +34,7 @@ export BENCH_WORK="${BENCH_WORK:-/tmp/tern-storm-bench}" BENCH_ADMIN=off
 mkdir -p "$BENCH_WORK"
 TERN_A="$(realpath "${TERN_BIN:-$REPO_DIR/target/release/tern}")"
 BENCH="$(realpath "${TERN_BENCH:-$REPO_DIR/target/release/tern-bench}")"
-# Tern refuses unknown TERN_* variables: keep the second binary's path to ourselves.
 TERN_B="${TERN_BIN_B:+$(realpath "$TERN_BIN_B")}"
-unset TERN_BIN_B
 N="${N:-10000}" STORM_N="${STORM_N:-${N:-10000}}" C="${C:-200}" MODE="${MODE:-anon}" PORT="${PORT:-18850}"
 PASSWORD="storm-password-1"
 ensure_mosquitto

@@ -49,6 +49,11 @@ BENCH_WORK="${BENCH_WORK:-/tmp/tern-bench-work}"
 RUMQTTD_ROOT="${RUMQTTD_ROOT:-/opt/rumqttd}"
 RUMQTTD_VERSION="0.20.0"
 mkdir -p "$BENCH_WORK"
+# Benchmark settings that share Tern's TERN_ prefix (a second binary for A/B runs, a private
+# PostgreSQL cluster's place): still readable here, but not exported to the processes the
+# scripts start, because the broker refuses TERN_* variables that are not configuration keys.
+# scripts/postgres.sh gets its own explicitly (PG_ENV).
+export -n TERN_BIN_B TERN_PG_DIR TERN_PG_PORT 2> /dev/null || true
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

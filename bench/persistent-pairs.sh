@@ -32,9 +32,6 @@ A="$(realpath "${TERN_BIN:-$REPO_DIR/target/release/tern}")"
 BENCH="$(realpath "${TERN_BENCH:-$REPO_DIR/target/release/tern-bench}")"
 BINS=("$A")
 [[ -n "${TERN_BIN_B:-}" ]] && BINS+=("$(realpath "$TERN_BIN_B")")
-# The broker refuses TERN_* variables that are not configuration keys: keep the script's own
-# settings out of its environment.
-export -n TERN_BIN_B TERN_PG_PORT TERN_PG_DIR 2>/dev/null || true
 PORT="${PORT:-18830}"
 BACKEND="${BACKEND:-sqlite}"
 while (($#)); do
