@@ -46,8 +46,9 @@ unset TERN_TEST_KEEP_GOING TERN_TEST_SKIP_SETUP TERN_BIN
 # ui before build: the binary embeds web-admin/dist at compile time.
 ALL_STEPS=(fmt clippy ui build cargo pytest observability e2e)
 # mosquitto: reference broker for test self-checks; prometheus: promtool and a real Prometheus
-# for the observability step.
-APT_PACKAGES=(mosquitto-clients mosquitto prometheus)
+# for the observability step; nats-server: the NATS cluster of the clustering tests
+# (tests/src/nats.rs) and the config check of docker/nats/.
+APT_PACKAGES=(mosquitto-clients mosquitto prometheus nats-server)
 VENV="$ROOT/.venv"
 PY_REQUIREMENTS="$ROOT/tests/python/requirements.txt"
 PYTHON="${PYTHON:-python3}"

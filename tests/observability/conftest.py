@@ -92,7 +92,11 @@ LABEL_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
     ("tern_auth_failures_total", "reason"): AUTH_FAILURE_REASONS,
     ("tern_sessions", "state"): ("online", "offline"),
     ("tern_store_pool_connections", "state"): ("in_use", "idle"),
+    ("tern_cluster_nodes", "state"): ("up", "silent", "down", "adopted"),
 }
+# The fourth column of metrics.txt: families exported only in a configuration the live
+# checks' single tern does not run.
+CONDITIONS = ("cluster",)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class Family:
     name: str
     type: str  # gauge, counter, histogram
     labels: frozenset[str]
+    only: str | None = None  # a CONDITIONS entry: exported only then (e.g. "cluster")
 
 
 def load_catalogue() -> dict[str, Family]:
@@ -109,11 +114,13 @@ def load_catalogue() -> dict[str, Family]:
         if not line:
             continue
         parts = line.split()
-        assert len(parts) == 3, f"metrics.txt:{n}: expected 'name type labels', got {line!r}"
-        name, typ, labels = parts
+        assert len(parts) in (3, 4), f"metrics.txt:{n}: expected 'name type labels [condition]', got {line!r}"
+        name, typ, labels = parts[:3]
+        only = parts[3] if len(parts) == 4 else None
         assert typ in ("gauge", "counter", "histogram"), f"metrics.txt:{n}: type {typ!r}"
+        assert only is None or only in CONDITIONS, f"metrics.txt:{n}: condition {only!r} (known: {CONDITIONS})"
         assert name not in families, f"metrics.txt:{n}: {name} listed twice"
-        families[name] = Family(name, typ, frozenset() if labels == "-" else frozenset(labels.split(",")))
+        families[name] = Family(name, typ, frozenset() if labels == "-" else frozenset(labels.split(",")), only)
     return families
 
 

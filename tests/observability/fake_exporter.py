@@ -24,6 +24,7 @@ STAND_IN_VALUES: dict[str, list[str]] = {
     "route": ["/healthz", "/api/v1/devices/{client_id}", "/api/v1/stream"],
     "status": ["200", "401", "404"],
     "method": ["GET", "POST"],  # the admin API's (tern_auth_failures_total's is in LABEL_VALUES)
+    "node": ["tern-1", "tern-2", "tern-3"],  # cluster.node_id of the cluster's nodes
 }
 BUCKETS = {
     "tern_store_commit_seconds": [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],

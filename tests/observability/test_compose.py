@@ -5,6 +5,11 @@ compose-spec.json, see README.md here), and the files it mounts into Prometheus 
 followed from the container paths their configs use back to the repo files the other tests
 validate. The tern service's TERN_* variables (and the Dockerfile's) are fed to the real
 `tern config` when a binary is there: tern refuses unknown TERN_* names at start.
+
+The "cluster" profile (three tern nodes, three NATS nodes, the cluster's database and its own
+Prometheus) is checked the same way: each node's wiring, every NATS config with
+`nats-server -c FILE -t` (Debian package `nats-server`, which scripts/test.sh installs), the
+cluster Prometheus config with `promtool check config`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -29,11 +35,21 @@ from conftest import (
     GRAFANA_DIR,
     HERE,
     PROMETHEUS_CONFIG,
+    PROMETHEUS_DIR,
     REPO,
+    assert_ok,
     load_yaml,
+    promtool,
+    run,
 )
 
 SCHEMA = HERE / "compose-spec.json"
+DEFAULT_SERVICES = {"tern", "postgres", "prometheus", "grafana"}
+TERN_NODES = ("tern-1", "tern-2", "tern-3")
+NATS_NODES = ("nats-1", "nats-2", "nats-3")
+CLUSTER_SERVICES = {*TERN_NODES, *NATS_NODES, "postgres-cluster-init", "prometheus-cluster"}
+NATS_DIR = DOCKER_DIR / "nats"
+PROMETHEUS_CLUSTER_CONFIG = PROMETHEUS_DIR / "prometheus-cluster.yml"
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +74,11 @@ def test_schema_check_rejects_a_broken_file(compose):
 
 def test_services_and_volumes(compose):
     services = compose["services"]
-    assert set(services) == {"tern", "postgres", "prometheus", "grafana"}
+    # Without a profile: the single-node stack, exactly. Everything else is "cluster".
+    assert {n for n, s in services.items() if not s.get("profiles")} == DEFAULT_SERVICES
+    assert {n for n, s in services.items() if s.get("profiles")} == CLUSTER_SERVICES
+    for name in CLUSTER_SERVICES:
+        assert services[name]["profiles"] == ["cluster"], name
     for svc in services.values():
         for v in svc.get("volumes", []):
             src = v.split(":", 1)[0] if isinstance(v, str) else v.get("source", "")
@@ -174,6 +194,213 @@ def test_published_ports(compose):
     assert "3000" in published("grafana")
 
 
+def host_ports(compose) -> dict[str, str]:
+    """Published host port -> service, across all services (short syntax)."""
+    out: dict[str, str] = {}
+    for name, svc in compose["services"].items():
+        for p in svc.get("ports", []):
+            parts = str(p).split(":")
+            assert len(parts) in (2, 3), f"{name}: port {p} (use host:container or ip:host:container)"
+            host = parts[-2]
+            assert host not in out, f"host port {host} published by both {out[host]} and {name}"
+            out[host] = name
+    return out
+
+
+def test_no_two_services_publish_the_same_host_port(compose):
+    # With --profile cluster both stacks run side by side.
+    ports = host_ports(compose)
+    assert {ports[p] for p in ("1884", "1885", "1886")} == set(TERN_NODES)
+
+
+# ------------------------------------------------------------------------- profile "cluster"
+
+
+def env_of(compose, name: str) -> dict[str, str]:
+    return {k: str(v) for k, v in compose["services"][name]["environment"].items()}
+
+
+def cluster_database(compose) -> str:
+    """The database postgres-cluster-init creates."""
+    script = " ".join(compose["services"]["postgres-cluster-init"]["command"])
+    (name,) = set(re.findall(r"CREATE DATABASE (\w+)", script))
+    assert f"datname = '{name}'" in script, "the init must be idempotent (it runs on every up)"
+    return name
+
+
+def test_cluster_nodes_use_the_postgres_service_and_their_own_database(compose):
+    pg = compose["services"]["postgres"]["environment"]
+    db = cluster_database(compose)
+    # Not the single node's database: the two stacks run side by side.
+    assert db != pg["POSTGRES_DB"]
+    init = compose["services"]["postgres-cluster-init"]
+    assert init["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert (init["environment"]["PGHOST"], init["environment"]["PGUSER"], init["environment"]["PGPASSWORD"]) == (
+        "postgres", pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"])
+    for name in TERN_NODES:
+        url = urlsplit(env_of(compose, name)["TERN_DATABASE__URL"])
+        assert url.scheme == "postgres", f"{name}: cluster mode needs PostgreSQL"
+        assert (url.hostname, url.port) == ("postgres", 5432), name
+        assert (url.username, url.password, url.path.lstrip("/")) == (
+            pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], db), name
+        deps = compose["services"][name]["depends_on"]
+        assert deps["postgres-cluster-init"]["condition"] == "service_completed_successfully", name
+
+
+def test_cluster_nodes_are_distinct_nodes_of_one_image(compose):
+    tern = compose["services"]["tern"]
+    ids = []
+    for name in TERN_NODES:
+        svc, env = compose["services"][name], env_of(compose, name)
+        # The image the tern service builds; never pulled from a registry.
+        assert svc["image"] == tern["image"] and "build" not in svc and svc["pull_policy"] == "never", name
+        ids.append(env["TERN_CLUSTER__NODE_ID"])
+        assert env["TERN_CLUSTER__NODE_ID"] == name
+        assert env["TERN_MQTT_ADDR"] == "0.0.0.0:1883" and env["TERN_ADMIN__ADDR"] == "0.0.0.0:8080", name
+        published = {str(p).rsplit(":", 1)[-1]: str(p) for p in svc["ports"]}
+        assert set(published) == {"1883", "8080"}, name
+        # The admin API has no TLS here: loopback only, as for the single node.
+        assert published["8080"].startswith("127.0.0.1:"), name
+        (volume,) = svc["volumes"]
+        assert volume == f"{name}-data:/var/lib/tern"
+    assert len(set(ids)) == len(ids) == 3, ids
+
+
+def nats_config(path: Path) -> dict:
+    """The few settings of a nats-server config the wiring depends on (these files use
+    `key: value` lines and one-level blocks only)."""
+    text = re.sub(r"#.*", "", path.read_text())
+
+    def block(name: str) -> str:
+        m = re.search(rf"^{name}\s*\{{(.*?)^\}}", text, re.M | re.S)
+        assert m, f"{path}: no {name} {{ ... }} block"
+        return m.group(1)
+
+    def value(key: str, where: str) -> str:
+        m = re.search(rf"^\s*{key}\s*[:=]\s*\"?([^\s\"]+)\"?\s*$", where, re.M)
+        assert m, f"{path}: no {key}"
+        return m.group(1)
+
+    cluster, auth, js = block("cluster"), block("authorization"), block("jetstream")
+    routes = re.search(r"routes\s*[:=]?\s*\[(.*?)\]", cluster, re.S)
+    assert routes, f"{path}: no cluster routes"
+    top = re.sub(r"^\w+\s*\{.*?^\}", "", text, flags=re.M | re.S)
+    return {
+        "server_name": value("server_name", top),
+        "listen": value("listen", top),
+        "http": value("http", top),
+        "store_dir": value("store_dir", js),
+        "user": value("user", auth),
+        "password": value("password", auth),
+        "cluster_name": value("name", cluster),
+        "cluster_listen": value("listen", cluster),
+        "routes": routes.group(1).split(),
+    }
+
+
+def need_nats_server() -> str:
+    path = shutil.which("nats-server")
+    if path is None:
+        pytest.fail("nats-server not found: install Debian's 'nats-server' package "
+                    "(apt-get install nats-server; scripts/test.sh does)")
+    return path
+
+
+def nats_mounted_config(compose, name: str) -> Path:
+    svc = compose["services"][name]
+    cmd = svc["command"]
+    assert cmd[0] == "nats-server" and cmd[1] in ("-c", "--config"), cmd
+    return host_path(svc, cmd[2])
+
+
+@pytest.mark.parametrize("name", NATS_NODES)
+def test_nats_config_is_valid(name, compose):
+    path = nats_mounted_config(compose, name)
+    assert path == (NATS_DIR / f"{name}.conf").resolve()
+    assert_ok(run([need_nats_server(), "-c", str(path), "-t"]))
+
+
+def test_nats_configs_form_one_cluster(compose):
+    cfgs = {name: nats_config(nats_mounted_config(compose, name)) for name in NATS_NODES}
+    assert sorted(p.name for p in NATS_DIR.iterdir()) == sorted(f"{n}.conf" for n in NATS_NODES)
+    assert len({c["cluster_name"] for c in cfgs.values()}) == 1
+    for name, c in cfgs.items():
+        svc = compose["services"][name]
+        assert svc["image"].startswith("nats:2.")
+        assert c["server_name"] == name, "JetStream in a cluster needs a distinct server_name per node"
+        cluster_port = c["cluster_listen"].rsplit(":", 1)[1]
+        others = sorted(f"nats-route://{o}:{cfgs[o]['cluster_listen'].rsplit(':', 1)[1]}"
+                        for o in NATS_NODES if o != name)
+        assert sorted(c["routes"]) == others, f"{name}: routes to every other node"
+        assert cluster_port == "6222"
+        # JetStream's store on the node's own named volume.
+        (data,) = [v for v in svc["volumes"] if not v.startswith(".")]
+        volume, target = data.split(":")[:2]
+        assert volume == f"{name}-data" and target == c["store_dir"], data
+        # The health check asks the monitoring port the config opens.
+        http_port = c["http"].rsplit(":", 1)[1]
+        health = " ".join(svc["healthcheck"]["test"])
+        assert f"127.0.0.1:{http_port}/healthz" in health, health
+        # Monitoring published on loopback only; the client port not at all.
+        for p in svc.get("ports", []):
+            assert str(p).startswith("127.0.0.1:") and str(p).endswith(f":{http_port}"), p
+
+
+def test_cluster_nodes_reach_every_nats_node_with_its_credentials(compose):
+    cfgs = {name: nats_config(nats_mounted_config(compose, name)) for name in NATS_NODES}
+    for name in TERN_NODES:
+        env = env_of(compose, name)
+        urls = [urlsplit(u.strip()) for u in env["TERN_CLUSTER__NATS_URL"].split(",")]
+        assert all(u.scheme == "nats" for u in urls), env["TERN_CLUSTER__NATS_URL"]
+        assert sorted(u.hostname for u in urls) == sorted(NATS_NODES), f"{name}: every NATS node"
+        for u in urls:
+            assert str(u.port) == cfgs[u.hostname]["listen"].rsplit(":", 1)[1], u.geturl()
+            assert (env["TERN_CLUSTER__NATS_USER"], env["TERN_CLUSTER__NATS_PASSWORD"]) == (
+                cfgs[u.hostname]["user"], cfgs[u.hostname]["password"]), name
+        deps = compose["services"][name]["depends_on"]
+        for n in NATS_NODES:
+            assert deps[n]["condition"] == "service_healthy", name
+
+
+def test_cluster_prometheus_runs_the_checked_config_and_rules(compose):
+    svc = compose["services"]["prometheus-cluster"]
+    assert svc["image"] == compose["services"]["prometheus"]["image"]
+    flags = dict(a.split("=", 1) for a in svc["command"] if "=" in a)
+    config_in_container = flags["--config.file"]
+    assert host_path(svc, config_in_container) == PROMETHEUS_CLUSTER_CONFIG.resolve()
+    assert_ok(promtool("check", "config", str(PROMETHEUS_CLUSTER_CONFIG)))
+    cfg = load_yaml(PROMETHEUS_CLUSTER_CONFIG)
+    rules = [host_path(svc, str(PurePosixPath(config_in_container).parent / f)) for f in cfg["rule_files"]]
+    assert rules == [ALERTS.resolve()]
+    # Its own data volume, not the single node Prometheus' one.
+    assert "prometheus-cluster-data:/prometheus" in svc["volumes"]
+
+
+def test_cluster_prometheus_scrapes_every_node_with_its_own_label(compose, catalogue):
+    cfg = load_yaml(PROMETHEUS_CLUSTER_CONFIG)
+    # TernDown watches up{job="tern"}: the job keeps that name.
+    (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "tern"]
+    seen = {}
+    for sc in job["static_configs"]:
+        (target,) = sc["targets"]
+        host, port = target.split(":")
+        assert host in TERN_NODES, f"scrape target {target}: not a cluster node"
+        assert sc["labels"] == {"tern_node": host}
+        assert env_of(compose, host)["TERN_ADMIN__ADDR"] == f"0.0.0.0:{port}"
+        seen[host] = target
+    assert sorted(seen) == sorted(TERN_NODES)
+    # A target label must not be a label of tern's own series, or Prometheus renames theirs
+    # (exported_<name>): tern's cluster metrics have a `node` label.
+    for sc in job["static_configs"]:
+        for label in sc["labels"]:
+            clash = sorted(f.name for f in catalogue.values() if label in f.labels)
+            assert not clash, f"target label {label} is a label of {clash} (tests/observability/metrics.txt)"
+    # The single-node config stays free of cluster targets (they would be down there).
+    single = load_yaml(PROMETHEUS_CONFIG)
+    targets = [t for j in single["scrape_configs"] for sc in j["static_configs"] for t in sc["targets"]]
+    assert not any(t.split(":")[0] in CLUSTER_SERVICES for t in targets), targets
+
+
 # ----------------------------------------------------------------------------- Dockerfile
 
 
@@ -229,16 +456,25 @@ def tern_bin() -> Path | None:
     return Path(candidate) if Path(candidate).is_file() else None
 
 
-@pytest.mark.parametrize("where", ["Dockerfile", "compose"])
+def cluster_config_written() -> bool:
+    """Whether tern-server has the [cluster] settings yet (issue 22: being built)."""
+    return "nats_url" in (REPO / "crates" / "tern-server" / "src" / "config.rs").read_text()
+
+
+@pytest.mark.parametrize("where", ["Dockerfile", "compose", *TERN_NODES])
 def test_tern_accepts_the_environment(where, compose):
     """tern stops at start on an unknown TERN_* variable: run `tern config` with the
     variables the image and the compose file set, and see them in the effective config."""
     binary = tern_bin()
     if binary is None:
         pytest.skip("no tern binary (build it, or set TERN_BIN): TERN_* names not checked")
+    if where in TERN_NODES and not cluster_config_written():
+        pytest.skip("crates/tern-server/src/config.rs has no [cluster] settings yet: "
+                    "TERN_CLUSTER__* names not checked")
     env = dockerfile_env()
-    if where == "compose":
-        env.update({k: str(v) for k, v in compose["services"]["tern"]["environment"].items()})
+    if where != "Dockerfile":
+        service = "tern" if where == "compose" else where
+        env.update({k: str(v) for k, v in compose["services"][service]["environment"].items()})
     tern_env = {k: v for k, v in env.items() if k.startswith("TERN_")}
     assert tern_env
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TERN_")}
@@ -252,3 +488,8 @@ def test_tern_accepts_the_environment(where, compose):
     if "TERN_DATABASE__URL" in tern_env:
         database = printed.split("\n[database]\n", 1)[1]
         assert f'url = "{tern_env["TERN_DATABASE__URL"]}"' in database
+    if "TERN_CLUSTER__NODE_ID" in tern_env:
+        cluster = printed.split("\n[cluster]\n", 1)[1].split("\n[", 1)[0]
+        assert f'node_id = "{tern_env["TERN_CLUSTER__NODE_ID"]}"' in cluster, printed
+        for host in NATS_NODES:
+            assert f"nats://{host}:4222" in cluster, printed

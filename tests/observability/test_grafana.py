@@ -30,7 +30,7 @@ from conftest import (
 
 PROVISIONED_UID = "prometheus"
 DS_VARIABLE = "DS_PROMETHEUS"
-ROWS = ["Overview", "Broker", "Storage", "Admin API", "Process"]
+ROWS = ["Overview", "Broker", "Storage", "Cluster", "Admin API", "Process"]
 
 
 @pytest.fixture(scope="module")

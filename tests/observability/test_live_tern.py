@@ -353,6 +353,8 @@ def test_live_scrape_matches_the_catalogue(live: Live, catalogue: dict[str, Fami
     problems = []
     for name, fam in catalogue.items():
         g = got.get(name)
+        if g is None and fam.only is not None:
+            continue  # not this configuration's (test_conditional_families_are_absent)
         if g is None:
             problems.append(f"{name}: not exported (metrics.txt lists it)")
             continue
@@ -381,13 +383,22 @@ def test_live_scrape_matches_the_catalogue(live: Live, catalogue: dict[str, Fami
     assert not problems, "\n".join(problems)
 
 
-def test_label_values_are_bounded_and_complete(live: Live):
+def test_conditional_families_are_absent(live: Live, catalogue: dict[str, Family]):
+    """A single node, not clustered, exports none of the families metrics.txt marks
+    `cluster` (docs/observability.md: they appear in cluster mode only)."""
+    exported = sorted(n for n, fam in catalogue.items() if fam.only == "cluster" and n in live.scrape.families)
+    assert not exported, f"a single node exports cluster families: {exported}"
+
+
+def test_label_values_are_bounded_and_complete(live: Live, catalogue: dict[str, Family]):
     """The bounded labels take exactly their documented values, each from the start (0
     before the first event, so that rate() sees it); listener is the listener's name; no
     label carries a client id, user name or topic."""
     s = live.scrape
     problems = []
     for (name, label), values in LABEL_VALUES.items():
+        if catalogue[name].only is not None and not s.samples(name):
+            continue  # a family of another configuration (cluster)
         seen = {smp.labels.get(label) for smp in s.samples(name)}
         if missing := set(values) - seen:
             problems.append(f"{name}: no series with {label} = {sorted(missing)}")

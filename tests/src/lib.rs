@@ -22,6 +22,8 @@ use tokio::time::Instant;
 pub use tern_test_support::raw::{self, ConnectBytes, Frame, Props};
 pub use tern_test_support::*;
 
+pub mod nats;
+
 /// A process-unique suffix for client ids and topics, so tests never collide.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

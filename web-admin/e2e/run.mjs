@@ -14,7 +14,8 @@
 // Clients and on its device page, add an ACL rule and see the check-access form agree, publish
 // from the device (retained) and see the message in the live view and the retained viewer,
 // publish from the UI, sessions, kick the client, disable the device (its reconnect is refused),
-// set its own limits on its page, admin users, audit log, log out; an operator sees no
+// set its own limits on its page, admin users, audit log, the Cluster page (a single node: "not
+// clustered"), log out; an operator sees no
 // admin-user page; a viewer sees no write controls; an expired access token is refreshed, a
 // revoked session returns to the login page.
 // Every step fails on any console error, uncaught page error, failed request, request to another
@@ -861,6 +862,14 @@ async function main() {
       await shot(page, "audit");
     });
 
+    await step("the Cluster page says a single node is not clustered", async () => {
+      await nav(page, "Cluster");
+      await visible(page.getByText("This broker is not clustered."), "the single-node notice");
+      await visible(page.getByText("docs/clustering.md"), "the pointer to docs/clustering.md");
+      assert((await page.getByRole("table").count()) === 0, "a node table on a single node");
+      await shot(page, "cluster");
+    });
+
     await step("log out", async () => {
       await logout(page);
       assert(!(await page.getByText(/session ended/i).count()), "logging out says the session ended");
@@ -895,6 +904,7 @@ async function main() {
       ["Clients", "/clients", "Clients"],
       ["Sessions", "/sessions", "Sessions"],
       ["Topics", "/topics", "Topics"],
+      ["Cluster", "/cluster", "Cluster"],
       ["Audit log", "/audit", "Audit log"],
     ]) {
       await step(

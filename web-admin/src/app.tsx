@@ -16,6 +16,7 @@ import { Sessions } from "./pages/sessions";
 import { Topics } from "./pages/topics";
 import { AdminUsers } from "./pages/admins";
 import { Audit } from "./pages/audit";
+import { Cluster } from "./pages/cluster";
 
 interface Route {
   pattern: string;
@@ -31,6 +32,7 @@ const ROUTES: Route[] = [
   { pattern: "/clients", render: () => <Clients /> },
   { pattern: "/sessions", render: () => <Sessions /> },
   { pattern: "/topics", render: () => <Topics /> },
+  { pattern: "/cluster", render: () => <Cluster /> },
   { pattern: "/admin", render: () => <AdminUsers />, adminOnly: true },
   { pattern: "/audit", render: () => <Audit /> },
 ];
@@ -45,6 +47,7 @@ const NAV: [string, string, Audience][] = [
   ["#/clients", "Clients", "all"],
   ["#/sessions", "Sessions", "all"],
   ["#/topics", "Topics", "all"],
+  ["#/cluster", "Cluster", "all"],
   ["#/audit", "Audit log", "operator"],
   ["#/admin", "Admin users", "admin"],
 ];

@@ -105,7 +105,8 @@ pub async fn get_client(
 }
 
 /// Disconnects a client with DISCONNECT 0x98 Administrative action (3.x: a plain close).
-/// Its will is published; its session stays, per its expiry.
+/// Its will is published; its session stays, per its expiry. In a cluster, the node the
+/// client is connected to disconnects it.
 #[utoipa::path(post, path = "/api/v1/clients/{client_id}/kick", tag = "clients", security(("bearer" = [])),
     params(("client_id" = String, Path, description = "Client identifier")),
     responses(
@@ -120,7 +121,7 @@ pub async fn kick_client(
     ApiPath(client_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     who.require(Role::Operator)?;
-    if !state.broker.kick(&client_id) {
+    if !state.broker.kick_anywhere(&client_id).await {
         return Err(ApiError::NotFound(format!("client `{client_id}` is not connected")));
     }
     record(&state, &who, source, "client.kick", Some(format!("client:{client_id}")), json!({})).await;

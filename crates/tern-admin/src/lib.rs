@@ -11,6 +11,7 @@ pub mod admins;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod devices;
 pub mod docs;
 pub mod dto;
@@ -274,6 +275,7 @@ impl Modify for BearerScheme {
         api::publish,
         api::metrics,
         api::listeners,
+        cluster::cluster,
         devices::list_devices,
         devices::create_device,
         devices::get_device,
@@ -308,6 +310,7 @@ impl Modify for BearerScheme {
         (name = "retained", description = "Retained messages"),
         (name = "publish", description = "Publish a message"),
         (name = "metrics", description = "Counters and gauges"),
+        (name = "cluster", description = "The nodes of a cluster"),
         (name = "devices", description = "Provisioned devices (MQTT credentials)"),
         (name = "acl", description = "Topic access rules"),
         (name = "admin", description = "Admin users and API keys"),
@@ -393,6 +396,7 @@ pub fn router(state: AppState) -> Router {
         .route("/publish", post(api::publish))
         .route("/metrics", get(api::metrics))
         .route("/listeners", get(api::listeners))
+        .route("/cluster", get(cluster::cluster))
         .route("/devices", get(devices::list_devices).post(devices::create_device))
         .route(
             "/devices/{client_id}",

@@ -19,6 +19,7 @@ use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Regi
 use subtle::ConstantTimeEq as _;
 use tern_auth::stats::AuthStats;
 use tern_broker::Broker;
+use tern_broker::cluster::NodeStatus;
 use tern_broker::histogram::HistogramSnapshot;
 use tern_broker::stats::{DisconnectReason, PROTOCOLS, Refusal, Stats, THROTTLE_KINDS};
 
@@ -278,9 +279,47 @@ impl Exporter {
                     .sample(&[("state", "idle")], f64::from(idle));
             }
         }
+        if let Some(nodes) = b.cluster_nodes() {
+            cluster_families(&mut f, &nodes);
+        }
         process::families(&mut f);
         f.0
     }
+}
+
+/// One figure of a node.
+type NodeFigure = fn(&NodeStatus) -> u64;
+
+/// The cluster's families (only in cluster mode): nodes by state, the figures of each live
+/// node (state `up` or `silent`: those of a dead node are stale) labelled with its id, and
+/// this node's traffic with the others.
+fn cluster_families(f: &mut Families, nodes: &[NodeStatus]) {
+    let mut g = f.gauge(
+        "tern_cluster_nodes",
+        "Nodes of the cluster as this node sees them, by state (up, silent, down, adopted).",
+    );
+    for state in crate::cluster::NODE_STATES {
+        g = g.sample(&[("state", state)], nodes.iter().filter(|n| n.state == state).count() as f64);
+    }
+    let live: Vec<&NodeStatus> = nodes.iter().filter(|n| crate::cluster::is_live(&n.state)).collect();
+    let per_node: [(&str, &str, NodeFigure); 3] = [
+        ("tern_cluster_node_clients", "Clients connected to each live node of the cluster.", |n| n.clients),
+        ("tern_cluster_node_sessions", "Sessions held by each live node of the cluster.", |n| n.sessions),
+        ("tern_cluster_node_subscriptions", "Subscriptions held by each live node of the cluster.", |n| {
+            n.subscriptions
+        }),
+    ];
+    for (name, help, value) in per_node {
+        let mut g = f.gauge(name, help);
+        for n in &live {
+            g = g.sample(&[("node", &n.node_id)], value(n) as f64);
+        }
+    }
+    let me = nodes.iter().find(|n| n.this_node);
+    f.counter("tern_cluster_forwarded_messages_total", "Messages this node forwarded to other nodes.")
+        .value(me.map_or(0, |n| n.forwarded) as f64);
+    f.counter("tern_cluster_received_messages_total", "Messages other nodes forwarded to this node.")
+        .value(me.map_or(0, |n| n.received_from_nodes) as f64);
 }
 
 const QOS: [&str; 3] = ["0", "1", "2"];
@@ -457,5 +496,70 @@ mod process {
         let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
         // "Max open files            1024                 1048576              files"
         line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, state: &str, this_node: bool, clients: u64) -> NodeStatus {
+        NodeStatus {
+            node_id: id.into(),
+            state: state.into(),
+            this_node,
+            clients,
+            sessions: clients + 1,
+            subscriptions: clients + 2,
+            forwarded: 7,
+            received_from_nodes: 9,
+            ..NodeStatus::default()
+        }
+    }
+
+    fn render(nodes: &[NodeStatus]) -> String {
+        let mut f = Families::default();
+        cluster_families(&mut f, nodes);
+        f.0.retain(|fam| !fam.get_metric().is_empty());
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&f.0, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn cluster_families_count_states_and_label_live_nodes() {
+        let text = render(&[
+            node("a", "up", true, 3),
+            node("b", "silent", false, 4),
+            node("c", "down", false, 50),
+            node("d", "adopted", false, 60),
+        ]);
+        for line in [
+            "tern_cluster_nodes{state=\"up\"} 1",
+            "tern_cluster_nodes{state=\"silent\"} 1",
+            "tern_cluster_nodes{state=\"down\"} 1",
+            "tern_cluster_nodes{state=\"adopted\"} 1",
+            "tern_cluster_node_clients{node=\"a\"} 3",
+            "tern_cluster_node_clients{node=\"b\"} 4",
+            "tern_cluster_node_sessions{node=\"a\"} 4",
+            "tern_cluster_node_subscriptions{node=\"b\"} 6",
+            "tern_cluster_forwarded_messages_total 7",
+            "tern_cluster_received_messages_total 9",
+            "# TYPE tern_cluster_forwarded_messages_total counter",
+            "# TYPE tern_cluster_node_clients gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
+        }
+        // Dead nodes' figures are stale: not exported.
+        assert!(!text.contains("node=\"c\"") && !text.contains("node=\"d\""), "{text}");
+    }
+
+    #[test]
+    fn a_cluster_without_live_peers_still_counts_states() {
+        let text = render(&[node("a", "down", true, 1)]);
+        assert!(text.contains("tern_cluster_nodes{state=\"up\"} 0"), "{text}");
+        assert!(text.contains("tern_cluster_nodes{state=\"down\"} 1"), "{text}");
+        assert!(!text.contains("tern_cluster_node_clients"), "{text}");
+        assert!(text.contains("tern_cluster_forwarded_messages_total 7"), "{text}");
     }
 }

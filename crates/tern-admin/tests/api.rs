@@ -282,6 +282,7 @@ async fn openapi_document_lists_the_paths() {
         "/api/v1/retained/{topic}",
         "/api/v1/publish",
         "/api/v1/metrics",
+        "/api/v1/cluster",
     ] {
         assert!(paths.contains_key(p), "{p} missing from {:?}", paths.keys().collect::<Vec<_>>());
     }

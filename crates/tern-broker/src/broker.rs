@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     pub(crate) taps: Arc<crate::tap::Taps>,
     /// Per-topic statistics; `None` when `limits.topic_stats_capacity` is 0.
     pub(crate) topics: Option<crate::topics::TopicStats>,
+    /// The cluster link, in cluster mode (`cluster.rs`).
+    pub(crate) cluster: std::sync::OnceLock<Arc<dyn crate::cluster::ClusterLink>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -127,6 +129,7 @@ impl Broker {
                 persist_tasks: Mutex::new(Vec::new()),
                 taps: Arc::default(),
                 topics,
+                cluster: std::sync::OnceLock::new(),
             }),
         }
     }

@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod auth;
 mod broker;
+pub mod cluster;
 pub mod config;
 mod connection;
 pub mod control;

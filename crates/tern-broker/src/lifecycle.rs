@@ -349,18 +349,27 @@ impl Inner {
             (filters, st.pending_will.take().map(|w| *w))
         };
         if !filters.is_empty() {
+            let mut changes = Vec::new();
             let mut tree = self.write_subs();
             for raw in &filters {
-                if let Ok(tf) = TopicFilter::parse(raw) {
-                    tree.remove(tf.filter, tf.share_group, session.id);
+                if let Ok(tf) = TopicFilter::parse(raw)
+                    && tree.remove(tf.filter, tf.share_group, session.id)
+                {
+                    changes.push(crate::cluster::route_change(false, tf.filter, tf.share_group));
                 }
             }
+            drop(tree);
+            self.route_changes(changes);
+        }
+        if let Some(c) = self.cluster() {
+            c.session_ended(&session.client_id);
         }
         if let Some(w) = will {
             self.publish_will(session.id, w);
         }
         let mut ops = Vec::new();
-        if self.persister().is_some() && session.is_persistent() {
+        let will_stored = std::mem::take(&mut session.lock().will_stored);
+        if self.persister().is_some() && (session.is_persistent() || will_stored) {
             ops.push(StoreOp::DeleteSession { client_id: session.client_id.to_string() });
         }
         session.set_persistent(false);
@@ -452,6 +461,9 @@ impl Inner {
         });
         let new = self.write_subs().insert(tf.filter, tf.share_group, entry);
         session.lock().subscriptions.insert(raw.into(), stored);
+        if new {
+            self.route_changes(vec![crate::cluster::route_change(true, tf.filter, tf.share_group)]);
+        }
         (new, op)
     }
 
@@ -464,6 +476,9 @@ impl Inner {
     ) -> (bool, Option<StoreOp>) {
         let existed = self.write_subs().remove(tf.filter, tf.share_group, session.id);
         session.lock().subscriptions.remove(raw);
+        if existed {
+            self.route_changes(vec![crate::cluster::route_change(false, tf.filter, tf.share_group)]);
+        }
         let op = (existed && self.persister().is_some() && session.is_persistent()).then(|| {
             StoreOp::DeleteSubscription { client_id: session.client_id.to_string(), filter: raw.to_string() }
         });

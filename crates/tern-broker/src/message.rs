@@ -54,9 +54,17 @@ pub fn next_message_id() -> u64 {
     NEXT_MESSAGE_ID.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Makes future message ids larger than `id` (after loading stored messages).
+/// Makes future message ids larger than `id` (after loading stored messages). In a cluster,
+/// ids made by other nodes (another prefix, see `cluster::set_message_id_node`) are ignored.
 pub(crate) fn reserve_message_ids_above(id: u64) {
-    NEXT_MESSAGE_ID.fetch_max(id + 1, Ordering::Relaxed);
+    if crate::cluster::own_message_id(id) {
+        NEXT_MESSAGE_ID.fetch_max(id + 1, Ordering::Relaxed);
+    }
+}
+
+/// Makes future message ids at least `floor` (a cluster node's id prefix).
+pub(crate) fn set_message_id_floor(floor: u64) {
+    NEXT_MESSAGE_ID.fetch_max(floor + 1, Ordering::Relaxed);
 }
 
 /// A published message as routed inside the broker; shared by `Arc` between all recipients.

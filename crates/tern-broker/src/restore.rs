@@ -108,6 +108,7 @@ impl Inner {
             restored.insert(s.client_id, session);
         }
 
+        let mut changes = Vec::new();
         {
             let mut tree = self.write_subs();
             for sub in snapshot.subscriptions {
@@ -119,13 +120,17 @@ impl Inner {
                     continue;
                 };
                 let entry = SubEntry { session: session.clone(), options, id: sub.subscription_id };
-                tree.insert(tf.filter, tf.share_group, entry);
+                if tree.insert(tf.filter, tf.share_group, entry) {
+                    changes.push(crate::cluster::route_change(true, tf.filter, tf.share_group));
+                }
                 session
                     .lock()
                     .subscriptions
                     .insert(sub.filter.as_str().into(), StoredSub { options, id: sub.subscription_id });
             }
         }
+
+        self.route_changes(changes);
 
         let mut queued = 0usize;
         for d in snapshot.deliveries {

@@ -280,7 +280,13 @@ impl Inner {
                 }
             }
         }
-        let (delivered, congested) = match self.route(msg, &mut sink, wait) {
+        // In a cluster, the shared groups served here are not served again elsewhere; $SYS
+        // is per node.
+        let cluster = self.cluster().filter(|_| !msg.topic.starts_with("$SYS"));
+        let mut served = Vec::new();
+        let routed =
+            self.route_filtered(msg, &mut sink, wait, None, cluster.is_some().then_some(&mut served), None);
+        let (delivered, congested) = match routed {
             Ok(routed) => routed,
             Err(code) => return Published { refused: Some(code), ..Published::default() },
         };
@@ -289,7 +295,10 @@ impl Inner {
         // relaxed load and one branch (this path is benchmarked). A tap may hold the
         // message for long, so it takes the copy that owns its bytes if routing made one.
         let tapped = self.taps.is_active().then(|| sink.owned.clone());
-        let commit = sink.submit(self, wait);
+        let mut commit = sink.submit(self, wait);
+        if let Some(c) = cluster {
+            commit = crate::cluster::join_commits(commit, c.forward(msg, &served, wait));
+        }
         if let Some(owned) = tapped {
             self.taps.offer(msg, owned);
         }
@@ -306,11 +315,17 @@ impl Inner {
     /// With `refusable`, a QoS 1/2 delivery to a persistent session whose queue is full
     /// refuses the whole message (0x97) before anything is queued: such a queue never evicts
     /// an acknowledged message, so the publisher must hear it before its acknowledgement.
-    fn route(
+    ///
+    /// In a cluster, `only` limits shared groups to those (group, filter) pairs (a message
+    /// another node routed here), and `served` collects the groups delivered here.
+    pub(crate) fn route_filtered(
         &self,
         msg: &Arc<Message>,
         sink: &mut OpSink,
         refusable: bool,
+        only: Option<&[(&str, &str)]>,
+        served: Option<&mut Vec<(Arc<str>, Arc<str>)>>,
+        clients: Option<&dyn Fn(&str) -> bool>,
     ) -> Result<(usize, Option<Arc<Session>>), ReasonCode> {
         let tree = self.read_subs();
         let mut targets: Vec<Target<'_>> = Vec::new();
@@ -318,6 +333,22 @@ impl Inner {
         // No Local (MQTT-3.8.3-3): never back to the publishing session.
         if let Some(publisher) = msg.publisher {
             targets.retain(|t| !(t.entry.options.no_local && t.entry.session.id == publisher));
+        }
+        if let Some(only) = only {
+            targets.retain(|t| {
+                t.share.is_none_or(|k| only.iter().any(|(g, f)| *g == &*k.group && *f == &*k.filter))
+            });
+        }
+        if let Some(accept) = clients {
+            targets.retain(|t| accept(&t.entry.session.client_id));
+        }
+        if let Some(served) = served {
+            served.extend(
+                targets
+                    .iter()
+                    .filter_map(|t| t.share)
+                    .map(|k| (k.group.as_ref().into(), k.filter.as_ref().into())),
+            );
         }
         if targets.is_empty() {
             // The broker's own $SYS updates are not client traffic that went nowhere.

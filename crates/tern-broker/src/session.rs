@@ -231,6 +231,9 @@ pub(crate) struct SessionState {
     pub(crate) waker: Option<std::task::Waker>,
     /// Protocol level of the last connection (decides how queued messages are encoded).
     pub(crate) protocol: ProtocolVersion,
+    /// In a cluster, the connection's will was stored at CONNECT (so that the node adopting
+    /// this one's sessions after a crash publishes it): the row goes when the session ends.
+    pub(crate) will_stored: bool,
     /// When the last connection ended, while offline.
     pub(crate) disconnected_at: Option<Instant>,
     /// User name of the principal that created the session (`None`: anonymous).
@@ -325,6 +328,7 @@ impl Session {
                 waker: None,
                 pending_will: None,
                 protocol,
+                will_stored: false,
                 disconnected_at: None,
                 owner: None,
                 conn: None,

@@ -228,6 +228,13 @@ pub trait Store: Send + Sync + Debug + 'static {
     fn apply<'a>(&'a self, ops: &'a [StoreOp]) -> StoreFuture<'a, ()>;
     /// Loads the whole durable broker state.
     fn load(&self) -> StoreFuture<'_, Snapshot>;
+    /// Loads only the listed sessions, with their subscriptions, deliveries, inbound QoS 2
+    /// ids and the messages those reference; no retained entries (cluster mode: a session
+    /// taken over from another node).
+    fn load_sessions<'a>(&'a self, client_ids: &'a [String]) -> StoreFuture<'a, Snapshot> {
+        let _ = client_ids;
+        Box::pin(async { Err(StoreError::Other(format!("{} cannot load single sessions", self.backend()))) })
+    }
     /// Deletes message bodies referenced by no delivery and no retained entry, and retained
     /// entries and deliveries whose message expired before `now`; returns rows deleted.
     fn sweep(&self, now: UnixMillis) -> StoreFuture<'_, u64>;

@@ -53,6 +53,8 @@ pub(crate) struct Config {
     pub(crate) auth: tern_auth::AuthConfig,
     /// The admin HTTP API.
     pub(crate) admin: crate::admin::AdminConfig,
+    /// Clustering (docs/clustering.md): off unless `cluster.node_id` is set.
+    pub(crate) cluster: tern_cluster::ClusterConfig,
     /// Whether `auth.acl_default` was set explicitly (file or environment), as opposed to
     /// taking its default; decides the policy of the anonymous loopback run.
     #[serde(skip)]
@@ -147,6 +149,7 @@ impl Default for Config {
             database: StoreOptions { url: DEFAULT_DATABASE_URL.to_string(), ..StoreOptions::default() },
             auth: tern_auth::AuthConfig::default(),
             admin: crate::admin::AdminConfig::default(),
+            cluster: tern_cluster::ClusterConfig::default(),
             acl_default_explicit: false,
         }
     }
@@ -364,6 +367,14 @@ pub(crate) fn load(file: Option<&Path>, env: impl Iterator<Item = (String, Strin
     config.broker().validate()?;
     config.auth.validate().context("invalid [auth] settings")?;
     config.admin.validate().context("invalid [admin] settings")?;
+    config.cluster.validate().map_err(anyhow::Error::msg).context("invalid [cluster] settings")?;
+    if config.cluster.enabled() && !config.database.url.starts_with("postgres") {
+        anyhow::bail!(
+            "invalid [cluster] settings: cluster mode needs PostgreSQL, shared by every node \
+             (database.url = \"postgres://...\"); {} cannot be shared by several brokers",
+            if config.database.url == NO_DATABASE { "an in-memory store" } else { "SQLite" }
+        );
+    }
     for (i, spec) in config.listener_specs()?.iter().enumerate() {
         if let Some(own) = &spec.rate_limits {
             own.apply(&config.rate_limits)

@@ -304,11 +304,39 @@ async fn run(config: config::Config) -> Result<()> {
     let db = open_store(&config).await?;
     let directory = db.clone().map(|d| d as std::sync::Arc<dyn tern_broker::store::DirectoryStore>);
     let (security, authorizer, auth_stats) = security(&config, directory.clone()).await?;
+    // Cluster mode: this node registers (number, lease) before it loads the sessions it owns.
+    let mut cluster_cfg = config.cluster.clone();
+    let registration = match (&db, cluster_cfg.enabled()) {
+        (Some(db), true) => {
+            let pool =
+                db.pg_pool().context("cluster mode needs PostgreSQL (database.url = \"postgres://...\")")?;
+            if cluster_cfg.advertise_mqtt.is_empty() {
+                cluster_cfg.advertise_mqtt =
+                    config.listener_specs()?.first().map(|l| l.bind.to_string()).unwrap_or_default();
+            }
+            if cluster_cfg.advertise_admin.is_empty() && config.admin.enabled {
+                cluster_cfg.advertise_admin = config.admin.addr.to_string();
+            }
+            let reg = tern_cluster::register(&cluster_cfg, &pool).await.context("cannot join the cluster")?;
+            db.set_cluster_node(&cluster_cfg.node_id)?;
+            Some((reg, pool, db.clone()))
+        }
+        (None, true) => anyhow::bail!("cluster mode needs PostgreSQL (database.url = \"postgres://...\")"),
+        _ => None,
+    };
     let broker = match db {
         Some(store) => Broker::with_store(config.broker(), security, store)
             .await
             .context("cannot load the broker state from the database")?,
         None => Broker::new(config.broker(), security),
+    };
+    let cluster = match registration {
+        Some((reg, pool, store)) => Some(
+            tern_cluster::Cluster::start(cluster_cfg, reg, broker.clone(), store, pool)
+                .await
+                .context("cannot start the cluster node")?,
+        ),
+        None => None,
     };
     if !config.listeners.is_empty() && config.mqtt_addr != config::Config::default().mqtt_addr {
         warn!("mqtt_addr {} is ignored: [[listeners]] is set", config.mqtt_addr);
@@ -356,7 +384,11 @@ async fn run(config: config::Config) -> Result<()> {
         state.set_listeners_up(true);
     }
 
-    signals.wait().await;
+    let fenced = cluster.as_ref().map(tern_cluster::Cluster::fenced).unwrap_or_default();
+    let was_fenced = tokio::select! {
+        () = signals.wait() => false,
+        () = fenced.cancelled() => true,
+    };
     info!("shutting down: closing listeners and disconnecting clients");
     if let Some((_, state)) = &admin {
         state.set_listeners_up(false);
@@ -367,6 +399,12 @@ async fn run(config: config::Config) -> Result<()> {
     }
     let clean = broker.shutdown(Duration::from_secs(config.shutdown_grace)).await;
     acceptors.join().await;
+    if let Some(c) = &cluster {
+        c.shutdown().await;
+    }
+    if was_fenced {
+        anyhow::bail!("another node took over this node's sessions (its cluster lease ran out): stopped");
+    }
     if clean {
         info!("shutdown complete");
     } else {

@@ -21,6 +21,8 @@ use crate::{migrations, pg, sqlite};
 #[derive(Clone)]
 pub struct Db {
     backend: Backend,
+    /// In cluster mode, the node whose sessions `load` reads (`set_cluster_node`).
+    node: std::sync::OnceLock<String>,
 }
 
 #[derive(Clone)]
@@ -39,6 +41,7 @@ impl fmt::Debug for Db {
             .field("backend", &self.backend_name())
             .field("size", &size)
             .field("idle", &idle)
+            .field("node", &self.node.get())
             .finish()
     }
 }
@@ -99,6 +102,7 @@ async fn open(
                 let db = if with_pool {
                     Some(Db {
                         backend: Backend::Postgres(pg::pool(connect, options).await.map_err(error::map)?),
+                        node: std::sync::OnceLock::new(),
                     })
                 } else {
                     None
@@ -117,7 +121,10 @@ async fn open(
                     let applied =
                         sqlite::migrate(&mut conn, migrations::SQLITE).await.map_err(error::map_migrate)?;
                     drop(conn);
-                    return Ok((Some(Db { backend: Backend::Sqlite(pool) }), applied));
+                    return Ok((
+                        Some(Db { backend: Backend::Sqlite(pool), node: std::sync::OnceLock::new() }),
+                        applied,
+                    ));
                 }
                 sqlite::create_parent_dir(&connect).map_err(|e| error::map(sqlx::Error::Io(e)))?;
                 let mut conn = within(options.connect_timeout(), sqlite::connect_one(&connect)).await?;
@@ -129,6 +136,7 @@ async fn open(
                         backend: Backend::Sqlite(
                             sqlite::pool(connect, options, false).await.map_err(error::map)?,
                         ),
+                        node: std::sync::OnceLock::new(),
                     })
                 } else {
                     None
@@ -165,6 +173,26 @@ impl Db {
         match self.backend {
             Backend::Sqlite(_) => "sqlite",
             Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Cluster mode: `load` reads only the sessions node `node` owns (and every retained
+    /// entry). Refused on SQLite, which cannot be shared by several brokers.
+    pub fn set_cluster_node(&self, node: &str) -> Result<(), StoreError> {
+        if !matches!(self.backend, Backend::Postgres(_)) {
+            return Err(StoreError::Other(
+                "cluster mode needs PostgreSQL (database.url = \"postgres://...\")".into(),
+            ));
+        }
+        let _ = self.node.set(node.to_owned());
+        Ok(())
+    }
+
+    /// The PostgreSQL pool (cluster bookkeeping runs its own statements on it).
+    pub fn pg_pool(&self) -> Option<sqlx::PgPool> {
+        match &self.backend {
+            Backend::Postgres(pool) => Some(pool.clone()),
+            Backend::Sqlite(_) => None,
         }
     }
 
@@ -240,7 +268,25 @@ impl Store for Db {
     }
 
     fn load(&self) -> StoreFuture<'_, Snapshot> {
-        Box::pin(async move { on_conn!(self, |conn, b| b::load_snapshot(conn).await?) })
+        Box::pin(async move {
+            match (self.node.get(), &self.backend) {
+                (Some(node), Backend::Postgres(pool)) => {
+                    on_conn!(@run pool, |conn| crate::pg::load_node_snapshot(conn, node).await?)
+                }
+                _ => on_conn!(self, |conn, b| b::load_snapshot(conn).await?),
+            }
+        })
+    }
+
+    fn load_sessions<'a>(&'a self, client_ids: &'a [String]) -> StoreFuture<'a, Snapshot> {
+        Box::pin(async move {
+            match &self.backend {
+                Backend::Postgres(pool) => {
+                    on_conn!(@run pool, |conn| crate::pg::load_sessions_snapshot(conn, client_ids).await?)
+                }
+                Backend::Sqlite(_) => Err(StoreError::Other("sqlite cannot load single sessions".into())),
+            }
+        })
     }
 
     fn sweep(&self, now: UnixMillis) -> StoreFuture<'_, u64> {

@@ -26,6 +26,7 @@ pub(crate) const POSTGRES: &[Embedded] = &[
         "drop_deliveries_message_id",
         include_str!("../../../migrations/postgres/0005_drop_deliveries_message_id.sql"),
     ),
+    (6, "cluster", include_str!("../../../migrations/postgres/0006_cluster.sql")),
 ];
 
 /// SQLite migrations, in version order.
@@ -39,6 +40,7 @@ pub(crate) const SQLITE: &[Embedded] = &[
         "drop_deliveries_message_id",
         include_str!("../../../migrations/sqlite/0005_drop_deliveries_message_id.sql"),
     ),
+    (6, "cluster", include_str!("../../../migrations/sqlite/0006_cluster.sql")),
 ];
 
 /// A `MigrationSource` over an embedded list.

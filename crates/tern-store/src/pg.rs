@@ -334,3 +334,62 @@ pub(crate) async fn load_snapshot(conn: &mut PgConnection) -> Result<Snapshot, s
     tx.commit().await?;
     Ok(snapshot)
 }
+
+// Cluster mode (PostgreSQL only): loads scoped to some sessions or to one node's sessions.
+
+const LOAD_SESSIONS_OF: &str = "SELECT client_id, expiry_interval, protocol, disconnected_at, \
+     will, will_at, last_seq, owner FROM sessions WHERE client_id = ANY($1) ORDER BY client_id";
+const LOAD_SUBSCRIPTIONS_OF: &str = "SELECT client_id, filter, options, subscription_id FROM subscriptions \
+     WHERE client_id = ANY($1) ORDER BY client_id, filter";
+const LOAD_DELIVERIES_OF: &str = "SELECT client_id, seq, message_id, qos, retain, subscription_ids, state \
+     FROM deliveries WHERE client_id = ANY($1) ORDER BY client_id, seq";
+const LOAD_INBOUND_OF: &str =
+    "SELECT client_id, packet_id FROM inbound_qos2 WHERE client_id = ANY($1) ORDER BY client_id, packet_id";
+const LOAD_MESSAGES_OF: &str = "SELECT m.id, m.topic, m.payload, m.qos, m.retain, m.properties, \
+     m.expires_at, m.created_at FROM messages m \
+     WHERE m.id IN (SELECT d.message_id FROM deliveries d WHERE d.client_id = ANY($1)) \
+     OR ($2 AND m.id IN (SELECT r.message_id FROM retained r)) ORDER BY m.id";
+const OWNED_BY: &str = "SELECT client_id FROM session_nodes WHERE node_id = $1";
+
+/// The sessions `ids` (and, with `retained`, every retained entry), in the caller's
+/// transaction.
+async fn load_of(conn: &mut PgConnection, ids: &[String], retained: bool) -> Result<Snapshot, sqlx::Error> {
+    let sessions = sqlx::query(LOAD_SESSIONS_OF).bind(ids).fetch_all(&mut *conn).await?;
+    let subscriptions = sqlx::query(LOAD_SUBSCRIPTIONS_OF).bind(ids).fetch_all(&mut *conn).await?;
+    let deliveries = sqlx::query(LOAD_DELIVERIES_OF).bind(ids).fetch_all(&mut *conn).await?;
+    let inbound = sqlx::query(LOAD_INBOUND_OF).bind(ids).fetch_all(&mut *conn).await?;
+    let retained_rows = if retained {
+        sqlx::query(crate::sql::LOAD_RETAINED).fetch_all(&mut *conn).await?
+    } else {
+        Vec::new()
+    };
+    let messages = sqlx::query(LOAD_MESSAGES_OF).bind(ids).bind(retained).fetch_all(&mut *conn).await?;
+    Ok(Snapshot {
+        sessions: sessions.iter().map(crate::rows::session).collect::<Result<_, _>>()?,
+        subscriptions: subscriptions.iter().map(crate::rows::subscription).collect::<Result<_, _>>()?,
+        deliveries: deliveries.iter().map(crate::rows::delivery).collect::<Result<_, _>>()?,
+        inbound: inbound.iter().map(crate::rows::inbound).collect::<Result<_, _>>()?,
+        retained: retained_rows.iter().map(crate::rows::retained).collect::<Result<_, _>>()?,
+        messages: messages.iter().map(crate::rows::message).collect::<Result<_, _>>()?,
+    })
+}
+
+/// Sessions `ids` in one consistent snapshot (no retained entries).
+pub(crate) async fn load_sessions_snapshot(
+    conn: &mut PgConnection,
+    ids: &[String],
+) -> Result<Snapshot, sqlx::Error> {
+    let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    let snapshot = load_of(&mut tx, ids, false).await?;
+    tx.commit().await?;
+    Ok(snapshot)
+}
+
+/// The sessions node `node` owns, and every retained entry, in one consistent snapshot.
+pub(crate) async fn load_node_snapshot(conn: &mut PgConnection, node: &str) -> Result<Snapshot, sqlx::Error> {
+    let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    let ids: Vec<String> = sqlx::query_scalar(OWNED_BY).bind(node).fetch_all(&mut *tx).await?;
+    let snapshot = load_of(&mut tx, &ids, true).await?;
+    tx.commit().await?;
+    Ok(snapshot)
+}

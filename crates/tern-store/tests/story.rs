@@ -64,6 +64,7 @@ chapter!(
     refresh_tokens,
     settings,
     audit_queries,
+    cluster_scoped_loads,
 );
 
 async fn apply(db: &Db, ops: Vec<StoreOp>) {
@@ -629,7 +630,7 @@ async fn upgrade_from_0001(url: &str, backend: &str) {
                   will_at, last_seq) VALUES ('old', 60, 4, 5, NULL, NULL, 9)";
     old_database(url, backend, &["0001_initial.sql"], &[insert]).await;
 
-    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![2, 3, 4, 5]);
+    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![2, 3, 4, 5, 6]);
     let db = tern_store::connect(url, &support::options()).await.expect("connect");
     let old_row = StoredSession {
         expiry_interval: 60,
@@ -671,7 +672,7 @@ async fn upgrade_from_0002(url: &str, backend: &str) {
     ];
     old_database(url, backend, &["0001_initial.sql", "0002_session_owner.sql"], &inserts).await;
 
-    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![3, 4, 5]);
+    assert_eq!(tern_store::migrate(url, &support::options()).await.expect("migrate"), vec![3, 4, 5, 6]);
     let db = tern_store::connect(url, &support::options()).await.expect("connect");
     let old_device = Device {
         client_id: "dev-old".into(),
@@ -1094,6 +1095,54 @@ async fn device_queries(t: &TestDb) {
         assert_eq!(seen, expected, "pages of {filter:?}");
     }
     assert_eq!(run(DeviceQuery { limit: 0, ..q.clone() }).await, Vec::<String>::new());
+}
+
+/// Cluster mode: a node loads only the sessions it owns (and every retained entry), and a
+/// session taken over from another node loads alone, with the messages its deliveries need.
+/// SQLite refuses both.
+async fn cluster_scoped_loads(t: &TestDb) {
+    let db = &t.db;
+    apply(
+        db,
+        vec![
+            StoreOp::PutSession(session("mine")),
+            StoreOp::PutSession(session("theirs")),
+            StoreOp::PutSubscription(subscription("mine", "a/#")),
+            StoreOp::PutSubscription(subscription("theirs", "b/#")),
+            StoreOp::PutMessage(message(1, "a/1")),
+            StoreOp::PutMessage(message(2, "b/1")),
+            StoreOp::PutMessage(message(3, "r")),
+            StoreOp::PutDelivery(delivery("mine", 1, 1)),
+            StoreOp::PutDelivery(delivery("theirs", 1, 2)),
+            StoreOp::PutInbound { client_id: "theirs".into(), packet_id: 7 },
+            StoreOp::PutRetained { topic: "r".into(), message_id: 3, client_id: None },
+        ],
+    )
+    .await;
+    if t.url.starts_with("sqlite:") {
+        assert!(db.set_cluster_node("n1").is_err(), "SQLite cannot be shared by cluster nodes");
+        assert!(db.load_sessions(&["mine".into()]).await.is_err());
+        return;
+    }
+    raw_execute(&t.url, "INSERT INTO session_nodes VALUES ('mine', 'n1', 1), ('theirs', 'n2', 1)").await;
+
+    let one = db.load_sessions(&["theirs".into()]).await.expect("load_sessions");
+    assert_eq!(one.sessions, vec![session("theirs")]);
+    assert_eq!(one.subscriptions, vec![subscription("theirs", "b/#")]);
+    assert_eq!(one.deliveries, vec![delivery("theirs", 1, 2)]);
+    assert_eq!(one.inbound, vec![("theirs".to_string(), 7)]);
+    assert_eq!(one.messages, vec![message(2, "b/1")]);
+    assert!(one.retained.is_empty(), "a taken-over session brings no retained entries");
+    assert_eq!(db.load_sessions(&[]).await.expect("empty").sessions, Vec::new());
+
+    db.set_cluster_node("n1").expect("postgres");
+    let mine = load(db).await;
+    assert_eq!(mine.sessions, vec![session("mine")]);
+    assert_eq!(mine.subscriptions, vec![subscription("mine", "a/#")]);
+    assert_eq!(mine.deliveries, vec![delivery("mine", 1, 1)]);
+    assert!(mine.inbound.is_empty());
+    assert_eq!(mine.retained, vec![("r".to_string(), 3, None)]);
+    assert_eq!(mine.messages, vec![message(1, "a/1"), message(3, "r")]);
 }
 
 /// Runs `statement` on the test database behind the store's back (to plant what the store never

@@ -36,6 +36,8 @@ export type AuditItem = Schemas["AuditItem"];
 export type AuditPage = Schemas["AuditPage"];
 export type TokenResponse = Schemas["TokenResponse"];
 export type Readiness = Schemas["Readiness"];
+export type ClusterStatus = Schemas["ClusterStatus"];
+export type ClusterNode = Schemas["ClusterNode"];
 
 export { ApiError };
 

@@ -266,9 +266,31 @@ export interface paths {
         put?: never;
         /**
          * Disconnects a client with DISCONNECT 0x98 Administrative action (3.x: a plain close).
-         *     Its will is published; its session stays, per its expiry.
+         *     Its will is published; its session stays, per its expiry. In a cluster, the node the
+         *     client is connected to disconnects it.
          */
         post: operations["kick_client"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/cluster": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The nodes of the cluster as this node sees them (heartbeats, leases), each with its
+         *     figures, and their sums over the live nodes. On a single node `clustered` is false and
+         *     `nodes` is empty.
+         */
+        get: operations["cluster"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -779,6 +801,127 @@ export interface components {
             items: components["schemas"]["Client"][];
             /** @description Pass as `after` for the next page (`null`: this was the last). */
             next?: string | null;
+        };
+        /** @description One node of the cluster. */
+        ClusterNode: {
+            /** @description Its admin API address, as configured. */
+            admin_addr: string;
+            /** @description The node that adopted its sessions, once it died. */
+            adopted_by?: string | null;
+            /**
+             * Format: int64
+             * @description Clients connected to it.
+             */
+            clients: number;
+            /**
+             * Format: int64
+             * @description Messages it forwarded to other nodes since it started.
+             */
+            forwarded: number;
+            /**
+             * Format: int64
+             * @description Its starts so far.
+             */
+            incarnation: number;
+            /**
+             * Format: int64
+             * @description Milliseconds since its last heartbeat (0 for this node; `null`: never heard).
+             */
+            last_seen_ms?: number | null;
+            /**
+             * Format: int64
+             * @description PUBLISH packets it received from clients since it started.
+             */
+            messages_received: number;
+            /**
+             * Format: int64
+             * @description PUBLISH packets it sent to clients since it started.
+             */
+            messages_sent: number;
+            /** @description Its MQTT address, as configured. */
+            mqtt_addr: string;
+            /** @description The node's id (`cluster.node_id`). */
+            node_id: string;
+            /**
+             * Format: int32
+             * @description Its number (the top bits of the message ids it makes).
+             */
+            node_no: number;
+            /**
+             * Format: int64
+             * @description Messages other nodes forwarded to it since it started.
+             */
+            received_from_nodes: number;
+            /**
+             * Format: int64
+             * @description Sessions it holds.
+             */
+            sessions: number;
+            /**
+             * Format: int64
+             * @description When it started, milliseconds since the Unix epoch.
+             */
+            started_at_ms: number;
+            /**
+             * @description `up` (heartbeats arrive), `silent` (none for a while, lease still valid), `down` (lease
+             *     expired) or `adopted` (its sessions were taken over by `adopted_by`).
+             * @example up
+             */
+            state: string;
+            /**
+             * Format: int64
+             * @description Subscriptions it holds.
+             */
+            subscriptions: number;
+            /** @description Whether this is the node that answered. */
+            this_node: boolean;
+        };
+        /** @description The cluster as this node sees it. */
+        ClusterStatus: {
+            /**
+             * @description Whether this broker runs in a cluster (`false`: a single node; `nodes` is empty and the
+             *     totals are 0: `/api/v1/metrics` has this broker's figures).
+             */
+            clustered: boolean;
+            /** @description Every node known to the cluster, this one included, in node-id order. */
+            nodes: components["schemas"]["ClusterNode"][];
+            /** @description The id of the node that answered (`null` on a single node). */
+            this_node?: string | null;
+            /** @description Sums over the nodes in state `up` or `silent`. */
+            totals: components["schemas"]["ClusterTotals"];
+        };
+        /** @description Sums over the live nodes (state `up` or `silent`, this node included). */
+        ClusterTotals: {
+            /**
+             * Format: int64
+             * @description Clients connected to the live nodes.
+             */
+            clients: number;
+            /**
+             * Format: int64
+             * @description PUBLISH packets the live nodes received from clients since they started.
+             */
+            messages_received: number;
+            /**
+             * Format: int64
+             * @description PUBLISH packets the live nodes sent to clients since they started.
+             */
+            messages_sent: number;
+            /**
+             * Format: int64
+             * @description Nodes in state `up`.
+             */
+            nodes_up: number;
+            /**
+             * Format: int64
+             * @description Sessions the live nodes hold.
+             */
+            sessions: number;
+            /**
+             * Format: int64
+             * @description Subscriptions the live nodes hold.
+             */
+            subscriptions: number;
         };
         /** @description An admin user to create. */
         CreateAdminUser: {
@@ -2510,6 +2653,29 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    cluster: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The cluster's nodes and totals */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ClusterStatus"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["Unavailable"];
         };

@@ -140,6 +140,15 @@ impl App {
         self.send(req.body(body).unwrap()).await
     }
 
+    /// GETs `uri` without a token and returns the body as text (for `/metrics`).
+    pub(crate) async fn call_text(&self, uri: &str) -> String {
+        let req = Request::get(uri).body(Body::empty()).unwrap();
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "GET {uri}");
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
     pub(crate) async fn send(&self, req: Request<Body>) -> Reply {
         let res = self.router.clone().oneshot(req).await.unwrap();
         let status = res.status();

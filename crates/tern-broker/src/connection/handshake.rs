@@ -362,6 +362,15 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
         refuse(&mut io, version, ReasonCode::ServerUnavailable, counters, Refusal::ServerUnavailable).await;
         return None;
     }
+    // In a cluster, this node becomes the owner of the client id first: a session held by
+    // another node is handed over through the database (its client gets 0x8E there).
+    if let Some(cluster) = broker.cluster()
+        && let Err(code) = cluster.claim(&client_id, connect.clean_start).await
+    {
+        warn!(%peer, listener = %meta.listener, client_id = %client_id, ?code, "cluster could not hand the session over: refused");
+        refuse(&mut io, version, code, counters, Refusal::ServerUnavailable).await;
+        return None;
+    }
     let attached =
         broker.attach(client_id.clone(), connect.clean_start, expiry, version, principal.username.as_deref());
     let (Attached { session, session_present, generation }, ops) = match attached {
@@ -381,6 +390,25 @@ pub(super) async fn handshake(accepted: Box<Accepted>) -> Option<Box<Conn>> {
     // The device's own quotas, from this connection on (a resumed session's last ones are
     // replaced: the directory may have changed since).
     session.lock().quota = principal.limits.as_deref().and_then(SessionQuota::of).map(Box::new);
+    let mut ops = ops;
+    if broker.cluster().is_some()
+        && broker.persister().is_some()
+        && let Some(w) = &connect.will
+    {
+        // A node that crashes takes its clients' wills with it unless they are stored: the
+        // node that adopts its sessions publishes them (docs/clustering.md). A clean
+        // session's row (expiry 0) exists only for this, and goes when the session ends.
+        let mut st = session.lock();
+        let delay = w.properties.will_delay_interval.unwrap_or(0);
+        let at = crate::persist::unix_millis(std::time::SystemTime::now()) + i64::from(delay) * 1000;
+        ops.push(crate::store::StoreOp::PutSession(crate::lifecycle::session_record(
+            &session,
+            &st,
+            None,
+            Some((w, at)),
+        )));
+        st.will_stored = true;
+    }
     if let Some(rx) = broker.persister().and_then(|p| p.submit(ops, true)) {
         let limit = Duration::from_millis(broker.config.persistence.commit_timeout_ms + 1000);
         let committed = tokio::time::timeout(limit, rx).await;
