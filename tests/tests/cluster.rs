@@ -11,6 +11,8 @@
 //!   on node 0, `kill -9` of node 1 mid-stream: every acknowledged message reaches every
 //!   subscriber (the dead node's after they reconnect elsewhere), the dead node's client's
 //!   will is published exactly once.
+//! * `takeover_under_load`: a persistent QoS 1 subscriber moves between nodes while a
+//!   publisher on another node keeps publishing: every acknowledged message reaches it.
 //! * `nats_node_killed`: a NATS server dies; cross-node traffic goes on.
 //! * `postgres_restart`: PostgreSQL restarts under the cluster; nodes keep their sessions and
 //!   cross-node QoS 1 works again, as on one node.
@@ -124,10 +126,14 @@ async fn publish_once(
     c.disconnect().await
 }
 
-/// Reads PUBLISH packets until none arrives for `quiet`, acknowledging each; returns them.
+/// Reads PUBLISH packets until none arrives for `quiet` (or for at most 5 s), acknowledging
+/// each; returns them.
 async fn drain(c: &mut RawClient, quiet: Duration) -> Result<Vec<tern_protocol::Publish>> {
     let mut out = Vec::new();
-    while let Some(pk) = c.recv(quiet).await? {
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until
+        && let Some(pk) = c.recv(quiet).await?
+    {
         if let Packet::Publish(p) = pk {
             c.ack_publish(&p).await?;
             out.push(p);
@@ -440,6 +446,77 @@ async fn kill_9_node_under_qos1_load() -> Result<()> {
         ensure!(wills == 1, "watcher on {name} got the dead node's will {wills} times\n{}", c.logs());
     }
     eprintln!("the dead node's will: published exactly once");
+    c.check_no_panic()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_under_load() -> Result<()> {
+    let db = TestDb::postgres("tern_cluster_roam")?;
+    let c = Cluster::start(&db.url).await?;
+    wait_routed(&c, 0, 1, "r1").await?;
+    wait_routed(&c, 0, 2, "r2").await?;
+    let mut conn = RawClient::connect_ok(c.addr(1), persistent_v5("walker", true)).await?;
+    conn.subscribe_to("walk/#", QoS::AtLeastOnce).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let addr0 = c.addr(0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let publisher = tokio::spawn(async move {
+        let mut p = RawClient::connect_ok(addr0, connect_v5("walk-pub")).await?;
+        let mut acked = Vec::new();
+        let mut i = 0u64;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let r = p.publish(publish("walk/x", QoS::AtLeastOnce, Bytes::from(format!("m{i}")))).await?;
+            if r.is_some_and(|r| !r.reason_code.is_error()) {
+                acked.push(i);
+            }
+            i += 1;
+        }
+        Ok::<_, anyhow::Error>(acked)
+    });
+    let mut received = BTreeSet::new();
+    // Node 1 -> node 2 -> node 0 -> node 1, reading a while on each.
+    for (hop, node) in [2usize, 0, 1].into_iter().enumerate() {
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            for p in drain(&mut conn, Duration::from_millis(100)).await? {
+                received.insert(store::payload_id(&p)?);
+            }
+        }
+        let (next, ack) = RawClient::connect(c.addr(node), persistent_v5("walker", false)).await?;
+        ensure!(
+            ack.reason_code == ReasonCode::Success && ack.session_present,
+            "hop {hop}: {ack:?}\n{}",
+            c.logs()
+        );
+        // What the old connection still had: its unacknowledged messages come again.
+        while let Ok(Some(pk)) = conn.recv(Duration::from_millis(200)).await {
+            if let Packet::Publish(p) = pk {
+                received.insert(store::payload_id(&p)?);
+            }
+        }
+        conn = next;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = publisher.await??;
+    let mut idle = 0;
+    while idle < 3 {
+        let ps = drain(&mut conn, Duration::from_millis(500)).await?;
+        idle = if ps.is_empty() { idle + 1 } else { 0 };
+        for p in ps {
+            received.insert(store::payload_id(&p)?);
+        }
+    }
+    let missing: Vec<u64> = acked.iter().filter(|i| !received.contains(i)).copied().collect();
+    eprintln!(
+        "3 takeovers under load: {} acknowledged, {} received, {} missing",
+        acked.len(),
+        received.len(),
+        missing.len()
+    );
+    ensure!(acked.len() > 50, "too few publishes: {}", acked.len());
+    ensure!(missing.is_empty(), "acknowledged messages lost across takeovers: {missing:?}\n{}", c.logs());
     c.check_no_panic()
 }
 

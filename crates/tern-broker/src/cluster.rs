@@ -311,6 +311,24 @@ impl Broker {
         out
     }
 
+    /// The filters (without shared-subscription groups) of the session of `client_id`, if
+    /// it is held here.
+    pub fn session_filters(&self, client_id: &str) -> Option<Vec<String>> {
+        let session = self.inner.sessions().get(client_id).cloned()?;
+        let st = session.lock();
+        Some(
+            st.subscriptions
+                .keys()
+                .filter_map(|raw| {
+                    TopicFilter::parse(raw)
+                        .ok()
+                        .filter(|tf| tf.share_group.is_none())
+                        .map(|tf| tf.filter.to_owned())
+                })
+                .collect(),
+        )
+    }
+
     /// Client ids of the sessions held here.
     pub fn session_ids(&self) -> Vec<String> {
         self.inner.sessions().keys().map(ToString::to_string).collect()
@@ -318,12 +336,14 @@ impl Broker {
 
     /// Hands the session of `client_id` over to another node: disconnects its client (0x8E),
     /// lets the connection store the session's last state, waits for the store to commit
-    /// everything written for it, and forgets it here (store untouched). Returns whether
-    /// there was a session; `Err` if its state could not be made durable.
-    pub async fn release_session(&self, client_id: &str) -> Result<bool, StoreError> {
+    /// everything written for it, and forgets it here (store untouched). Returns the route
+    /// changes its subscriptions' removal makes (`None`: there was no session), which are
+    /// not reported to the link: the cluster withdraws those routes when it sees fit (after
+    /// the new node announced its own); `Err` if its state could not be made durable.
+    pub async fn release_session(&self, client_id: &str) -> Result<Option<Vec<RouteChange>>, StoreError> {
         let inner = &self.inner;
         let Some(session) = inner.sessions().get(client_id).cloned() else {
-            return Ok(false);
+            return Ok(None);
         };
         if session.is_online() {
             session.kick_locked(&mut session.lock(), ReasonCode::SessionTakenOver);
@@ -337,7 +357,7 @@ impl Broker {
             let mut sessions = inner.sessions();
             if !sessions.get(client_id).is_some_and(|s| Arc::ptr_eq(s, &session)) {
                 // Ended or replaced meanwhile: nothing of it to hand over.
-                return Ok(false);
+                return Ok(None);
             }
             sessions.remove(client_id);
             let mut st = session.lock();
@@ -361,14 +381,13 @@ impl Broker {
                 }
             }
         }
-        inner.route_changes(changes);
         if let Some(p) = inner.persister()
             && let Some(rx) = p.submit(Vec::new(), true)
         {
             rx.await.unwrap_or_else(|_| Err(StoreError::Unavailable("persister stopped".into())))?;
         }
         debug!(client_id, "session handed over to another node");
-        Ok(true)
+        Ok(Some(changes))
     }
 
     /// Takes in sessions loaded from the store that this node now owns (a takeover from

@@ -82,6 +82,28 @@ enum Out {
     Publish { subject: String, reply: Option<String>, payload: Bytes },
 }
 
+/// An acknowledgement to send once the commit resolves: (commit, reply subject).
+type AckJob = (Option<oneshot::Receiver<CommitResult>>, String);
+
+/// A message sent on for a session that is still being loaded here.
+#[derive(Debug)]
+struct Held {
+    msg: tern_broker::Message,
+    reply: Option<String>,
+    clients: Vec<String>,
+}
+
+/// A session that moved from this node to another one.
+#[derive(Debug)]
+struct Moved {
+    client_id: String,
+    to: Arc<str>,
+    filters: Vec<String>,
+    /// Its routes, withdrawn when the record expires.
+    removals: Vec<RouteChange>,
+    until: Instant,
+}
+
 /// A node as this node sees it.
 #[derive(Debug, Clone, Default)]
 struct Peer {
@@ -123,6 +145,9 @@ struct PendingAck {
     waiting: HashSet<(Arc<str>, bool)>,
     /// Dead nodes whose adopted sessions were sent copies.
     rerouted_from: Vec<Arc<str>>,
+    /// For a copy sent to the new node of sessions that moved away from this one: their
+    /// client ids (sent again to the same node only).
+    direct: Option<Vec<String>>,
     tx: Option<oneshot::Sender<CommitResult>>,
     started: Instant,
     sent_at: Instant,
@@ -133,7 +158,12 @@ struct PendingAck {
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Request {
     /// Hand the session of `client_id` over (the asking node takes it from the database).
-    Release { client_id: String },
+    Release {
+        client_id: String,
+        /// The node taking it (messages for it that still arrive here are sent on there).
+        #[serde(default)]
+        to: String,
+    },
     /// Disconnect `client_id` (0x98).
     Kick { client_id: String },
     /// Send your full route table.
@@ -221,6 +251,14 @@ struct Shared {
     /// Sessions this node took over from dead nodes: dead node -> (when, client ids). A
     /// message sent again for them (`FLAG_REROUTED`) reaches these sessions only.
     adopted_from: Mutex<HashMap<String, (Instant, HashSet<String>)>>,
+    /// Sessions that moved from here to another node lately: messages for them that still
+    /// arrive here (route changes take a moment to reach every node) are sent on.
+    moved: Mutex<Vec<Moved>>,
+    moved_count: AtomicUsize,
+    /// Client ids being taken over by this node, and messages sent on for them meanwhile.
+    claiming: Mutex<HashMap<String, Vec<Held>>>,
+    /// Acknowledgements of other nodes' messages, sent in order by `ack_sender`.
+    acks: mpsc::UnboundedSender<AckJob>,
     rr: AtomicUsize,
     syncing: Mutex<HashSet<Arc<str>>>,
     forwarded: AtomicU64,
@@ -236,6 +274,16 @@ const ENVELOPE_V1: u8 = 1;
 const FLAG_RESENT: u8 = 1;
 /// Sent again, after the nodes in the header died, for the sessions adopted from them.
 const FLAG_REROUTED: u8 = 2;
+/// For the listed sessions only (they moved from the sending node to the receiving one).
+const FLAG_DIRECT: u8 = 4;
+
+fn put_list<'a>(b: &mut BytesMut, items: impl ExactSizeIterator<Item = &'a str>) {
+    b.put_u16(items.len() as u16);
+    for i in items {
+        b.put_u16(i.len() as u16);
+        b.put_slice(i.as_bytes());
+    }
+}
 
 /// How a message is (re)sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +293,8 @@ enum Send<'a> {
     Resent,
     /// Again, for the sessions adopted from these dead nodes.
     Rerouted(&'a [Arc<str>]),
+    /// For these sessions only, which moved from this node to the receiving one.
+    Direct(&'a [String]),
 }
 
 fn encode_envelope(msg: &tern_broker::Message, groups: &[(String, String)], how: Send<'_>) -> Bytes {
@@ -255,9 +305,11 @@ fn encode_envelope(msg: &tern_broker::Message, groups: &[(String, String)], how:
         Send::Resent => b.put_u8(FLAG_RESENT),
         Send::Rerouted(dead) => {
             b.put_u8(FLAG_REROUTED);
-            let list = dead.iter().map(|d| &**d).collect::<Vec<&str>>().join(",");
-            b.put_u16(list.len() as u16);
-            b.put_slice(list.as_bytes());
+            put_list(&mut b, dead.iter().map(|d| &**d));
+        }
+        Send::Direct(clients) => {
+            b.put_u8(FLAG_DIRECT);
+            put_list(&mut b, clients.iter().map(String::as_str));
         }
     }
     b.put_u16(groups.len() as u16);
@@ -271,9 +323,17 @@ fn encode_envelope(msg: &tern_broker::Message, groups: &[(String, String)], how:
     b.freeze()
 }
 
-/// A decoded envelope: resent, rerouted for sessions adopted from these nodes, shared
-/// groups, message.
-type Envelope = (bool, Vec<String>, Groups, tern_broker::Message);
+/// A decoded envelope.
+#[derive(Debug)]
+struct Envelope {
+    resent: bool,
+    /// Sent again for the sessions adopted from these dead nodes.
+    dead: Vec<String>,
+    /// For these sessions only (they moved here from the sender).
+    direct: Vec<String>,
+    groups: Groups,
+    msg: tern_broker::Message,
+}
 
 /// Shared groups (group, filter) a node serves for one message.
 type Groups = Vec<(String, String)>;
@@ -294,11 +354,15 @@ fn decode_envelope(mut b: Bytes) -> Option<Envelope> {
         }
         String::from_utf8(b.split_to(len).to_vec()).ok()
     };
-    let dead = if flags & FLAG_REROUTED != 0 {
-        string(&mut b)?.split(',').map(str::to_owned).collect()
-    } else {
-        Vec::new()
+    let list = |b: &mut Bytes| -> Option<Vec<String>> {
+        if b.remaining() < 2 {
+            return None;
+        }
+        let n = b.get_u16();
+        (0..n).map(|_| string(b)).collect()
     };
+    let dead = if flags & FLAG_REROUTED != 0 { list(&mut b)? } else { Vec::new() };
+    let direct = if flags & FLAG_DIRECT != 0 { list(&mut b)? } else { Vec::new() };
     if b.remaining() < 2 {
         return None;
     }
@@ -309,7 +373,7 @@ fn decode_envelope(mut b: Bytes) -> Option<Envelope> {
         let f = string(&mut b)?;
         groups.push((g, f));
     }
-    Some((resent, dead, groups, tern_broker::cluster::decode_message(b)?))
+    Some(Envelope { resent, dead, direct, groups, msg: tern_broker::cluster::decode_message(b)? })
 }
 
 fn message_subject(node: &str, topic: &str) -> String {
@@ -369,6 +433,7 @@ impl Cluster {
 
         let (out, out_rx) = mpsc::unbounded_channel();
         let (ended, ended_rx) = mpsc::unbounded_channel();
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             me: me.clone(),
             reg,
@@ -388,6 +453,10 @@ impl Cluster {
             ended,
             recent: Mutex::new(RecentIds::default()),
             adopted_from: Mutex::new(HashMap::new()),
+            moved: Mutex::new(Vec::new()),
+            moved_count: AtomicUsize::new(0),
+            claiming: Mutex::new(HashMap::new()),
+            acks: ack_tx,
             rr: AtomicUsize::new(0),
             syncing: Mutex::new(HashSet::new()),
             forwarded: AtomicU64::new(0),
@@ -404,6 +473,7 @@ impl Cluster {
 
         tokio::spawn(send_loop(shared.clone(), out_rx));
         tokio::spawn(message_loop(shared.clone(), messages));
+        tokio::spawn(ack_sender(shared.clone(), ack_rx));
         tokio::spawn(ack_loop(shared.clone(), acks));
         tokio::spawn(control_loop(shared.clone(), control));
         tokio::spawn(notice_loop(shared.clone(), notices));
@@ -549,6 +619,98 @@ impl Shared {
         });
     }
 
+    /// Where sessions that moved away are now, for a message on `topic`: (node, client ids).
+    fn moved_targets(&self, topic: &str) -> Vec<(Arc<str>, Vec<String>)> {
+        let moved = lock(&self.moved);
+        let mut out: Vec<(Arc<str>, Vec<String>)> = Vec::new();
+        for m in moved.iter() {
+            if m.filters.iter().any(|f| tern_protocol::topic::matches(f, topic)) {
+                match out.iter_mut().find(|(n, _)| *n == m.to) {
+                    Some((_, c)) => c.push(m.client_id.clone()),
+                    None => out.push((m.to.clone(), vec![m.client_id.clone()])),
+                }
+            }
+        }
+        out
+    }
+
+    /// Forgets expired records of moved sessions and withdraws their routes.
+    fn prune_moved(&self) {
+        if self.moved_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        {
+            let mut moved = lock(&self.moved);
+            moved.retain_mut(|m| {
+                if m.until > now {
+                    return true;
+                }
+                expired.append(&mut m.removals);
+                false
+            });
+            self.moved_count.store(moved.len(), Ordering::Relaxed);
+        }
+        if !expired.is_empty() {
+            self.routes_changed_inner(expired);
+        }
+    }
+
+    /// Sends a message on to the nodes that sessions matching it moved to (see `moved`);
+    /// with `wait` (QoS 1/2), returns a receiver resolved once they stored it.
+    fn send_direct(
+        &self,
+        msg: &Arc<tern_broker::Message>,
+        wait: bool,
+    ) -> Option<oneshot::Receiver<CommitResult>> {
+        if self.moved_count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let acked = wait && msg.qos != QoS::AtMostOnce;
+        let mut all = None;
+        for (node, clients) in self.moved_targets(&msg.topic) {
+            if !acked {
+                self.send_to(&node, msg, &[], None, Send::Direct(&clients));
+                continue;
+            }
+            let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            let now = Instant::now();
+            lock(&self.pending).insert(
+                id,
+                PendingAck {
+                    msg: msg.clone(),
+                    served: Vec::new(),
+                    waiting: HashSet::from([(node.clone(), false)]),
+                    rerouted_from: Vec::new(),
+                    direct: Some(clients.clone()),
+                    tx: Some(tx),
+                    started: now,
+                    sent_at: now,
+                },
+            );
+            self.send_to(&node, msg, &[], Some(self.ack_subject(id, false)), Send::Direct(&clients));
+            all = tern_broker::cluster::join_commits(all, Some(rx));
+        }
+        all
+    }
+
+    /// Delivers a message sent on for sessions that moved here (`clients` only).
+    fn deliver_direct(
+        &self,
+        msg: tern_broker::Message,
+        clients: &[String],
+        wait: bool,
+    ) -> Option<oneshot::Receiver<CommitResult>> {
+        if msg.qos != QoS::AtMostOnce && lock(&self.recent).seen(msg.id) {
+            // It reached them directly already (routes changed meanwhile).
+            return None;
+        }
+        let accept = |id: &str| clients.iter().any(|c| c == id);
+        self.broker.deliver_remote(msg, &[], wait, Some(&accept))
+    }
+
     /// Records sessions taken over from dead node `dead` (see `adopted_from`); forgets
     /// records older than the longest a publication waits.
     fn note_adopted(&self, dead: &str, ids: impl IntoIterator<Item = String>) {
@@ -596,9 +758,11 @@ impl ClusterLink for Cluster {
         wait: bool,
     ) -> Option<oneshot::Receiver<CommitResult>> {
         let s = &self.shared;
+        // Sessions that just moved away from here get it where they went.
+        let onward = s.send_direct(msg, wait);
         let targets = s.targets(msg, served);
         if targets.is_empty() {
-            return None;
+            return onward;
         }
         let acked = wait && msg.qos != QoS::AtMostOnce;
         if s.over_budget() {
@@ -608,13 +772,13 @@ impl ClusterLink for Cluster {
                 return Some(rx);
             }
             debug!(topic = %msg.topic, "cluster link congested: QoS 0 forward dropped");
-            return None;
+            return onward;
         }
         if !acked {
             for (node, groups) in &targets {
                 s.send_to(node, msg, groups, None, Send::First);
             }
-            return None;
+            return onward;
         }
         let id = s.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -626,6 +790,7 @@ impl ClusterLink for Cluster {
                 served: served.to_vec(),
                 waiting: targets.keys().map(|k| (k.clone(), false)).collect(),
                 rerouted_from: Vec::new(),
+                direct: None,
                 tx: Some(tx),
                 started: now,
                 sent_at: now,
@@ -634,7 +799,7 @@ impl ClusterLink for Cluster {
         for (node, groups) in &targets {
             s.send_to(node, msg, groups, Some(s.ack_subject(id, false)), Send::First);
         }
-        Some(rx)
+        tern_broker::cluster::join_commits(Some(rx), onward)
     }
 
     fn routes_changed(&self, changes: Vec<RouteChange>) {
@@ -739,7 +904,28 @@ async fn claim(s: &Arc<Shared>, client_id: &str) -> Result<(), ReasonCode> {
     // waits until the session has arrived here.
     let gate = lock(&s.claims).entry(client_id.to_owned()).or_default().clone();
     let held = gate.lock().await;
+    lock(&s.claiming).insert(client_id.to_owned(), Vec::new());
     let result = claim_locked(s, client_id).await;
+    if result.is_ok() {
+        // Back here: no more sending on to where it had gone (its routes' withdrawal stays
+        // due; the session's own subscriptions count again).
+        for m in lock(&s.moved).iter_mut().filter(|m| m.client_id == client_id) {
+            m.filters.clear();
+        }
+    }
+    // Messages the old node sent on while the session was on its way.
+    for h in lock(&s.claiming).remove(client_id).unwrap_or_default() {
+        let commit = if result.is_ok() {
+            s.deliver_direct(h.msg, &h.clients, h.reply.is_some())
+        } else {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err(StoreError::Unavailable("the session did not arrive".into())));
+            Some(rx)
+        };
+        if let Some(reply) = h.reply {
+            let _ = s.acks.send((commit, reply));
+        }
+    }
     drop(held);
     let mut claims = lock(&s.claims);
     if claims.get(client_id).is_some_and(|g| Arc::strong_count(g) <= 2) {
@@ -766,8 +952,11 @@ async fn claim_locked(s: &Arc<Shared>, client_id: &str) -> Result<(), ReasonCode
                 p.adopted_by.is_none() && p.last_hb.is_some_and(|t| t.elapsed() < Duration::from_secs(3))
             });
         let released = if alive {
-            let req =
-                serde_json::to_vec(&Request::Release { client_id: client_id.to_owned() }).unwrap_or_default();
+            let req = serde_json::to_vec(&Request::Release {
+                client_id: client_id.to_owned(),
+                to: s.me.to_string(),
+            })
+            .unwrap_or_default();
             match s.nats.request(format!("tern.n.{owner}.c"), req.into()).await {
                 Ok(m) => match serde_json::from_slice::<Reply>(&m.payload) {
                     Ok(r) if r.ok => true,
@@ -826,29 +1015,46 @@ async fn send_loop(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Out>) {
 /// Messages other nodes routed here: delivered in arrival order, acknowledged (QoS 1/2)
 /// once the durable copies are committed.
 async fn message_loop(s: Arc<Shared>, mut sub: async_nats::Subscriber) {
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(Option<oneshot::Receiver<CommitResult>>, String)>();
-    let acker = s.clone();
-    tokio::spawn(async move {
-        while let Some((commit, reply)) = ack_rx.recv().await {
-            let ok = match commit {
-                Some(rx) => rx.await.is_ok_and(|r| r.is_ok()),
-                None => true,
-            };
-            let body = if ok { acker.me.to_string() } else { format!("!{}", acker.me) };
-            let _ = acker.nats.publish(reply, body.into()).await;
-        }
-    });
     while let Some(m) = sub.next().await {
-        let Some((resent, dead, groups, msg)) = decode_envelope(m.payload) else {
+        let Some(env) = decode_envelope(m.payload) else {
             warn!(subject = %m.subject, "malformed message from another node dropped");
             continue;
         };
         s.received.fetch_add(1, Ordering::Relaxed);
-        let wait = m.reply.is_some();
-        let commit = if dead.is_empty() {
+        let reply = m.reply.map(|r| r.to_string());
+        let wait = reply.is_some();
+        let Envelope { resent, dead, direct, groups, msg } = env;
+        let commit = if !direct.is_empty() {
+            // Sessions that moved here from the sender; one still being loaded gets it after.
+            let mut held = Some((msg, reply));
+            {
+                let mut claiming = lock(&s.claiming);
+                if let Some(id) = direct.iter().find(|id| claiming.contains_key(*id)) {
+                    let (msg, reply) = held.take().expect("held");
+                    claiming.get_mut(id).expect("claiming").push(Held {
+                        msg,
+                        reply,
+                        clients: direct.clone(),
+                    });
+                }
+            }
+            let Some((msg, reply)) = held else { continue };
+            let commit = s.deliver_direct(msg, &direct, wait);
+            if let Some(reply) = reply {
+                let _ = s.acks.send((commit, reply));
+            }
+            continue;
+        } else if dead.is_empty() {
             let durable = msg.qos != QoS::AtMostOnce;
             let dup = durable && wait && lock(&s.recent).seen(msg.id) && resent;
-            if dup { None } else { s.broker.deliver_remote(msg, &groups, wait, None) }
+            // Sessions that just moved away from here get it where they went.
+            let onward = if s.moved_count.load(Ordering::Relaxed) > 0 && !dup {
+                s.send_direct(&Arc::new(msg.clone()), wait)
+            } else {
+                None
+            };
+            let here = if dup { None } else { s.broker.deliver_remote(msg, &groups, wait, None) };
+            tern_broker::cluster::join_commits(here, onward)
         } else {
             // Only for the sessions adopted from those nodes (the others had it).
             let adopted: HashSet<String> = {
@@ -862,9 +1068,22 @@ async fn message_loop(s: Arc<Shared>, mut sub: async_nats::Subscriber) {
                 s.broker.deliver_remote(msg, &groups, wait, Some(&accept))
             }
         };
-        if let Some(reply) = m.reply {
-            let _ = ack_tx.send((commit, reply.to_string()));
+        if let Some(reply) = reply {
+            let _ = s.acks.send((commit, reply));
         }
+    }
+}
+
+/// Sends acknowledgements of messages from other nodes, in arrival order, once their
+/// commits resolved.
+async fn ack_sender(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<AckJob>) {
+    while let Some((commit, reply)) = rx.recv().await {
+        let ok = match commit {
+            Some(rx) => rx.await.is_ok_and(|r| r.is_ok()),
+            None => true,
+        };
+        let body = if ok { s.me.to_string() } else { format!("!{}", s.me) };
+        let _ = s.nats.publish(reply, body.into()).await;
     }
 }
 
@@ -890,14 +1109,56 @@ async fn control_loop(s: Arc<Shared>, mut sub: async_nats::Subscriber) {
         let s = s.clone();
         tokio::spawn(async move {
             let answer = match serde_json::from_slice::<Request>(&m.payload) {
-                Ok(Request::Release { client_id }) => match s.broker.release_session(&client_id).await {
-                    Ok(had) => {
-                        debug!(client_id, had, "session released to another node");
-                        lock(&s.epochs).remove(&client_id);
-                        Reply { ok: true, ..Reply::default() }
+                Ok(Request::Release { client_id, to }) => {
+                    // From before the session leaves the subscription tree until well after
+                    // the new node announced its routes, messages for it that come here go on
+                    // to the new node (some twice, which QoS 1 allows).
+                    let filters = s.broker.session_filters(&client_id).unwrap_or_default();
+                    let forwarding = !filters.is_empty() && !to.is_empty();
+                    if forwarding {
+                        let until = Instant::now() + Duration::from_hours(1);
+                        let mut moved = lock(&s.moved);
+                        let entry = Moved {
+                            client_id: client_id.clone(),
+                            to: to.as_str().into(),
+                            filters,
+                            removals: Vec::new(),
+                            until,
+                        };
+                        moved.push(entry);
+                        s.moved_count.store(moved.len(), Ordering::Relaxed);
                     }
-                    Err(e) => Reply { ok: false, error: Some(e.to_string()), ..Reply::default() },
-                },
+                    let released = s.broker.release_session(&client_id).await;
+                    let until = Instant::now() + Duration::from_secs(s.cfg.lease_secs);
+                    let mut removals = match &released {
+                        Ok(Some(r)) => r.clone(),
+                        _ => Vec::new(),
+                    };
+                    {
+                        let mut moved = lock(&s.moved);
+                        if let Some(m) = moved
+                            .iter_mut()
+                            .rev()
+                            .find(|m| m.client_id == client_id && m.removals.is_empty() && m.until > until)
+                        {
+                            // Its routes stay announced here for a while (see `prune_moved`).
+                            m.removals.append(&mut removals);
+                            m.until = if released.is_ok() { until } else { Instant::now() };
+                        }
+                    }
+                    if !removals.is_empty() {
+                        // Nothing was being sent on (no plain subscriptions): withdraw now.
+                        s.routes_changed_inner(removals);
+                    }
+                    match released {
+                        Ok(r) => {
+                            debug!(client_id, %to, had = r.is_some(), "session released to another node");
+                            lock(&s.epochs).remove(&client_id);
+                            Reply { ok: true, ..Reply::default() }
+                        }
+                        Err(e) => Reply { ok: false, error: Some(e.to_string()), ..Reply::default() },
+                    }
+                }
                 Ok(Request::Kick { client_id }) => {
                     Reply { ok: s.broker.kick(&client_id), ..Reply::default() }
                 }
@@ -1106,6 +1367,7 @@ async fn pending_loop(s: Arc<Shared>) {
             () = s.stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        s.prune_moved();
         let adopted: HashSet<Arc<str>> = s
             .peers
             .read()
@@ -1115,6 +1377,7 @@ async fn pending_loop(s: Arc<Shared>) {
             .map(|(k, _)| k.clone())
             .collect();
         let mut resend = Vec::new();
+        let mut direct = Vec::new();
         {
             let mut pending = lock(&s.pending);
             let now = Instant::now();
@@ -1142,9 +1405,26 @@ async fn pending_loop(s: Arc<Shared>) {
                     }
                 }
                 let again: Vec<(Arc<str>, bool)> = p.waiting.iter().cloned().collect();
+                if let Some(clients) = &p.direct {
+                    // Sent on for moved sessions: to the same node again, never elsewhere.
+                    direct.push((*id, p.msg.clone(), again, clients.clone()));
+                    if p.waiting.is_empty() {
+                        // Its node died before storing it: the publisher publishes again.
+                        if let Some(tx) = p.tx.take() {
+                            let _ = tx.send(Err(StoreError::Unavailable("a cluster node died".into())));
+                        }
+                        return false;
+                    }
+                    return true;
+                }
                 resend.push((*id, p.msg.clone(), p.served.clone(), again, !gone.is_empty(), p.rerouted_from.clone()));
                 true
             });
+        }
+        for (id, msg, again, clients) in direct {
+            for (node, _) in again {
+                s.send_to(&node, &msg, &[], Some(s.ack_subject(id, false)), Send::Direct(&clients));
+            }
         }
         for (id, msg, served, again, newly_gone, dead) in resend {
             let targets = s.targets(&msg, &served);
@@ -1231,14 +1511,18 @@ mod tests {
             owns_bytes: true,
         };
         let groups = vec![("g".to_owned(), "a/+".to_owned())];
-        let (resent, dead, g, m) = decode_envelope(encode_envelope(&msg, &groups, Send::Resent)).unwrap();
-        assert!(resent);
-        assert!(dead.is_empty());
+        let e = decode_envelope(encode_envelope(&msg, &groups, Send::Resent)).unwrap();
+        assert!(e.resent);
+        assert!(e.dead.is_empty() && e.direct.is_empty());
+        let (g, m) = (e.groups, e.msg);
         let gone = [Arc::from("n2"), Arc::from("n3")];
-        let (resent, dead, _, _) =
-            decode_envelope(encode_envelope(&msg, &groups, Send::Rerouted(&gone))).unwrap();
-        assert!(!resent);
-        assert_eq!(dead, ["n2", "n3"]);
+        let e = decode_envelope(encode_envelope(&msg, &groups, Send::Rerouted(&gone))).unwrap();
+        assert!(!e.resent);
+        assert_eq!(e.dead, ["n2", "n3"]);
+        let clients = ["a,b".to_owned(), "c".to_owned()];
+        let e = decode_envelope(encode_envelope(&msg, &[], Send::Direct(&clients))).unwrap();
+        assert_eq!(e.direct, clients, "client ids may contain commas");
+        assert!(e.dead.is_empty() && e.groups.is_empty());
         assert_eq!(g, groups);
         assert_eq!(
             (m.id, &*m.topic, &m.payload[..], m.qos, m.retain),
