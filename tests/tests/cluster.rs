@@ -13,6 +13,8 @@
 //!   will is published exactly once.
 //! * `takeover_under_load`: a persistent QoS 1 subscriber moves between nodes while a
 //!   publisher on another node keeps publishing: every acknowledged message reaches it.
+//! * `admin_api_sees_the_cluster`: `GET /api/v1/cluster` on one node lists all three, and a
+//!   kick sent to one node disconnects a client connected to another.
 //! * `nats_node_killed`: a NATS server dies; cross-node traffic goes on.
 //! * `postgres_restart`: PostgreSQL restarts under the cluster; nodes keep their sessions and
 //!   cross-node QoS 1 works again, as on one node.
@@ -175,7 +177,8 @@ async fn cross_node_delivery() -> Result<()> {
         let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][(i % 3) as usize];
         let reply = p.publish(publish("data/a/x", qos, Bytes::from(format!("m{i}")))).await?;
         if let Some(r) = reply {
-            ensure!(!r.reason_code.is_error(), "publish {i} refused: {r:?}");
+            // Not 0x10 No matching subscribers: the subscribers are on other nodes.
+            ensure!(r.reason_code == ReasonCode::Success, "publish {i}: {r:?}");
         }
         sent.push((i, qos));
     }
@@ -517,6 +520,68 @@ async fn takeover_under_load() -> Result<()> {
     );
     ensure!(acked.len() > 50, "too few publishes: {}", acked.len());
     ensure!(missing.is_empty(), "acknowledged messages lost across takeovers: {missing:?}\n{}", c.logs());
+    c.check_no_panic()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_sees_the_cluster() -> Result<()> {
+    let db = TestDb::postgres("tern_cluster_admin")?;
+    let site = tern_e2e::site::Site::with_database("cluster-admin", &db.url)?;
+    // The schema first (the CLI applies migrations), then the first admin.
+    site.tern(
+        &["admin", "add-user", "--username", "root", "--role", "admin", "--password-stdin"],
+        Some("a long enough password\n"),
+    )?;
+    let c = Cluster::start(&db.url).await?;
+    let admin = c.node(0).admin_addr(WAIT)?;
+    let http = reqwest::Client::new();
+    let base = format!("http://{admin}/api/v1");
+    let login: serde_json::Value = http
+        .post(format!("{base}/auth/login"))
+        .json(&serde_json::json!({ "username": "root", "password": "a long enough password" }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = login["access_token"].as_str().context("access token")?.to_owned();
+    let mut watched = RawClient::connect_ok(c.addr(2), connect_v5("kick-me")).await?;
+    let _other = RawClient::connect_ok(c.addr(1), connect_v5("stay")).await?;
+
+    // Heartbeats carry the counts: wait until node 0 has heard the new clients.
+    let deadline = Instant::now() + WAIT;
+    let view = loop {
+        let v: serde_json::Value = http
+            .get(format!("{base}/cluster"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        if v["totals"]["clients"].as_u64() >= Some(2) || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    ensure!(view["clustered"] == true && view["this_node"] == "n0", "{view}");
+    let nodes = view["nodes"].as_array().context("nodes")?;
+    let ids: Vec<&str> = nodes.iter().filter_map(|n| n["node_id"].as_str()).collect();
+    ensure!(ids == ["n0", "n1", "n2"], "{view}");
+    ensure!(nodes.iter().all(|n| n["state"] == "up"), "{view}");
+    ensure!(view["totals"]["nodes_up"] == 3 && view["totals"]["clients"].as_u64() >= Some(2), "{view}");
+    eprintln!("GET /api/v1/cluster on n0: nodes {ids:?}, totals {}", view["totals"]);
+
+    // A kick on node 0 for a client on node 2.
+    let r = http.post(format!("{base}/clients/kick-me/kick")).bearer_auth(&token).send().await?;
+    ensure!(r.status() == 204, "kick across nodes: HTTP {}", r.status());
+    let d = watched.expect_disconnect(WAIT).await?;
+    ensure!(
+        d.as_ref().map(|d| d.reason_code) == Some(ReasonCode::AdministrativeAction),
+        "kicked client got {d:?}"
+    );
+    let r = http.post(format!("{base}/clients/nobody/kick")).bearer_auth(&token).send().await?;
+    ensure!(r.status() == 404, "kick of an unknown client: HTTP {}", r.status());
     c.check_no_panic()
 }
 

@@ -46,15 +46,15 @@ pub struct RouteChange {
 /// What a cluster implementation does for the broker.
 pub trait ClusterLink: Send + Sync + std::fmt::Debug + 'static {
     /// Sends a message published on this node to the other nodes that need it. `served`
-    /// lists the shared groups (group, filter) already delivered on this node. With `wait`,
-    /// returns a receiver resolved once every node that needed the message has made it
-    /// durable (a QoS 1/2 publisher's acknowledgement waits for it).
+    /// lists the shared groups (group, filter) already delivered on this node. Returns
+    /// whether any node needed it and, with `wait`, a receiver resolved once every node that
+    /// needed it has made it durable (a QoS 1/2 publisher's acknowledgement waits for it).
     fn forward(
         &self,
         msg: &Arc<Message>,
         served: &[(Arc<str>, Arc<str>)],
         wait: bool,
-    ) -> Option<oneshot::Receiver<CommitResult>>;
+    ) -> (bool, Option<oneshot::Receiver<CommitResult>>);
     /// This node's routes changed.
     fn routes_changed(&self, changes: Vec<RouteChange>);
     /// Makes this node the owner of `client_id` before a connection attaches to it, taking

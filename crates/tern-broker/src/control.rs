@@ -536,7 +536,9 @@ impl Broker {
             }
             None => None,
         };
-        PublishOutcome { refused: None, matched: published.delivered, committed }
+        // Subscribers on other nodes count as one match (their nodes know how many).
+        let matched = published.delivered.max(usize::from(published.forwarded));
+        PublishOutcome { refused: None, matched, committed }
     }
 }
 

@@ -21,6 +21,8 @@ use crate::trie::Target;
 pub(crate) struct Published {
     /// Deliveries made (one per session, plus one per shared group).
     pub(crate) delivered: usize,
+    /// Whether other nodes of the cluster needed the message (their deliveries are theirs).
+    pub(crate) forwarded: bool,
     /// A subscriber whose queue is past the soft limit: the publisher should wait for it.
     pub(crate) congested: Option<Arc<Session>>,
     /// Resolves once the durable copies are committed (when the caller asked to wait and
@@ -296,8 +298,11 @@ impl Inner {
         // message for long, so it takes the copy that owns its bytes if routing made one.
         let tapped = self.taps.is_active().then(|| sink.owned.clone());
         let mut commit = sink.submit(self, wait);
+        let mut forwarded = false;
         if let Some(c) = cluster {
-            commit = crate::cluster::join_commits(commit, c.forward(msg, &served, wait));
+            let (sent, remote) = c.forward(msg, &served, wait);
+            forwarded = sent;
+            commit = crate::cluster::join_commits(commit, remote);
         }
         if let Some(owned) = tapped {
             self.taps.offer(msg, owned);
@@ -305,7 +310,7 @@ impl Inner {
         if let Some(topics) = &self.topics {
             topics.record(&msg.topic, msg.payload.len());
         }
-        Published { delivered, congested, commit, refused: None }
+        Published { delivered, forwarded, congested, commit, refused: None }
     }
 
     /// Delivers `msg` to every matching subscription: one delivery per session at the highest

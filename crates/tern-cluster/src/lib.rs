@@ -497,11 +497,20 @@ impl Cluster {
     pub async fn shutdown(&self) {
         let s = &self.shared;
         s.stop.cancel();
-        let _ = s.nats.flush().await;
-        if !s.fenced.is_cancelled()
-            && let Err(e) = db::expire_now(&s.pool, &s.me, s.reg.incarnation).await
-        {
-            warn!(error = %e, "could not give up the cluster lease; it runs out by itself");
+        // Bounded: NATS or PostgreSQL may be gone already.
+        if tokio::time::timeout(Duration::from_secs(2), s.nats.flush()).await.is_err() {
+            warn!("NATS did not take the last messages within 2 s");
+        }
+        if !s.fenced.is_cancelled() {
+            let expired = tokio::time::timeout(
+                Duration::from_secs(3),
+                db::expire_now(&s.pool, &s.me, s.reg.incarnation),
+            );
+            match expired.await {
+                Ok(Ok(())) => info!("cluster lease given up"),
+                Ok(Err(e)) => warn!(error = %e, "could not give up the cluster lease; it runs out by itself"),
+                Err(_) => warn!("could not give up the cluster lease within 3 s; it runs out by itself"),
+            }
         }
     }
 }
@@ -756,29 +765,29 @@ impl ClusterLink for Cluster {
         msg: &Arc<tern_broker::Message>,
         served: &[(Arc<str>, Arc<str>)],
         wait: bool,
-    ) -> Option<oneshot::Receiver<CommitResult>> {
+    ) -> (bool, Option<oneshot::Receiver<CommitResult>>) {
         let s = &self.shared;
         // Sessions that just moved away from here get it where they went.
         let onward = s.send_direct(msg, wait);
         let targets = s.targets(msg, served);
         if targets.is_empty() {
-            return onward;
+            return (onward.is_some(), onward);
         }
         let acked = wait && msg.qos != QoS::AtMostOnce;
         if s.over_budget() {
             if acked {
                 let (tx, rx) = oneshot::channel();
                 let _ = tx.send(Err(StoreError::Unavailable("cluster link congested".into())));
-                return Some(rx);
+                return (true, Some(rx));
             }
             debug!(topic = %msg.topic, "cluster link congested: QoS 0 forward dropped");
-            return onward;
+            return (true, onward);
         }
         if !acked {
             for (node, groups) in &targets {
                 s.send_to(node, msg, groups, None, Send::First);
             }
-            return onward;
+            return (true, onward);
         }
         let id = s.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -799,7 +808,7 @@ impl ClusterLink for Cluster {
         for (node, groups) in &targets {
             s.send_to(node, msg, groups, Some(s.ack_subject(id, false)), Send::First);
         }
-        tern_broker::cluster::join_commits(Some(rx), onward)
+        (true, tern_broker::cluster::join_commits(Some(rx), onward))
     }
 
     fn routes_changed(&self, changes: Vec<RouteChange>) {

@@ -203,7 +203,7 @@ impl Conn {
         {
             self.blocked = Some(super::SpaceWait::new(congested));
         }
-        let code = if published.delivered == 0 && self.version.is_v5() {
+        let code = if published.delivered == 0 && !published.forwarded && self.version.is_v5() {
             ReasonCode::NoMatchingSubscribers
         } else {
             ReasonCode::Success
