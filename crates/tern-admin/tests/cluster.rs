@@ -48,8 +48,8 @@ impl ClusterLink for StandIn {
         _msg: &Arc<Message>,
         _served: &[(Arc<str>, Arc<str>)],
         _wait: bool,
-    ) -> Option<oneshot::Receiver<CommitResult>> {
-        None
+    ) -> (bool, Option<oneshot::Receiver<CommitResult>>) {
+        (false, None)
     }
 
     fn routes_changed(&self, _changes: Vec<RouteChange>) {}
