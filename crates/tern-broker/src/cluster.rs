@@ -329,9 +329,9 @@ impl Broker {
         )
     }
 
-    /// Client ids of the sessions held here.
-    pub fn session_ids(&self) -> Vec<String> {
-        self.inner.sessions().keys().map(ToString::to_string).collect()
+    /// Whether a session of `client_id` is held here.
+    pub fn has_session(&self, client_id: &str) -> bool {
+        self.inner.sessions().contains_key(client_id)
     }
 
     /// Hands the session of `client_id` over to another node: disconnects its client (0x8E),

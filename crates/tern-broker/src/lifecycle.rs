@@ -339,14 +339,14 @@ impl Inner {
     /// publishes a will still waiting for its delay (MQTT 3.1.3.2.2), and returns the store
     /// operation that forgets it.
     pub(crate) fn end_session(&self, session: &Arc<Session>) -> Vec<StoreOp> {
-        let (filters, will) = {
+        let (filters, will, will_stored) = {
             let mut st = session.lock();
             let filters: Vec<Box<str>> = std::mem::take(&mut st.subscriptions).into_keys().collect();
             st.clear_queue();
             st.cancel_timers();
             st.inflight.clear();
             st.inbound_qos2.clear();
-            (filters, st.pending_will.take().map(|w| *w))
+            (filters, st.pending_will.take().map(|w| *w), std::mem::take(&mut st.will_stored))
         };
         if !filters.is_empty() {
             let mut changes = Vec::new();
@@ -368,7 +368,6 @@ impl Inner {
             self.publish_will(session.id, w);
         }
         let mut ops = Vec::new();
-        let will_stored = std::mem::take(&mut session.lock().will_stored);
         if self.persister().is_some() && (session.is_persistent() || will_stored) {
             ops.push(StoreOp::DeleteSession { client_id: session.client_id.to_string() });
         }

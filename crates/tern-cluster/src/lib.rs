@@ -90,7 +90,11 @@ type AckJob = (Option<oneshot::Receiver<CommitResult>>, String);
 struct Held {
     msg: tern_broker::Message,
     reply: Option<String>,
+    /// The sessions it is for.
     clients: Vec<String>,
+    /// Whether it may have reached them already (sent on after a move: skip it if its id
+    /// was delivered here before); a copy rerouted from a dead node may not have.
+    dedup: bool,
 }
 
 /// A session that moved from this node to another one.
@@ -257,6 +261,9 @@ struct Shared {
     moved_count: AtomicUsize,
     /// Client ids being taken over by this node, and messages sent on for them meanwhile.
     claiming: Mutex<HashMap<String, Vec<Held>>>,
+    /// Dead nodes whose sessions this node is adopting, and copies rerouted from them
+    /// meanwhile (delivered once the sessions are loaded).
+    adopting: Mutex<HashMap<String, Vec<Held>>>,
     /// Acknowledgements of other nodes' messages, sent in order by `ack_sender`.
     acks: mpsc::UnboundedSender<AckJob>,
     rr: AtomicUsize,
@@ -456,6 +463,7 @@ impl Cluster {
             moved: Mutex::new(Vec::new()),
             moved_count: AtomicUsize::new(0),
             claiming: Mutex::new(HashMap::new()),
+            adopting: Mutex::new(HashMap::new()),
             acks: ack_tx,
             rr: AtomicUsize::new(0),
             syncing: Mutex::new(HashSet::new()),
@@ -580,14 +588,13 @@ impl Shared {
 
     fn send_heartbeat(&self) {
         let m = self.broker.metrics();
-        let totals = self.broker.session_totals();
         let hb = Heartbeat {
             node: self.me.to_string(),
             no: self.reg.node_no,
             inc: self.reg.incarnation,
             routes: lock(&self.local).version(),
             clients: m.clients_connected,
-            sessions: totals.online + totals.offline,
+            sessions: m.sessions,
             subscriptions: self.broker.subscription_count() as u64,
             received: m.messages_received,
             sent: m.messages_sent,
@@ -711,13 +718,35 @@ impl Shared {
         msg: tern_broker::Message,
         clients: &[String],
         wait: bool,
+        dedup: bool,
     ) -> Option<oneshot::Receiver<CommitResult>> {
-        if msg.qos != QoS::AtMostOnce && lock(&self.recent).seen(msg.id) {
+        if dedup && msg.qos != QoS::AtMostOnce && lock(&self.recent).seen(msg.id) {
             // It reached them directly already (routes changed meanwhile).
             return None;
         }
         let accept = |id: &str| clients.iter().any(|c| c == id);
         self.broker.deliver_remote(msg, &[], wait, Some(&accept))
+    }
+
+    /// Delivers the copies rerouted from `dead` that arrived while its sessions were being
+    /// adopted here (to the sessions adopted from it, if any), and stops holding them.
+    fn drain_adopting(&self, dead: &str) {
+        let held = lock(&self.adopting).remove(dead).unwrap_or_default();
+        if held.is_empty() {
+            return;
+        }
+        let adopted: Vec<String> = lock(&self.adopted_from)
+            .get(dead)
+            .map(|(_, ids)| ids.iter().cloned().collect())
+            .unwrap_or_default();
+        for h in held {
+            let wait = h.reply.is_some();
+            let commit =
+                if adopted.is_empty() { None } else { self.deliver_direct(h.msg, &adopted, wait, false) };
+            if let Some(reply) = h.reply {
+                let _ = self.acks.send((commit, reply));
+            }
+        }
     }
 
     /// Records sessions taken over from dead node `dead` (see `adopted_from`); forgets
@@ -882,7 +911,6 @@ impl ClusterLink for Cluster {
             })
             .collect();
         let m = s.broker.metrics();
-        let totals = s.broker.session_totals();
         out.push(NodeStatus {
             node_id: s.me.to_string(),
             node_no: s.reg.node_no,
@@ -895,7 +923,7 @@ impl ClusterLink for Cluster {
             mqtt_addr: s.cfg.advertise_mqtt.clone(),
             admin_addr: s.cfg.advertise_admin.clone(),
             clients: m.clients_connected,
-            sessions: totals.online + totals.offline,
+            sessions: m.sessions,
             subscriptions: s.broker.subscription_count() as u64,
             messages_received: m.messages_received,
             messages_sent: m.messages_sent,
@@ -925,7 +953,7 @@ async fn claim(s: &Arc<Shared>, client_id: &str) -> Result<(), ReasonCode> {
     // Messages the old node sent on while the session was on its way.
     for h in lock(&s.claiming).remove(client_id).unwrap_or_default() {
         let commit = if result.is_ok() {
-            s.deliver_direct(h.msg, &h.clients, h.reply.is_some())
+            s.deliver_direct(h.msg, &h.clients, h.reply.is_some(), h.dedup)
         } else {
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(Err(StoreError::Unavailable("the session did not arrive".into())));
@@ -1044,11 +1072,12 @@ async fn message_loop(s: Arc<Shared>, mut sub: async_nats::Subscriber) {
                         msg,
                         reply,
                         clients: direct.clone(),
+                        dedup: true,
                     });
                 }
             }
             let Some((msg, reply)) = held else { continue };
-            let commit = s.deliver_direct(msg, &direct, wait);
+            let commit = s.deliver_direct(msg, &direct, wait, true);
             if let Some(reply) = reply {
                 let _ = s.acks.send((commit, reply));
             }
@@ -1065,17 +1094,37 @@ async fn message_loop(s: Arc<Shared>, mut sub: async_nats::Subscriber) {
             let here = if dup { None } else { s.broker.deliver_remote(msg, &groups, wait, None) };
             tern_broker::cluster::join_commits(here, onward)
         } else {
-            // Only for the sessions adopted from those nodes (the others had it).
-            let adopted: HashSet<String> = {
+            // Only for the sessions adopted from those nodes (the others had it). Sessions
+            // still being loaded get it once they are.
+            let mut held = Some((msg, reply));
+            {
+                let mut adopting = lock(&s.adopting);
+                if let Some(d) = dead.iter().find(|d| adopting.contains_key(*d)) {
+                    let (msg, reply) = held.take().expect("held");
+                    let clients = Vec::new();
+                    adopting.get_mut(d).expect("adopting").push(Held { msg, reply, clients, dedup: false });
+                }
+            }
+            let Some((msg, reply)) = held else { continue };
+            let adopted: Vec<String> = {
                 let map = lock(&s.adopted_from);
                 dead.iter().filter_map(|d| map.get(d)).flat_map(|(_, ids)| ids.iter().cloned()).collect()
             };
-            if adopted.is_empty() {
-                None
-            } else {
-                let accept = |id: &str| adopted.contains(id);
-                s.broker.deliver_remote(msg, &groups, wait, Some(&accept))
+            let mut held = Some((msg, reply));
+            {
+                let mut claiming = lock(&s.claiming);
+                if let Some(id) = adopted.iter().find(|id| claiming.contains_key(*id)) {
+                    let (msg, reply) = held.take().expect("held");
+                    let h = Held { msg, reply, clients: adopted.clone(), dedup: false };
+                    claiming.get_mut(id).expect("claiming").push(h);
+                }
             }
+            let Some((msg, reply)) = held else { continue };
+            let commit = if adopted.is_empty() { None } else { s.deliver_direct(msg, &adopted, wait, false) };
+            if let Some(reply) = reply {
+                let _ = s.acks.send((commit, reply));
+            }
+            continue;
         };
         if let Some(reply) = reply {
             let _ = s.acks.send((commit, reply));
@@ -1328,11 +1377,16 @@ async fn lease_loop(s: Arc<Shared>) {
 
 /// Takes over the sessions of dead node `dead` (if this node wins the race).
 async fn adopt(s: &Arc<Shared>, dead: &str) {
+    lock(&s.adopting).insert(dead.to_owned(), Vec::new());
     let ids = match db::adopt(&s.pool, dead, &s.me).await {
         Ok(Some(ids)) => ids,
-        Ok(None) => return,
+        Ok(None) => {
+            s.drain_adopting(dead);
+            return;
+        }
         Err(e) => {
             warn!(%dead, error = %e, "adoption failed; retried");
+            s.drain_adopting(dead);
             return;
         }
     };
@@ -1351,6 +1405,7 @@ async fn adopt(s: &Arc<Shared>, dead: &str) {
             }
         }
     }
+    s.drain_adopting(dead);
     warn!(%dead, sessions = n, loaded, "node declared dead: its sessions were adopted here and their wills published");
     if let Some(p) = s.peers.write().unwrap_or_else(PoisonError::into_inner).get_mut(dead) {
         p.adopted_by = Some(s.me.to_string());
@@ -1377,13 +1432,13 @@ async fn pending_loop(s: Arc<Shared>) {
             _ = tick.tick() => {}
         }
         s.prune_moved();
-        let adopted: HashSet<Arc<str>> = s
+        // Dead nodes and the node that adopted each one's sessions.
+        let adopted: HashMap<Arc<str>, String> = s
             .peers
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .filter(|(_, p)| p.adopted_by.is_some())
-            .map(|(k, _)| k.clone())
+            .filter_map(|(k, p)| p.adopted_by.clone().map(|by| (k.clone(), by)))
             .collect();
         let mut resend = Vec::new();
         let mut direct = Vec::new();
@@ -1406,7 +1461,7 @@ async fn pending_loop(s: Arc<Shared>) {
                 // Nodes that died and were adopted will not answer: their sessions are on the
                 // adopting nodes now, which get a copy for those sessions only.
                 let gone: Vec<Arc<str>> =
-                    p.waiting.iter().filter(|(n, _)| adopted.contains(n)).map(|(n, _)| n.clone()).collect();
+                    p.waiting.iter().filter(|(n, _)| adopted.contains_key(n)).map(|(n, _)| n.clone()).collect();
                 for g in &gone {
                     p.waiting.retain(|(n, _)| n != g);
                     if !p.rerouted_from.contains(g) {
@@ -1442,11 +1497,24 @@ async fn pending_loop(s: Arc<Shared>) {
                 let groups = targets.get(&node).cloned().unwrap_or_default();
                 send.push((node, groups, rerouted));
             }
+            let mut here = false;
             if newly_gone {
-                // Every node that now has routes for the topic, the adopters among them.
-                for (node, groups) in &targets {
-                    if !send.iter().any(|(n, _, r)| n == node && *r) {
-                        send.push((node.clone(), groups.clone(), true));
+                // Every node that now has routes for the topic, and the adopters (whose routes
+                // for the adopted sessions may not have arrived yet).
+                let mut nodes: Vec<(Arc<str>, Groups)> =
+                    targets.iter().map(|(n, g)| (n.clone(), g.clone())).collect();
+                for d in &dead {
+                    if let Some(by) = adopted.get(d) {
+                        if **by == *s.me {
+                            here = true;
+                        } else if !nodes.iter().any(|(n, _)| **n == **by) {
+                            nodes.push((by.as_str().into(), Groups::new()));
+                        }
+                    }
+                }
+                for (node, groups) in nodes {
+                    if !send.iter().any(|(n, _, r)| *n == node && *r) {
+                        send.push((node, groups, true));
                     }
                 }
             }
@@ -1456,6 +1524,9 @@ async fn pending_loop(s: Arc<Shared>) {
                 for (node, _, rerouted) in &send {
                     p.waiting.insert((node.clone(), *rerouted));
                 }
+                if here {
+                    p.waiting.insert((s.me.clone(), true));
+                }
                 if p.waiting.is_empty() {
                     if let Some(tx) = p.tx.take() {
                         let _ = tx.send(Ok(()));
@@ -1463,6 +1534,25 @@ async fn pending_loop(s: Arc<Shared>) {
                     pending.remove(&id);
                     continue;
                 }
+            }
+            if here {
+                // This node adopted the dead one: deliver to the adopted sessions here.
+                let ids: Vec<String> = {
+                    let map = lock(&s.adopted_from);
+                    dead.iter()
+                        .filter_map(|d| map.get(&**d))
+                        .flat_map(|(_, ids)| ids.iter().cloned())
+                        .collect()
+                };
+                let commit = s.deliver_direct((*msg).clone(), &ids, true, false);
+                let me = s.clone();
+                tokio::spawn(async move {
+                    let ok = match commit {
+                        Some(rx) => rx.await.is_ok_and(|r| r.is_ok()),
+                        None => true,
+                    };
+                    me.acked(id, &me.me.clone(), true, ok);
+                });
             }
             for (node, groups, rerouted) in send {
                 debug!(%node, topic = %msg.topic, rerouted, "QoS 1/2 message sent again");
@@ -1490,8 +1580,7 @@ async fn forget_loop(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(String, i6
             batch.push(e);
         }
         // A session that came back meanwhile keeps its record.
-        let live: HashSet<String> = s.broker.session_ids().into_iter().collect();
-        batch.retain(|(id, _)| !live.contains(id));
+        batch.retain(|(id, _)| !s.broker.has_session(id));
         if !batch.is_empty() {
             if let Err(e) = db::forget(&s.pool, &batch, &s.me).await {
                 debug!(error = %e, "ownership records of ended sessions not removed (harmless; retried never)");
