@@ -690,26 +690,38 @@ impl Shared {
                 self.send_to(&node, msg, &[], None, Send::Direct(&clients));
                 continue;
             }
-            let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-            let (tx, rx) = oneshot::channel();
-            let now = Instant::now();
-            lock(&self.pending).insert(
-                id,
-                PendingAck {
-                    msg: msg.clone(),
-                    served: Vec::new(),
-                    waiting: HashSet::from([(node.clone(), false)]),
-                    rerouted_from: Vec::new(),
-                    direct: Some(clients.clone()),
-                    tx: Some(tx),
-                    started: now,
-                    sent_at: now,
-                },
-            );
+            let waiting = HashSet::from([(node.clone(), false)]);
+            let (id, rx) = self.track(msg, Vec::new(), waiting, Some(clients.clone()));
             self.send_to(&node, msg, &[], Some(self.ack_subject(id, false)), Send::Direct(&clients));
             all = tern_broker::cluster::join_commits(all, Some(rx));
         }
         all
+    }
+
+    /// Records a QoS 1/2 message waiting for `waiting`'s acknowledgements; returns its
+    /// request id and the receiver resolved when they are all in (or one refused).
+    fn track(
+        &self,
+        msg: &Arc<tern_broker::Message>,
+        served: Vec<(Arc<str>, Arc<str>)>,
+        waiting: HashSet<(Arc<str>, bool)>,
+        direct: Option<Vec<String>>,
+    ) -> (u64, oneshot::Receiver<CommitResult>) {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let now = Instant::now();
+        let p = PendingAck {
+            msg: msg.clone(),
+            served,
+            waiting,
+            rerouted_from: Vec::new(),
+            direct,
+            tx: Some(tx),
+            started: now,
+            sent_at: now,
+        };
+        lock(&self.pending).insert(id, p);
+        (id, rx)
     }
 
     /// Delivers a message sent on for sessions that moved here (`clients` only).
@@ -818,22 +830,8 @@ impl ClusterLink for Cluster {
             }
             return (true, onward);
         }
-        let id = s.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        let now = Instant::now();
-        lock(&s.pending).insert(
-            id,
-            PendingAck {
-                msg: msg.clone(),
-                served: served.to_vec(),
-                waiting: targets.keys().map(|k| (k.clone(), false)).collect(),
-                rerouted_from: Vec::new(),
-                direct: None,
-                tx: Some(tx),
-                started: now,
-                sent_at: now,
-            },
-        );
+        let waiting = targets.keys().map(|k| (k.clone(), false)).collect();
+        let (id, rx) = s.track(msg, served.to_vec(), waiting, None);
         for (node, groups) in &targets {
             s.send_to(node, msg, groups, Some(s.ack_subject(id, false)), Send::First);
         }
