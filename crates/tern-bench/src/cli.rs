@@ -33,6 +33,11 @@ pub(crate) enum Mode {
     /// A bare TCP relay, not a broker: forwards PUBLISH bytes to matching subscribers with the
     /// least MQTT work tern-bench needs, on one thread; the floor of the benchmark matrix.
     Relay(RelayArgs),
+    /// Session takeover time: N persistent sessions connect and subscribe on one broker (or
+    /// cluster node), then each client id connects again on another (or the same) one;
+    /// measures CONNECT -> CONNACK of the second connection, Session Present, and what the
+    /// first connection got (MQTT 5: DISCONNECT 0x8E Session taken over).
+    Takeover(TakeoverArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -68,6 +73,31 @@ impl MqttVersion {
 
 pub(crate) fn parse_qos(s: &str) -> Result<QoS, String> {
     s.parse::<u8>().ok().and_then(QoS::from_u8).ok_or_else(|| format!("QoS must be 0, 1 or 2, not {s:?}"))
+}
+
+/// A list of broker ports (`--pub-ports`, `--sub-ports`, `--ports`): connections take them
+/// round robin, connection i the port at i modulo their number (`net::Endpoint::addr_of`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ports(pub(crate) Vec<u16>);
+
+impl Ports {
+    /// "1884,1885,1886", as given.
+    pub(crate) fn list(&self) -> String {
+        self.0.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// Parses `1884,1885,1886` (comma-separated ports, at least one, none 0).
+pub(crate) fn parse_ports(s: &str) -> Result<Ports, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let p: u16 = part.parse().map_err(|_| format!("not a port: {part:?} (in {s:?})"))?;
+        if p == 0 {
+            return Err(format!("port 0 in {s:?}"));
+        }
+        out.push(p);
+    }
+    Ok(Ports(out))
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -170,6 +200,10 @@ pub(crate) struct ConnArgs {
     /// how many connected, and exits 3 if not all did).
     #[arg(long, default_value_t = 0)]
     pub(crate) max_conn_errors: usize,
+    /// Broker ports to spread the connections over, round robin (e.g. the nodes of a cluster:
+    /// 1884,1885,1886). Default: --port.
+    #[arg(long, value_name = "P1,P2,...", value_parser = parse_ports)]
+    pub(crate) ports: Option<Ports>,
 }
 
 /// Load shape shared by `pub`, `scenario` and (partly) `sub`.
@@ -283,6 +317,13 @@ pub(crate) struct ScenarioArgs {
     /// SUBSCRIBE QoS (default: --qos).
     #[arg(long, value_parser = parse_qos)]
     pub(crate) sub_qos: Option<QoS>,
+    /// Broker ports of the publishers, round robin over them (publisher i on the port at i
+    /// modulo their number), e.g. cluster nodes. Default: --port.
+    #[arg(long, value_name = "P1,P2,...", value_parser = parse_ports)]
+    pub(crate) pub_ports: Option<Ports>,
+    /// Broker ports of the subscribers, round robin as --pub-ports. Default: --port.
+    #[arg(long, value_name = "P1,P2,...", value_parser = parse_ports)]
+    pub(crate) sub_ports: Option<Ports>,
     #[command(flatten)]
     pub(crate) load: Load,
     #[command(flatten)]
@@ -362,6 +403,45 @@ pub(crate) struct ProbeArgs {
     pub(crate) csv: Option<PathBuf>,
 }
 
+/// `takeover`: session takeover time (see takeover.rs).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct TakeoverArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// Port of the broker (node) where the sessions start. Default: --port.
+    #[arg(long)]
+    pub(crate) from_port: Option<u16>,
+    /// Port of the broker (node) that takes the sessions over; equal to --from-port for a
+    /// takeover on one broker. Default: --port.
+    #[arg(long)]
+    pub(crate) to_port: Option<u16>,
+    /// Number of client ids (sessions) taken over.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    pub(crate) count: usize,
+    /// Takeovers in flight at once (1: one after the other, each timed alone).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) concurrency: usize,
+    /// Seconds between the last SUBACK on the first broker and the first takeover (lets
+    /// subscriptions and session state reach the store and the other nodes).
+    #[arg(long, default_value = "1", value_parser = parse_secs)]
+    pub(crate) settle: f64,
+    /// Topic filter each session subscribes to; %i is the session index (0-based).
+    #[arg(short = 't', long, default_value = "tern-bench/takeover/%i")]
+    pub(crate) topic: String,
+    /// QoS of that subscription (and of the verification message).
+    #[arg(short = 'q', long, default_value = "1", value_parser = parse_qos)]
+    pub(crate) qos: QoS,
+    /// Do not check that the subscription came along: by default each new connection
+    /// publishes one message to its own topic and waits for it (the session's subscription
+    /// must deliver it).
+    #[arg(long)]
+    pub(crate) no_verify: bool,
+    /// Keep the sessions at the end. Default (MQTT 5): the new connections leave with
+    /// DISCONNECT Session Expiry Interval 0, so the broker discards the sessions.
+    #[arg(long)]
+    pub(crate) keep_sessions: bool,
+}
+
 /// `relay`: the floor (see relay.rs and bench/README.md).
 #[derive(Debug, Clone, Args)]
 pub(crate) struct RelayArgs {
@@ -380,6 +460,7 @@ impl Mode {
             Mode::Scenario(a) => Some(&a.common),
             Mode::RetainStorm(a) => Some(&a.common),
             Mode::Probe(a) => Some(&a.common),
+            Mode::Takeover(a) => Some(&a.common),
             Mode::Relay(_) => None,
         }
     }
@@ -392,7 +473,59 @@ impl Mode {
             Mode::Scenario(_) => "scenario",
             Mode::RetainStorm(_) => "retain-storm",
             Mode::Probe(_) => "probe",
+            Mode::Takeover(_) => "takeover",
             Mode::Relay(_) => "relay",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tern-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn ports_parse_and_round_robin() {
+        let p = parse_ports("1884, 1885,1886").unwrap();
+        assert_eq!(p, Ports(vec![1884, 1885, 1886]));
+        assert_eq!(p.list(), "1884,1885,1886");
+        assert_eq!(parse_ports("1883").unwrap(), Ports(vec![1883]));
+        assert!(parse_ports("").is_err());
+        assert!(parse_ports("1884,").is_err());
+        assert!(parse_ports("0").is_err());
+        assert!(parse_ports("65536").is_err());
+        assert!(parse_ports("a,b").is_err());
+    }
+
+    #[test]
+    fn scenario_ports_default_to_none() {
+        let Mode::Scenario(a) = parse(&["scenario", "-p", "1900"]).unwrap().mode else { panic!() };
+        assert_eq!((a.common.port, a.pub_ports, a.sub_ports), (1900, None, None));
+        let Mode::Scenario(a) =
+            parse(&["scenario", "--pub-ports", "1884", "--sub-ports", "1885,1886"]).unwrap().mode
+        else {
+            panic!()
+        };
+        assert_eq!(a.pub_ports, Some(Ports(vec![1884])));
+        assert_eq!(a.sub_ports, Some(Ports(vec![1885, 1886])));
+        assert!(parse(&["scenario", "--sub-ports", "x"]).is_err());
+    }
+
+    #[test]
+    fn conn_ports_and_takeover_options() {
+        let Mode::Conn(a) = parse(&["conn"]).unwrap().mode else { panic!() };
+        assert_eq!(a.ports, None);
+        let Mode::Conn(a) = parse(&["conn", "--ports", "1,2,3"]).unwrap().mode else { panic!() };
+        assert_eq!(a.ports, Some(Ports(vec![1, 2, 3])));
+        let Mode::Takeover(t) = parse(&["takeover", "-p", "7", "--to-port", "8", "-n", "5"]).unwrap().mode
+        else {
+            panic!()
+        };
+        assert_eq!((t.common.port, t.from_port, t.to_port, t.count, t.concurrency), (7, None, Some(8), 5, 1));
+        assert_eq!(t.qos, QoS::AtLeastOnce);
+        assert!(!t.no_verify && !t.keep_sessions);
     }
 }

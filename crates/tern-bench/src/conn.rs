@@ -25,7 +25,7 @@ pub(crate) async fn run(a: &ConnArgs) -> anyhow::Result<Outcome> {
         bail!("--count must be at least 1");
     }
     check_fd_limit(a.count)?;
-    let ep = Arc::new(Endpoint::resolve(common).await?);
+    let ep = Arc::new(Endpoint::resolve_ports(common, a.ports.as_ref()).await?);
     if ep.source_ip_count() <= 1 && a.count > 25_000 {
         eprintln!(
             "tern-bench: note: {} connections from one source address may exhaust its ephemeral ports; \
@@ -229,6 +229,11 @@ async fn drive(
         "loadgen": me_connect,
         "loadgen_hold": me_hold,
     });
+    // Only with --ports, so that runs without it report exactly as before.
+    let mut json = json;
+    if let Some(p) = &a.ports {
+        json["config"]["ports"] = json!(p.0);
+    }
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -236,7 +241,7 @@ async fn drive(
         a.count,
         common.mqtt.name(),
         common.host,
-        common.port
+        a.ports.as_ref().map_or_else(|| common.port.to_string(), |p| format!("{} (round robin)", p.list()))
     );
     let _ = writeln!(s, "connect   {}", conn.human);
     if let Some((full, resumed)) = tls {

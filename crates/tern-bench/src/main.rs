@@ -17,6 +17,7 @@ mod relay;
 mod run;
 mod stats;
 mod storm;
+mod takeover;
 mod tasks;
 
 use std::fmt::Write as _;
@@ -168,6 +169,7 @@ async fn dispatch(mode: &Mode) -> anyhow::Result<Outcome> {
         Mode::Scenario(a) => run::run_scenario(a).await,
         Mode::RetainStorm(a) => storm::run(a).await,
         Mode::Probe(a) => probe::run(a).await,
+        Mode::Takeover(a) => takeover::run(a).await,
         Mode::Relay(_) => anyhow::bail!("the relay is a server, not a load run"),
     }
 }

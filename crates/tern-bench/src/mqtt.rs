@@ -50,6 +50,12 @@ pub(crate) struct Client {
     pub(crate) keep_alive: u16,
     /// TLS: a write may leave encrypted records inside rustls; the loops must flush them.
     pub(crate) is_tls: bool,
+    /// The CONNACK's Session Present flag.
+    pub(crate) session_present: bool,
+    /// When CONNECT was handed to the socket (after the TCP and TLS handshakes) and when its
+    /// CONNACK was decoded (`payload::now_ns`).
+    pub(crate) connect_sent_ns: u64,
+    pub(crate) connack_ns: u64,
 }
 
 /// Connects, sends CONNECT and waits for a successful CONNACK, all within `cfg.timeout`.
@@ -60,14 +66,25 @@ pub(crate) async fn connect(
     id: String,
     index: usize,
 ) -> anyhow::Result<(Client, u64)> {
+    connect_to(ep, cfg, id, index, 0).await
+}
+
+/// As `connect`, to the endpoint's broker address of `target` (round robin over its ports).
+pub(crate) async fn connect_to(
+    ep: &Endpoint,
+    cfg: &ClientCfg,
+    id: String,
+    index: usize,
+    target: usize,
+) -> anyhow::Result<(Client, u64)> {
     let start = payload::now_ns();
     let what = {
         let id = id.clone();
-        let addr = ep.addr;
+        let addr = ep.addr_of(target);
         move || format!("connecting {id} to {addr} (no CONNACK)")
     };
     let client = within(cfg.timeout, what, async {
-        let stream = ep.connect(index).await?;
+        let stream = ep.connect(index, target).await?;
         let is_tls = matches!(stream, Stream::Tls(_));
         let (rd, wr) = tokio::io::split(stream);
         let mut c = Client {
@@ -82,6 +99,9 @@ pub(crate) async fn connect(
             maximum_qos: QoS::ExactlyOnce,
             keep_alive: cfg.keep_alive,
             is_tls,
+            session_present: false,
+            connect_sent_ns: 0,
+            connack_ns: 0,
         };
         let connect = Connect {
             protocol: cfg.version,
@@ -100,10 +120,13 @@ pub(crate) async fn connect(
             },
         };
         c.push(&Packet::Connect(Box::new(connect)))?;
+        c.connect_sent_ns = payload::now_ns();
         c.flush().await.with_context(|| format!("{id}: cannot send CONNECT"))?;
         match c.read_packet().await.with_context(|| format!("{id}: waiting for CONNACK"))? {
             Packet::ConnAck(ack) => {
+                c.connack_ns = payload::now_ns();
                 check_connack(&ack, &id)?;
+                c.session_present = ack.session_present;
                 if let Some(m) = ack.properties.receive_maximum {
                     c.receive_maximum = m;
                 }
@@ -199,8 +222,13 @@ impl Client {
 
     /// Polite close: DISCONNECT, then wait (bounded) for the broker to close its side so the
     /// TIME_WAIT state lands on the broker, not on our ephemeral ports.
-    pub(crate) async fn close(mut self, wait: Duration) {
-        let _ = self.push(&Packet::Disconnect(Disconnect::new(ReasonCode::NORMAL_DISCONNECTION)));
+    pub(crate) async fn close(self, wait: Duration) {
+        self.close_with(Disconnect::new(ReasonCode::NORMAL_DISCONNECTION), wait).await;
+    }
+
+    /// As `close`, with this DISCONNECT (e.g. MQTT 5 Session Expiry 0: discard the session).
+    pub(crate) async fn close_with(mut self, d: Disconnect, wait: Duration) {
+        let _ = self.push(&Packet::Disconnect(d));
         let _ = tokio::time::timeout(wait, async {
             self.flush().await?;
             let mut sink = [0u8; 4096];

@@ -16,7 +16,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::cli::Common;
+use crate::cli::{Common, Ports};
 
 /// Most source addresses `--source-ips` may expand to.
 const MAX_SOURCE_IPS: usize = 65_536;
@@ -92,7 +92,9 @@ impl AsyncWrite for Stream {
 
 /// Where and how to connect.
 pub(crate) struct Endpoint {
-    pub(crate) addr: SocketAddr,
+    /// Every broker address (`--ports` and the like: one per port, the same host); a
+    /// connection's target picks one round robin.
+    addrs: Vec<SocketAddr>,
     source_ips: Vec<IpAddr>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// TLS handshakes done: full, resumed.
@@ -102,7 +104,7 @@ pub(crate) struct Endpoint {
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
-            .field("addr", &self.addr)
+            .field("addrs", &self.addrs)
             .field("source_ips", &self.source_ips.len())
             .field("tls", &self.tls.as_ref().map(|t| &t.1))
             .field("handshakes", &self.handshakes)
@@ -112,6 +114,11 @@ impl std::fmt::Debug for Endpoint {
 
 impl Endpoint {
     pub(crate) async fn resolve(common: &Common) -> anyhow::Result<Endpoint> {
+        Endpoint::resolve_ports(common, None).await
+    }
+
+    /// As `resolve`, with one address per port of `ports` (None: `common.port`).
+    pub(crate) async fn resolve_ports(common: &Common, ports: Option<&Ports>) -> anyhow::Result<Endpoint> {
         let addr = tokio::net::lookup_host((common.host.as_str(), common.port))
             .await
             .with_context(|| format!("cannot resolve {}", common.host))?
@@ -125,7 +132,16 @@ impl Endpoint {
             bail!("source address {bad} is not of the same family as the broker address {addr}");
         }
         let tls = if common.tls { Some(tls_connector(common)?) } else { None };
-        Ok(Endpoint { addr, source_ips, tls, handshakes: [AtomicUsize::new(0), AtomicUsize::new(0)] })
+        let addrs = match ports {
+            None => vec![addr],
+            Some(p) => p.0.iter().map(|&port| SocketAddr::new(addr.ip(), port)).collect(),
+        };
+        Ok(Endpoint { addrs, source_ips, tls, handshakes: [AtomicUsize::new(0), AtomicUsize::new(0)] })
+    }
+
+    /// The broker address of connection target `target` (round robin over the addresses).
+    pub(crate) fn addr_of(&self, target: usize) -> SocketAddr {
+        self.addrs[target % self.addrs.len()]
     }
 
     /// TLS handshakes so far, (full, resumed); None without TLS.
@@ -138,9 +154,11 @@ impl Endpoint {
         self.source_ips.len()
     }
 
-    /// Opens connection number `index` (which picks the source address, round robin).
-    pub(crate) async fn connect(&self, index: usize) -> anyhow::Result<Stream> {
-        let socket = if self.addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+    /// Opens connection number `index` (which picks the source address, round robin) to the
+    /// broker address of `target` (see `addr_of`).
+    pub(crate) async fn connect(&self, index: usize, target: usize) -> anyhow::Result<Stream> {
+        let addr = self.addr_of(target);
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
             .context("cannot create a socket (is the open-files limit, ulimit -n, too low?)")?;
         let source = if self.source_ips.is_empty() {
             None
@@ -153,9 +171,9 @@ impl Endpoint {
             })?;
             Some(ip)
         };
-        let stream = socket.connect(self.addr).await.with_context(|| match source {
-            Some(ip) => format!("cannot connect to {} from {ip}", self.addr),
-            None => format!("cannot connect to {}", self.addr),
+        let stream = socket.connect(addr).await.with_context(|| match source {
+            Some(ip) => format!("cannot connect to {addr} from {ip}"),
+            None => format!("cannot connect to {addr}"),
         })?;
         stream.set_nodelay(true)?;
         match &self.tls {
@@ -164,7 +182,7 @@ impl Endpoint {
                 let tls = connector
                     .connect(name.clone(), stream)
                     .await
-                    .with_context(|| format!("TLS handshake with {} failed", self.addr))?;
+                    .with_context(|| format!("TLS handshake with {addr} failed"))?;
                 let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
                 self.handshakes[usize::from(resumed)].fetch_add(1, Ordering::Relaxed);
                 Ok(Stream::Tls(Box::new(tls)))
@@ -385,5 +403,29 @@ mod tests {
         assert!(parse_source_ips("").is_err());
         assert!(parse_source_ips("nonsense").is_err());
         assert_eq!(parse_source_ips("::1").unwrap().len(), 1);
+    }
+
+    fn common(port: u16) -> Common {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from(["tern-bench", "conn", "-p", &port.to_string()]).unwrap();
+        cli.mode.common().unwrap().clone()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn endpoint_targets_round_robin() {
+        let c = common(1900);
+        let one = Endpoint::resolve(&c).await.unwrap();
+        assert_eq!((0..3).map(|t| one.addr_of(t).port()).collect::<Vec<_>>(), [1900, 1900, 1900]);
+        let ports = crate::cli::parse_ports("1884,1885,1886").unwrap();
+        let three = Endpoint::resolve_ports(&c, Some(&ports)).await.unwrap();
+        assert_eq!(
+            (0..5).map(|t| three.addr_of(t).port()).collect::<Vec<_>>(),
+            [1884, 1885, 1886, 1884, 1885]
+        );
+        assert!(three.addrs.iter().all(|a| a.ip() == one.addr_of(0).ip()));
+        // Scenario targets: publisher i and subscriber j by their own index.
+        let sub_ports = crate::cli::parse_ports("1885,1886").unwrap();
+        let subs = Endpoint::resolve_ports(&c, Some(&sub_ports)).await.unwrap();
+        assert_eq!((0..4).map(|j| subs.addr_of(j).port()).collect::<Vec<_>>(), [1885, 1886, 1885, 1886]);
     }
 }

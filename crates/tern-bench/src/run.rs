@@ -13,7 +13,7 @@ use tern_protocol::topic::{TopicFilter, validate_topic_name};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::cli::{Common, PubArgs, ScenarioArgs, SubArgs};
+use crate::cli::{Common, Ports, PubArgs, ScenarioArgs, SubArgs};
 use crate::mqtt::AckTemplates;
 use crate::net::{Endpoint, check_fd_limit};
 use crate::payload::now_ns;
@@ -51,6 +51,9 @@ struct Plan {
     warmup: f64,
     drain_timeout: f64,
     expect: Option<u64>,
+    /// `scenario --pub-ports / --sub-ports` (None: --port).
+    pub_ports: Option<Ports>,
+    sub_ports: Option<Ports>,
 }
 
 pub(crate) async fn run_pub(a: &PubArgs) -> anyhow::Result<Outcome> {
@@ -73,6 +76,8 @@ pub(crate) async fn run_pub(a: &PubArgs) -> anyhow::Result<Outcome> {
         warmup: a.timing.warmup,
         drain_timeout: a.timing.drain_timeout,
         expect: None,
+        pub_ports: None,
+        sub_ports: None,
     };
     run(&a.common, plan).await
 }
@@ -97,6 +102,8 @@ pub(crate) async fn run_sub(a: &SubArgs) -> anyhow::Result<Outcome> {
         warmup: a.timing.warmup,
         drain_timeout: a.timing.drain_timeout,
         expect: a.expect,
+        pub_ports: None,
+        sub_ports: None,
     };
     run(&a.common, plan).await
 }
@@ -121,6 +128,8 @@ pub(crate) async fn run_scenario(a: &ScenarioArgs) -> anyhow::Result<Outcome> {
         warmup: a.timing.warmup,
         drain_timeout: a.timing.drain_timeout,
         expect: None,
+        pub_ports: a.pub_ports.clone(),
+        sub_ports: a.sub_ports.clone(),
     };
     run(&a.common, plan).await
 }
@@ -191,6 +200,16 @@ async fn run(common: &Common, plan: Plan) -> anyhow::Result<Outcome> {
     check_fd_limit(plan.pubs + plan.subs)?;
     let cfg = Arc::new(run_cfg(common, &plan)?);
     let ep = Arc::new(Endpoint::resolve(common).await?);
+    // Publishers and subscribers on other ports (e.g. different cluster nodes), round robin.
+    let publishers = match &plan.pub_ports {
+        Some(p) => Arc::new(Endpoint::resolve_ports(common, Some(p)).await?),
+        None => ep.clone(),
+    };
+    let subscribers = match &plan.sub_ports {
+        Some(p) => Arc::new(Endpoint::resolve_ports(common, Some(p)).await?),
+        None => ep.clone(),
+    };
+    let eps = Eps { publishers, subscribers };
     let sh = Shared::new(plan.pubs, plan.subs);
     let sem = Arc::new(Semaphore::new(common.connect_concurrency.max(1)));
     let sampler = Sampler::new(common.broker_pid);
@@ -202,9 +221,16 @@ async fn run(common: &Common, plan: Plan) -> anyhow::Result<Outcome> {
             warnings.push(format!("{idle} publisher topic(s) match no subscriber filter: their messages are not expected anywhere"));
         }
     }
-    let result = drive(common, &plan, &cfg, &ep, &sh, &sem, &sampler, &mut warnings).await;
+    let result = drive(common, &plan, &cfg, &eps, &sh, &sem, &sampler, &mut warnings).await;
     sampler_task.abort();
     result
+}
+
+/// Where publishers and subscribers connect (the same endpoint unless ports were given).
+#[derive(Debug)]
+struct Eps {
+    publishers: Arc<Endpoint>,
+    subscribers: Arc<Endpoint>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -212,7 +238,7 @@ async fn drive(
     common: &Common,
     plan: &Plan,
     cfg: &Arc<RunCfg>,
-    ep: &Arc<Endpoint>,
+    eps: &Eps,
     sh: &Arc<Shared>,
     sem: &Arc<Semaphore>,
     sampler: &Arc<Sampler>,
@@ -224,7 +250,7 @@ async fn drive(
 
     // Subscribers first, all subscribed before anyone publishes.
     paced(&mut subs, common.connect_rate, plan.subs, |j| {
-        tasks::subscriber(sh.clone(), cfg.clone(), ep.clone(), sem.clone(), j)
+        tasks::subscriber(sh.clone(), cfg.clone(), eps.subscribers.clone(), sem.clone(), j)
     });
     let deadline = now_ns() + setup_timeout(common, plan.subs).as_nanos() as u64;
     while sh.subscribed.load(Ordering::SeqCst) < plan.subs {
@@ -239,7 +265,7 @@ async fn drive(
     }
     let subs_ready = now_ns();
     paced(&mut pubs, common.connect_rate, plan.pubs, |i| {
-        tasks::publisher(sh.clone(), cfg.clone(), ep.clone(), sem.clone(), i)
+        tasks::publisher(sh.clone(), cfg.clone(), eps.publishers.clone(), sem.clone(), i)
     });
     let deadline = now_ns() + setup_timeout(common, plan.pubs).as_nanos() as u64;
     while sh.connected.load(Ordering::SeqCst) < plan.pubs + plan.subs {
@@ -633,6 +659,13 @@ fn report(
         "loadgen": me,
         "broker": broker,
     });
+    // Only with the options, so that runs without them report exactly as before.
+    if let Some(p) = &plan.pub_ports {
+        json["config"]["pub_ports"] = json!(p.0);
+    }
+    if let Some(p) = &plan.sub_ports {
+        json["config"]["sub_ports"] = json!(p.0);
+    }
     if plan.kind != Kind::Sub {
         json["publish"] = json!({
             "sent": sent_total, "sent_in_window": sent_window, "sent_per_s": sent_rate.round(),
@@ -660,13 +693,25 @@ fn report(
 
     // Human summary.
     let mut s = String::new();
-    let target = format!(
-        "MQTT {}{}, {}:{}",
-        common.mqtt.name(),
-        if common.tls { " TLS" } else { "" },
-        common.host,
-        common.port
-    );
+    let target = if plan.pub_ports.is_none() && plan.sub_ports.is_none() {
+        format!(
+            "MQTT {}{}, {}:{}",
+            common.mqtt.name(),
+            if common.tls { " TLS" } else { "" },
+            common.host,
+            common.port
+        )
+    } else {
+        let ports = |p: &Option<Ports>| p.as_ref().map_or_else(|| common.port.to_string(), Ports::list);
+        format!(
+            "MQTT {}{}, {}: publishers on port(s) {}, subscribers on port(s) {}",
+            common.mqtt.name(),
+            if common.tls { " TLS" } else { "" },
+            common.host,
+            ports(&plan.pub_ports),
+            ports(&plan.sub_ports)
+        )
+    };
     let shape = format!(
         "{} B, rate {}, window {}{}",
         plan.size,

@@ -295,7 +295,8 @@ async fn publisher_inner(
 ) -> anyhow::Result<PubReport> {
     let id = format!("{}-p{index}", cfg.prefix);
     let permit = sem.acquire().await.context("connection limiter closed")?;
-    let (mut conn, connect_ns) = mqtt::connect(ep, &cfg.client, id.clone(), cfg.subs() + index).await?;
+    let (mut conn, connect_ns) =
+        mqtt::connect_to(ep, &cfg.client, id.clone(), cfg.subs() + index, index).await?;
     drop(permit);
     let mut rep = PubReport { index, connect_ns, connected_at_ns: now_ns(), ..PubReport::default() };
     if cfg.qos > conn.maximum_qos {
@@ -570,7 +571,7 @@ async fn subscriber_inner(
 ) -> anyhow::Result<SubReport> {
     let id = format!("{}-s{index}", cfg.prefix);
     let permit = sem.acquire().await.context("connection limiter closed")?;
-    let (mut conn, connect_ns) = mqtt::connect(ep, &cfg.client, id.clone(), index).await?;
+    let (mut conn, connect_ns) = mqtt::connect_to(ep, &cfg.client, id.clone(), index, index).await?;
     drop(permit);
     let filter = cfg.sub_filters[index].clone();
     let mut rep = SubReport {
@@ -760,7 +761,7 @@ pub(crate) async fn holder(
     dropped: Arc<AtomicUsize>,
 ) -> Result<u64, String> {
     let id = format!("{prefix}-c{index}");
-    let (mut conn, ns) = match mqtt::connect(&ep, &cfg, id.clone(), index).await {
+    let (mut conn, ns) = match mqtt::connect_to(&ep, &cfg, id.clone(), index, index).await {
         Ok(x) => x,
         Err(e) => return Err(format!("{e:#}")),
     };
