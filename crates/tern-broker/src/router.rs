@@ -322,7 +322,8 @@ impl Inner {
     /// an acknowledged message, so the publisher must hear it before its acknowledgement.
     ///
     /// In a cluster, `only` limits shared groups to those (group, filter) pairs (a message
-    /// another node routed here), and `served` collects the groups delivered here.
+    /// another node routed here), `served` collects the groups delivered here, and `clients`
+    /// limits the recipients to the sessions whose client ids it accepts.
     pub(crate) fn route_filtered(
         &self,
         msg: &Arc<Message>,
