@@ -123,6 +123,16 @@ struct Peer {
     admin_addr: String,
 }
 
+/// How long a node may go without a heartbeat (sent every second) and still count as up.
+const HEARTBEAT_SILENCE: Duration = Duration::from_secs(3);
+
+impl Peer {
+    /// Heard from lately and not adopted: it answers requests.
+    fn is_up(&self) -> bool {
+        self.adopted_by.is_none() && self.last_hb.is_some_and(|t| t.elapsed() < HEARTBEAT_SILENCE)
+    }
+}
+
 /// A heartbeat: who, which route version, and counters for cluster totals.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Heartbeat {
@@ -871,7 +881,6 @@ impl ClusterLink for Cluster {
 
     fn nodes(&self) -> Vec<NodeStatus> {
         let s = &self.shared;
-        let silent = Duration::from_secs(3);
         let mut out: Vec<NodeStatus> = s
             .peers
             .read()
@@ -880,7 +889,7 @@ impl ClusterLink for Cluster {
             .map(|(id, p)| {
                 let state = if p.adopted_by.is_some() {
                     "adopted"
-                } else if p.last_hb.is_some_and(|t| t.elapsed() < silent) {
+                } else if p.is_up() {
                     "up"
                 } else if p.expired {
                     "down"
@@ -982,10 +991,12 @@ async fn claim_locked(s: &Arc<Shared>, client_id: &str) -> Result<(), ReasonCode
             lock(&s.epochs).insert(client_id.to_owned(), epoch);
             return Ok(());
         }
-        let alive =
-            s.peers.read().unwrap_or_else(PoisonError::into_inner).get(owner.as_str()).is_some_and(|p| {
-                p.adopted_by.is_none() && p.last_hb.is_some_and(|t| t.elapsed() < Duration::from_secs(3))
-            });
+        let alive = s
+            .peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(owner.as_str())
+            .is_some_and(Peer::is_up);
         let released = if alive {
             let req = serde_json::to_vec(&Request::Release {
                 client_id: client_id.to_owned(),

@@ -249,6 +249,10 @@ impl RemoteRoutes {
         pick: &mut dyn FnMut(usize) -> usize,
     ) -> Targets {
         let mut out = Targets::new();
+        if self.root.is_empty() {
+            // No other node has a subscriber: the common case for traffic local to a node.
+            return out;
+        }
         let dollar = topic.starts_with('$');
         let levels: Vec<&str> = topic.split('/').collect();
         let mut path = Vec::new();
